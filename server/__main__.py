@@ -1,0 +1,48 @@
+"""`python -m server`: serve until SIGTERM or SIGINT, then shut down gracefully."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from types import FrameType
+
+import storage
+from server import config as config_module
+from server.app import Server
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = config_module.load(argv, os.environ)
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    log = logging.getLogger("server")
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            log.warning("second %s: exiting now", signal.Signals(signum).name)
+            os._exit(130)
+        log.info("%s received", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        server = Server(config).start()
+    except (storage.StorageError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    try:
+        stop.wait()
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

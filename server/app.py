@@ -1,0 +1,138 @@
+"""Wires the server together and runs it: database, batcher, gRPC, health, shutdown."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent import futures
+from types import TracebackType
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+import storage
+from aggregator.v1 import aggregator_pb2 as pb
+from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
+from server.batcher import Batcher
+from server.config import Config
+from server.health import SERVICE_NAME, DatabaseHealth
+from server.servicer import AggregatorServicer
+
+log = logging.getLogger(__name__)
+
+
+class Server:
+    """One running aggregator: start() it, stop() it (gracefully), or use it as a context."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.port: int | None = None
+        self._embedded: storage.EmbeddedPostgres | None = None
+        self._database: storage.Database | None = None
+        self._batcher: Batcher | None = None
+        self._health: DatabaseHealth | None = None
+        self._servicer: AggregatorServicer | None = None
+        self._grpc: grpc.Server | None = None
+        self._stopped = threading.Event()
+
+    def start(self) -> Server:
+        config = self.config
+        try:
+            url = config.database_url
+            if not url:
+                self._embedded = storage.EmbeddedPostgres(config.data_dir / "postgres")
+                url = self._embedded.start()
+                log.info("embedded PostgreSQL at %s", url)
+            self._database = storage.Database(
+                url,
+                min_connections=config.flush_workers,
+                max_connections=config.flush_workers + 4,
+            )
+            self._database.open()
+            applied = self._database.migrate()
+            if applied:
+                log.info("schema migrated to version %d", applied[-1])
+            self._health = DatabaseHealth(self._database)
+            self._batcher = Batcher(
+                self._database.write_batch,
+                workers=config.flush_workers,
+                max_batch_events=config.max_batch_events,
+                max_pending_events=config.max_pending_events,
+                retry_timeout=config.db_retry_timeout,
+                on_database_state=self._health.report,
+            )
+            self._servicer = AggregatorServicer(config, self._database, self._batcher)
+            self._grpc = grpc.server(
+                futures.ThreadPoolExecutor(
+                    max_workers=config.max_concurrent_rpcs + 4, thread_name_prefix="grpc"
+                ),
+                maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+                options=[
+                    ("grpc.max_receive_message_length", config.max_message_bytes),
+                    ("grpc.max_send_message_length", config.max_message_bytes),
+                ],
+            )
+            pb_grpc.add_AggregatorServiceServicer_to_server(self._servicer, self._grpc)
+            health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, self._grpc)
+            reflection.enable_server_reflection(
+                (
+                    pb.DESCRIPTOR.services_by_name["AggregatorService"].full_name,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ),
+                self._grpc,
+            )
+            self.port = self._grpc.add_insecure_port(f"{config.host}:{config.port}")
+            if not self.port:
+                raise OSError(f"cannot listen on {config.host}:{config.port}")
+            self._grpc.start()
+            self._health.start()
+        except BaseException:
+            self._release()
+            raise
+        log.info("serving %s on %s:%d", SERVICE_NAME, config.host, self.port)
+        return self
+
+    def stop(self, grace: float | None = None) -> None:
+        """Graceful: NOT_SERVING, refuse new calls, answer and commit what was sent, exit.
+
+        Open streams keep being served for half the grace period; then each answers what
+        it has read and ends with UNAVAILABLE so its publisher reconnects elsewhere.
+        """
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        grace = self.config.shutdown_grace if grace is None else grace
+        log.info("shutting down (grace %.1fs)", grace)
+        if self._health is not None:
+            self._health.shutting_down()
+        if self._grpc is not None:
+            done = self._grpc.stop(grace)
+            if not done.wait(grace / 2) and self._servicer is not None:
+                log.info("ending %d open streams", self._servicer.open_streams)
+                self._servicer.drain()
+            done.wait()
+        self._release()
+        log.info("stopped")
+
+    def _release(self) -> None:
+        if self._batcher is not None:
+            self._batcher.close()  # commits whatever is still queued
+        if self._health is not None:
+            self._health.stop()
+        if self._database is not None:
+            self._database.close()
+        if self._embedded is not None:
+            self._embedded.stop()
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

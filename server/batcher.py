@@ -1,0 +1,224 @@
+"""One bounded queue shared by every stream, drained by K flush workers.
+
+A free worker takes everything pending (up to max_batch_events) and writes it in one
+transaction, so light load gets low latency and heavy load gets big batches. Nothing
+waits for a fixed linger.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import storage
+
+log = logging.getLogger(__name__)
+
+WriteBatch = Callable[[Sequence[storage.NewEvent], Mapping[str, int]], storage.BatchResult]
+
+
+class Overloaded(Exception):
+    """The queue stayed full for the whole wait; retry later."""
+
+
+class ShuttingDown(Exception):
+    """The batcher is closing and takes no new work."""
+
+
+class Abandoned(Exception):
+    """The caller gave up (its call ended) while waiting for queue room."""
+
+
+class Submission:
+    """One request's valid events plus its rejected-event counts; resolved after commit."""
+
+    __slots__ = ("_done", "error", "events", "rejected", "result", "weight")
+
+    def __init__(self, events: list[storage.NewEvent], rejected: dict[str, int]) -> None:
+        self.events = events
+        self.rejected = rejected  # topic → events rejected before the batcher, to count
+        self.weight = max(1, len(events))
+        self.result: storage.BatchResult | None = None
+        self.error: BaseException | None = None
+        self._done = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def resolve(self, result: storage.BatchResult) -> None:
+        self.result = result
+        self._done.set()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self._done.set()
+
+
+class Batcher:
+    """Queue submissions from any thread; flush workers commit them in batches."""
+
+    def __init__(
+        self,
+        write: WriteBatch,
+        *,
+        workers: int = 2,
+        max_batch_events: int = 5000,
+        max_pending_events: int = 100_000,
+        retry_timeout: float = 30.0,
+        on_database_state: Callable[[bool], None] = lambda ok: None,
+    ) -> None:
+        self._write = write
+        self._max_batch = max_batch_events
+        self._max_pending = max_pending_events
+        self._retry_timeout = retry_timeout
+        self._on_database_state = on_database_state
+        self._cond = threading.Condition()
+        self._queue: collections.deque[Submission] = collections.deque()
+        self._pending = 0  # events (weights) queued, not yet taken by a worker
+        self._closing = False
+        self._stop_retrying = threading.Event()
+        self._workers = [
+            threading.Thread(target=self._run, name=f"flush-{n}", daemon=True)
+            for n in range(workers)
+        ]
+        for worker in self._workers:
+            worker.start()
+
+    @property
+    def pending_events(self) -> int:
+        with self._cond:
+            return self._pending
+
+    def submit(
+        self,
+        submission: Submission,
+        *,
+        timeout: float | None = None,
+        abandoned: threading.Event | None = None,
+    ) -> None:
+        """Queue `submission`, waiting while the queue is full.
+
+        Raises:
+            Overloaded: still no room after `timeout` seconds.
+            Abandoned: `abandoned` was set while waiting.
+            ShuttingDown: close() was called.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                if self._closing:
+                    raise ShuttingDown("the server is shutting down")
+                # A submission larger than the whole queue still goes in when it is empty.
+                if self._pending == 0 or self._pending + submission.weight <= self._max_pending:
+                    break
+                if abandoned is not None and abandoned.is_set():
+                    raise Abandoned("the call ended while waiting for queue room")
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise Overloaded(
+                        f"the write queue is full ({self._pending} events pending); retry later"
+                    )
+                # Bounded wait so that `abandoned` is noticed; wake_all() shortens it.
+                self._cond.wait(0.5 if remaining is None else min(remaining, 0.5))
+            self._queue.append(submission)
+            self._pending += submission.weight
+            self._cond.notify_all()
+
+    def wake_all(self) -> None:
+        """Make submitters re-check their `abandoned` flags now."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Take no new work, commit everything queued, stop the workers."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for worker in self._workers:
+            worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        if any(worker.is_alive() for worker in self._workers):
+            # Give up on a database that will not come back; fail what is left.
+            self._stop_retrying.set()
+            for worker in self._workers:
+                worker.join()
+
+    def _take(self) -> list[Submission] | None:
+        with self._cond:
+            while not self._queue:
+                if self._closing:
+                    return None
+                self._cond.wait()
+            batch = [self._queue.popleft()]
+            size = batch[0].weight
+            while self._queue and size + self._queue[0].weight <= self._max_batch:
+                item = self._queue.popleft()
+                batch.append(item)
+                size += item.weight
+            self._pending -= size
+            self._cond.notify_all()  # room for waiting submitters
+            return batch
+
+    def _run(self) -> None:
+        while (batch := self._take()) is not None:
+            try:
+                self._flush(batch)
+            except BaseException as exc:  # never leave a caller waiting forever
+                log.exception("flush failed")
+                for item in batch:
+                    if not item.done:
+                        item.fail(exc)
+
+    def _flush(self, batch: list[Submission]) -> None:
+        events: list[storage.NewEvent] = []
+        rejected: dict[str, int] = {}
+        for item in batch:
+            events += item.events
+            for topic, n in item.rejected.items():
+                rejected[topic] = rejected.get(topic, 0) + n
+        started = time.monotonic()
+        result = self._write_retrying(events, rejected)
+        log.debug(
+            "flushed %d events from %d requests in %.1f ms",
+            len(events),
+            len(batch),
+            (time.monotonic() - started) * 1000,
+        )
+        offset = 0
+        for item in batch:
+            n = len(item.events)
+            reasons = {
+                i - offset: reason
+                for i, reason in result.reasons.items()
+                if offset <= i < offset + n
+            }
+            item.resolve(storage.BatchResult(result.statuses[offset : offset + n], reasons))
+            offset += n
+
+    def _write_retrying(
+        self, events: list[storage.NewEvent], rejected: dict[str, int]
+    ) -> storage.BatchResult:
+        """Write, retrying with backoff while the database is unavailable, for a bounded time."""
+        deadline = time.monotonic() + self._retry_timeout
+        delay = 0.05
+        while True:
+            try:
+                result = self._write(events, rejected)
+            except storage.Unavailable as exc:
+                self._on_database_state(False)
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("database unavailable (%s); retrying in %.2fs", exc, delay)
+                if self._stop_retrying.wait(delay):
+                    raise
+                delay = min(delay * 2, 2.0)
+            else:
+                self._on_database_state(True)
+                return result

@@ -1,0 +1,136 @@
+"""Server configuration: read once (flag → environment → default) into a frozen dataclass."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    host: str = "0.0.0.0"
+    port: int = 50051
+    database_url: str | None = None
+    data_dir: Path = Path(".data")
+    flush_workers: int = 2
+    max_batch_events: int = 5000
+    max_pending_events: int = 100_000
+    max_events_per_request: int = 10_000
+    max_payload_bytes: int = 1 * MIB
+    max_message_bytes: int = 64 * MIB
+    max_inflight_requests: int = 64
+    max_concurrent_rpcs: int = 200
+    enqueue_timeout: float = 5.0
+    db_retry_timeout: float = 30.0
+    shutdown_grace: float = 15.0
+    log_level: str = "info"
+
+
+# name → (environment variable, parser, help). Every field of Config has one.
+_OPTIONS: dict[str, tuple[str, Callable[[str], object], str]] = {
+    "host": ("AGGREGATOR_HOST", str, "address to listen on"),
+    "port": ("AGGREGATOR_PORT", int, "gRPC port; 0 picks a free one"),
+    "database_url": (
+        "DATABASE_URL",
+        str,
+        "PostgreSQL URL; when unset, an embedded cluster is started under --data-dir",
+    ),
+    "data_dir": ("AGGREGATOR_DATA_DIR", Path, "where the embedded cluster keeps its data"),
+    "flush_workers": (
+        "AGGREGATOR_FLUSH_WORKERS",
+        int,
+        "batches written in parallel, one database connection each",
+    ),
+    "max_batch_events": ("AGGREGATOR_MAX_BATCH_EVENTS", int, "most events in one transaction"),
+    "max_pending_events": (
+        "AGGREGATOR_MAX_PENDING_EVENTS",
+        int,
+        "events queued for writing before publishers are pushed back",
+    ),
+    "max_events_per_request": (
+        "AGGREGATOR_MAX_EVENTS_PER_REQUEST",
+        int,
+        "a request with more events is refused with INVALID_ARGUMENT",
+    ),
+    "max_payload_bytes": (
+        "AGGREGATOR_MAX_PAYLOAD_BYTES",
+        int,
+        "an event whose payload is larger (UTF-8 bytes) is REJECTED",
+    ),
+    "max_message_bytes": ("AGGREGATOR_MAX_MESSAGE_BYTES", int, "largest gRPC message accepted"),
+    "max_inflight_requests": (
+        "AGGREGATOR_MAX_INFLIGHT_REQUESTS",
+        int,
+        "unanswered requests per stream before the server stops reading it",
+    ),
+    "max_concurrent_rpcs": (
+        "AGGREGATOR_MAX_CONCURRENT_RPCS",
+        int,
+        "calls (streams included) served at once; more get RESOURCE_EXHAUSTED",
+    ),
+    "enqueue_timeout": (
+        "AGGREGATOR_ENQUEUE_TIMEOUT",
+        float,
+        "seconds a PublishBatch call waits for queue room before RESOURCE_EXHAUSTED",
+    ),
+    "db_retry_timeout": (
+        "AGGREGATOR_DB_RETRY_TIMEOUT",
+        float,
+        "seconds a batch is retried while the database is unreachable before UNAVAILABLE",
+    ),
+    "shutdown_grace": (
+        "AGGREGATOR_SHUTDOWN_GRACE",
+        float,
+        "seconds open calls get to finish on SIGTERM/SIGINT",
+    ),
+    "log_level": ("AGGREGATOR_LOG_LEVEL", str, "debug, info, warning or error"),
+}
+
+
+def load(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Config:
+    """Build the Config from command-line flags, then environment variables, then defaults."""
+    defaults = Config()
+    parser = argparse.ArgumentParser(
+        prog="python -m server",
+        description="Idempotent event ingestion over gRPC into PostgreSQL.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for f in fields(Config):
+        env_name, parse, text = _OPTIONS[f.name]
+        default = getattr(defaults, f.name)
+        if env_name in environ:
+            default = parse(environ[env_name])
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            type=parse,
+            default=default,
+            help=f"{text} [env {env_name}]",
+        )
+    args = parser.parse_args(argv)
+    config = Config(**vars(args))
+    _check(parser, config)
+    return config
+
+
+def _check(parser: argparse.ArgumentParser, config: Config) -> None:
+    positive = [
+        "flush_workers",
+        "max_batch_events",
+        "max_pending_events",
+        "max_events_per_request",
+        "max_payload_bytes",
+        "max_message_bytes",
+        "max_inflight_requests",
+        "max_concurrent_rpcs",
+    ]
+    for name in positive:
+        if getattr(config, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0 <= config.port <= 65535:
+        parser.error("--port must be between 0 and 65535")
+    if config.log_level.lower() not in {"debug", "info", "warning", "error"}:
+        parser.error("--log-level must be one of debug, info, warning, error")

@@ -1,0 +1,25 @@
+"""Storage layer: PostgreSQL schema, batch writer, reads, and the embedded cluster.
+
+Never imports protobuf; takes and returns the plain values in `storage.models`.
+"""
+
+from storage.database import MAX_PAGE_SIZE, Database
+from storage.embedded import EmbeddedPostgres
+from storage.errors import EmbeddedError, InvalidArgument, StorageError, Unavailable
+from storage.models import BatchResult, Counters, NewEvent, Stats, Status, StoredEvent
+
+__all__ = [
+    "MAX_PAGE_SIZE",
+    "BatchResult",
+    "Counters",
+    "Database",
+    "EmbeddedError",
+    "EmbeddedPostgres",
+    "InvalidArgument",
+    "NewEvent",
+    "Stats",
+    "Status",
+    "StorageError",
+    "StoredEvent",
+    "Unavailable",
+]

@@ -1,0 +1,255 @@
+"""A PostgreSQL cluster of our own: `.data/postgres` for `make run`, a temp dir for tests.
+
+PostgreSQL refuses to run as root, so when we are root every PostgreSQL binary runs as
+an unprivileged user (`postgres` by default) that owns the data directory.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import pwd
+import shutil
+import socket
+import stat
+import subprocess
+from pathlib import Path
+from types import TracebackType
+
+import psycopg
+
+from storage.errors import EmbeddedError
+
+log = logging.getLogger(__name__)
+
+_SUPERUSER = "postgres"
+# Throwaway clusters trade crash safety for speed; never used for `make run` data.
+_THROWAWAY_SETTINGS = {"fsync": "off", "full_page_writes": "off"}
+
+
+def find_bindir() -> Path:
+    """The directory holding initdb and pg_ctl: pg_config's, else PATH's, else the newest."""
+    candidates: list[Path] = []
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True)
+        if out.returncode == 0:
+            candidates.append(Path(out.stdout.strip()))
+    initdb = shutil.which("initdb")
+    if initdb:
+        candidates.append(Path(initdb).parent)
+    versions = glob.glob("/usr/lib/postgresql/*/bin")
+    candidates += sorted((Path(p) for p in versions), key=_major_version, reverse=True)
+    for candidate in candidates:
+        if (candidate / "initdb").is_file() and (candidate / "pg_ctl").is_file():
+            return candidate
+    raise EmbeddedError(
+        "PostgreSQL server binaries (initdb, pg_ctl) not found; install PostgreSQL "
+        "(`apt-get install postgresql`, or run `make install`) or set DATABASE_URL"
+    )
+
+
+def _major_version(bindir: Path) -> int:
+    name = bindir.parent.name
+    return int(name) if name.isdigit() else 0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class EmbeddedPostgres:
+    """Initialise (once), start and stop a local cluster listening on 127.0.0.1 only.
+
+    If the cluster in `data_dir` is already running, it is reused and left running.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path | str,
+        *,
+        database: str = "aggregator",
+        port: int | None = None,
+        throwaway: bool = False,
+        os_user: str = "postgres",
+    ) -> None:
+        self.data_dir = Path(data_dir).absolute()
+        self.database = database
+        self.port = port
+        self._throwaway = throwaway
+        self._os_user = os_user
+        self._started_here = False
+        self._bindir: Path | None = None
+
+    @property
+    def url(self) -> str:
+        if self.port is None:
+            raise EmbeddedError("the cluster has not been started")
+        return self.url_for(self.database)
+
+    def url_for(self, database: str) -> str:
+        return f"postgresql://{_SUPERUSER}@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> str:
+        """Start the cluster (initialising it if new) and create the database; return its URL."""
+        self._bindir = find_bindir()
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._initdb()
+        running_port = self._running_port()
+        if running_port is not None:
+            log.info("reusing the PostgreSQL already running on port %d", running_port)
+            self.port = running_port
+        else:
+            self.port = self.port or free_port()
+            self._pg_ctl_start()
+            self._started_here = True
+        self._create_database()
+        return self.url
+
+    def stop(self) -> None:
+        """Stop the cluster if this object started it (fast shutdown: rolls back open work)."""
+        if not self._started_here:
+            return
+        self._run([self._bin("pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast", "-w"])
+        self._started_here = False
+
+    def __enter__(self) -> EmbeddedPostgres:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _bin(self, name: str) -> str:
+        assert self._bindir is not None
+        return str(self._bindir / name)
+
+    def _initdb(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            self._check_enterable()
+            user = self._user()
+            os.chown(self.data_dir, user.pw_uid, user.pw_gid)
+        os.chmod(self.data_dir, 0o700)
+        log.info("initialising a PostgreSQL cluster in %s", self.data_dir)
+        self._run(
+            [
+                self._bin("initdb"),
+                "-D",
+                str(self.data_dir),
+                "-U",
+                _SUPERUSER,
+                "--auth=trust",  # it only ever listens on 127.0.0.1
+                "--encoding=UTF8",
+                "--locale=C",
+            ]
+        )
+
+    def _pg_ctl_start(self) -> None:
+        settings = {
+            "listen_addresses": "127.0.0.1",
+            "port": str(self.port),
+            "unix_socket_directories": "''",
+        }
+        if self._throwaway:
+            settings.update(_THROWAWAY_SETTINGS)
+        options = " ".join(f"-c {key}={value}" for key, value in settings.items())
+        log_file = self.data_dir / "postgres.log"
+        try:
+            self._run(
+                [
+                    self._bin("pg_ctl"),
+                    "start",
+                    "-D",
+                    str(self.data_dir),
+                    "-l",
+                    str(log_file),
+                    "-o",
+                    options,
+                    "-w",
+                    "-t",
+                    "60",
+                ],
+            )
+        except EmbeddedError as exc:
+            tail = _tail(log_file)
+            raise EmbeddedError(f"{exc}\n--- {log_file} ---\n{tail}") from exc
+
+    def _running_port(self) -> int | None:
+        """The port of the postmaster already running on this data dir, if any."""
+        pid_file = self.data_dir / "postmaster.pid"
+        if not pid_file.exists():
+            return None
+        status = self._run([self._bin("pg_ctl"), "status", "-D", str(self.data_dir)], check=False)
+        if status.returncode != 0:
+            return None  # a stale pid file; pg_ctl start copes with it
+        lines = pid_file.read_text().splitlines()
+        return int(lines[3]) if len(lines) > 3 else None
+
+    def _create_database(self) -> None:
+        with psycopg.connect(self.url_for("postgres"), autocommit=True) as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (self.database,)
+            ).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{self.database}"')
+
+    def _user(self) -> pwd.struct_passwd:
+        try:
+            return pwd.getpwnam(self._os_user)
+        except KeyError:
+            raise EmbeddedError(
+                f"running as root, and PostgreSQL must run as an unprivileged user, but user "
+                f"{self._os_user!r} does not exist; create it (`useradd --system "
+                f"{self._os_user}`) or set DATABASE_URL"
+            ) from None
+
+    def _check_enterable(self) -> None:
+        for parent in self.data_dir.parents:
+            if not parent.stat().st_mode & stat.S_IXOTH:
+                raise EmbeddedError(
+                    f"user {self._os_user!r} cannot enter {parent}, which holds the data "
+                    f"directory {self.data_dir}; run `chmod o+x {parent}`, choose another "
+                    "--data-dir, or set DATABASE_URL"
+                )
+
+    def _run(self, cmd: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
+        kwargs: dict[str, object] = {}
+        if os.geteuid() == 0:
+            user = self._user()
+            kwargs = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+        env = {**os.environ, "LC_ALL": "C"}
+        env.pop("PGDATA", None)
+        result = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=self.data_dir,
+            # Own session: a Ctrl-C meant for the server must not stop PostgreSQL
+            # before the server has flushed its last batch.
+            start_new_session=True,
+            **kwargs,  # type: ignore[call-overload]
+        )
+        if check and result.returncode != 0:
+            raise EmbeddedError(
+                f"{Path(cmd[0]).name} {cmd[1] if len(cmd) > 1 else ''} failed "
+                f"(exit {result.returncode}): {(result.stderr or result.stdout).strip()}"
+            )
+        return result  # type: ignore[no-any-return]
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

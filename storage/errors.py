@@ -1,0 +1,25 @@
+"""Errors raised by the storage layer; psycopg errors are translated here, once.
+
+    StorageError
+    ├── Unavailable      the database cannot be reached or refuses work now; retry later
+    ├── InvalidArgument  a caller-supplied value the database cannot use
+    └── EmbeddedError    the embedded PostgreSQL cluster could not be set up or started
+"""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """Base of every error the storage layer raises."""
+
+
+class Unavailable(StorageError):
+    """The database is unreachable or shutting down; the same call may succeed later."""
+
+
+class InvalidArgument(StorageError):
+    """A value passed by the caller cannot be used (for example a bad page position)."""
+
+
+class EmbeddedError(StorageError):
+    """The embedded PostgreSQL cluster could not be prepared, started or stopped."""

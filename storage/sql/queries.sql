@@ -1,0 +1,74 @@
+-- Named queries; storage/queries.py loads each block by the name after "-- name:".
+
+-- name: create_staging
+-- One per connection, emptied by every commit.
+CREATE TEMP TABLE IF NOT EXISTS staging (
+    idx      integer     NOT NULL,
+    is_first boolean     NOT NULL,
+    topic    text        NOT NULL,
+    event_id text        NOT NULL,
+    ts       timestamptz NOT NULL,
+    ts_nanos smallint    NOT NULL,
+    source   text        NOT NULL,
+    payload  text        NOT NULL
+) ON COMMIT DELETE ROWS
+
+-- name: copy_staging
+COPY staging (idx, is_first, topic, event_id, ts, ts_nanos, source, payload)
+FROM STDIN (FORMAT BINARY)
+
+-- name: insert_from_staging
+-- Fixed key order, so two batches with overlapping keys cannot deadlock.
+INSERT INTO events (topic, event_id, ts, ts_nanos, source, payload)
+SELECT topic, event_id, ts, ts_nanos, source, payload::jsonb
+FROM staging
+WHERE is_first
+ORDER BY topic, event_id
+ON CONFLICT (topic, event_id) DO NOTHING
+RETURNING topic, event_id
+
+-- name: compare_with_stored
+-- A new statement takes a new snapshot, so it also sees rows that concurrent
+-- transactions committed while our INSERT waited on them.
+SELECT s.idx, e.ts = s.ts AND e.ts_nanos = s.ts_nanos, e.source = s.source,
+       e.payload = s.payload::jsonb
+FROM staging s
+JOIN events e ON e.topic = s.topic AND e.event_id = s.event_id
+WHERE s.idx = ANY(%(idx)s)
+
+-- name: add_topic_stats
+INSERT INTO topic_stats AS t
+    (topic, shard, received, accepted, duplicates, rejected, conflicts)
+SELECT u.topic, mod(pg_backend_pid(), 16),
+       u.accepted + u.duplicates + u.rejected + u.conflicts,
+       u.accepted, u.duplicates, u.rejected, u.conflicts
+FROM unnest(%(topic)s::text[], %(accepted)s::bigint[], %(duplicates)s::bigint[],
+            %(rejected)s::bigint[], %(conflicts)s::bigint[])
+     AS u(topic, accepted, duplicates, rejected, conflicts)
+ORDER BY u.topic
+ON CONFLICT (topic, shard) DO UPDATE SET
+    received   = t.received + excluded.received,
+    accepted   = t.accepted + excluded.accepted,
+    duplicates = t.duplicates + excluded.duplicates,
+    rejected   = t.rejected + excluded.rejected,
+    conflicts  = t.conflicts + excluded.conflicts
+
+-- name: list_events
+SELECT topic, event_id, ts, ts_nanos, source, payload::text, seq, received_at
+FROM events
+WHERE topic = %(topic)s
+  AND seq > %(after_seq)s
+  AND (%(start_ts)s::timestamptz IS NULL OR (ts, ts_nanos) >= (%(start_ts)s, %(start_nanos)s))
+  AND (%(end_ts)s::timestamptz IS NULL OR (ts, ts_nanos) < (%(end_ts)s, %(end_nanos)s))
+ORDER BY seq
+LIMIT %(limit)s
+
+-- name: topic_stats
+SELECT topic, sum(received)::bigint, sum(accepted)::bigint, sum(duplicates)::bigint,
+       sum(rejected)::bigint, sum(conflicts)::bigint
+FROM topic_stats
+GROUP BY topic
+ORDER BY topic
+
+-- name: ping
+SELECT 1

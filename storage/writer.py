@@ -1,0 +1,202 @@
+"""Writes one batch of events in one transaction and classifies every event.
+
+COPY into the connection's staging table, then one INSERT … SELECT … ON CONFLICT DO
+NOTHING, then a comparison of every event that was not inserted against the stored
+row. Counters are updated in the same transaction, so they are exact.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+from psycopg import errors as pg_errors
+
+from storage import queries
+from storage.errors import StorageError
+from storage.models import BatchResult, NewEvent, Status
+
+log = logging.getLogger(__name__)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_STAGING_TYPES = ["int4", "bool", "text", "text", "timestamptz", "int2", "text", "text"]
+# Errors that depend on the rows sent: isolate the culprits by splitting the batch.
+_ROW_ERRORS = (pg_errors.DataError, pg_errors.IntegrityError)
+# Errors a retry of the same transaction resolves.
+_TRANSIENT = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
+_TRANSIENT_ATTEMPTS = 5
+_VISIBILITY_ATTEMPTS = 5
+
+Conn = psycopg.Connection[tuple[object, ...]]
+
+
+def create_staging(conn: Conn) -> None:
+    """Create this connection's staging table (a TEMP table, so one per connection)."""
+    conn.execute(queries.get("create_staging"))
+
+
+def write_batch(
+    conn: Conn, events: Sequence[NewEvent], rejected: Mapping[str, int] | None = None
+) -> BatchResult:
+    """Store `events` and count them plus `rejected` (events refused earlier, per topic).
+
+    Rows the database refuses (for example JSON holding \\u0000) are isolated by
+    splitting the batch and come back REJECTED; everything else is stored.
+    """
+    result = BatchResult(statuses=[Status.ACCEPTED] * len(events))
+    _write_isolating(conn, events, list(range(len(events))), dict(rejected or {}), result)
+    return result
+
+
+def _write_isolating(
+    conn: Conn,
+    events: Sequence[NewEvent],
+    idxs: list[int],
+    rejected: dict[str, int],
+    result: BatchResult,
+) -> None:
+    try:
+        _write_retrying(conn, events, idxs, rejected, result)
+    except _ROW_ERRORS as exc:
+        if len(idxs) <= 1:
+            if not idxs:
+                raise  # only counters were written: not a row's fault
+            bad = idxs[0]
+            result.statuses[bad] = Status.REJECTED
+            result.reasons[bad] = _refusal_reason(exc)
+            log.info("database refused event %d of a batch: %s", bad, exc.diag.message_primary)
+            rejected = dict(rejected)
+            rejected[events[bad].topic] = rejected.get(events[bad].topic, 0) + 1
+            _write_retrying(conn, events, [], rejected, result)
+            return
+        half = len(idxs) // 2
+        _write_isolating(conn, events, idxs[:half], rejected, result)
+        _write_isolating(conn, events, idxs[half:], {}, result)
+
+
+def _refusal_reason(exc: psycopg.Error) -> str:
+    diag = exc.diag
+    text = " ".join(filter(None, (diag.message_primary, diag.message_detail)))
+    where = f"{diag.context or ''} {diag.message_primary or ''}".lower()
+    field = "payload" if "json" in where or "unicode" in where else "event"
+    return f"{field}: refused by the database: {text}"
+
+
+def _write_retrying(
+    conn: Conn,
+    events: Sequence[NewEvent],
+    idxs: list[int],
+    rejected: dict[str, int],
+    result: BatchResult,
+) -> None:
+    for attempt in range(1, _TRANSIENT_ATTEMPTS + 1):
+        try:
+            _write_once(conn, events, idxs, rejected, result)
+            return
+        except _TRANSIENT as exc:
+            if attempt == _TRANSIENT_ATTEMPTS:
+                raise
+            log.warning("retrying batch after %s", type(exc).__name__)
+
+
+def _write_once(
+    conn: Conn,
+    events: Sequence[NewEvent],
+    idxs: list[int],
+    rejected: dict[str, int],
+    result: BatchResult,
+) -> None:
+    if not idxs and not rejected:
+        return
+    statuses = result.statuses
+    for i in idxs:
+        result.reasons.pop(i, None)  # left over from an attempt that rolled back
+    first: dict[tuple[str, str], int] = {}
+    rows = []
+    for i in idxs:
+        topic, event_id, ts_ns, source, payload = events[i]
+        key = (topic, event_id)
+        is_first = key not in first
+        if is_first:
+            first[key] = i
+        micros, nanos = divmod(ts_ns, 1000)
+        rows.append(
+            (
+                i,
+                is_first,
+                topic,
+                event_id,
+                _EPOCH + timedelta(microseconds=micros),
+                nanos,
+                source,
+                payload or "{}",
+            )
+        )
+
+    with conn.transaction(), conn.cursor() as cur:
+        if rows:
+            with cur.copy(queries.get("copy_staging")) as copy:
+                copy.set_types(_STAGING_TYPES)
+                for row in rows:
+                    copy.write_row(row)
+            cur.execute(queries.get("insert_from_staging"))
+            inserted = {first[(t, e)] for t, e in cur.fetchall()}  # type: ignore[index]
+            for i in inserted:
+                statuses[i] = Status.ACCEPTED
+            _classify_not_inserted(cur, [i for i in idxs if i not in inserted], result)
+
+        counts: dict[str, list[int]] = {}
+        for i in idxs:
+            slot = counts.setdefault(events[i].topic, [0, 0, 0, 0])
+            slot[statuses[i] - 1] += 1
+        for topic, n in rejected.items():
+            counts.setdefault(topic, [0, 0, 0, 0])[Status.REJECTED - 1] += n
+        if counts:
+            topics = sorted(counts)
+            cur.execute(
+                queries.get("add_topic_stats"),
+                {
+                    "topic": topics,
+                    "accepted": [counts[t][0] for t in topics],
+                    "duplicates": [counts[t][1] for t in topics],
+                    "rejected": [counts[t][2] for t in topics],
+                    "conflicts": [counts[t][3] for t in topics],
+                },
+            )
+
+
+def _classify_not_inserted(
+    cur: psycopg.Cursor[tuple[object, ...]], pending: list[int], result: BatchResult
+) -> None:
+    """DUPLICATE or CONFLICT for each event whose key was already stored."""
+    for _ in range(_VISIBILITY_ATTEMPTS):
+        if not pending:
+            return
+        cur.execute(queries.get("compare_with_stored"), {"idx": pending})
+        seen = set()
+        for idx, same_ts, same_source, same_payload in cur.fetchall():
+            i = int(idx)  # type: ignore[call-overload]
+            seen.add(i)
+            if same_ts and same_source and same_payload:
+                result.statuses[i] = Status.DUPLICATE
+            else:
+                differs = [
+                    name
+                    for name, same in (
+                        ("timestamp", same_ts),
+                        ("source", same_source),
+                        ("payload", same_payload),
+                    )
+                    if not same
+                ]
+                result.statuses[i] = Status.CONFLICT
+                result.reasons[i] = (
+                    "conflict: this topic and event_id are already stored with a different "
+                    + ", ".join(differs)
+                )
+        pending = [i for i in pending if i not in seen]
+    if pending:
+        # Not inserted yet not visible: never guess a status.
+        raise StorageError(f"{len(pending)} events were neither inserted nor found stored")
