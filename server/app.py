@@ -8,12 +8,12 @@ from concurrent import futures
 from types import TracebackType
 
 import grpc
+from aggregator.v1 import aggregator_pb2 as pb
+from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 import storage
-from aggregator.v1 import aggregator_pb2 as pb
-from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
 from server.batcher import Batcher
 from server.config import Config
 from server.health import SERVICE_NAME, DatabaseHealth

@@ -6,9 +6,9 @@ import base64
 import binascii
 from datetime import datetime
 
+from aggregator.v1 import aggregator_pb2 as pb
 from google.protobuf import timestamp_pb2
 
-from aggregator.v1 import aggregator_pb2 as pb
 from storage import Counters, Stats, StoredEvent
 
 _NS = 1_000_000_000

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import grpc
-
-import storage
 from aggregator.v1 import aggregator_pb2 as pb
 from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
+
+import storage
 from server import batcher, convert, errors
 from server.config import Config
 from server.validation import check_event, stats_topic
@@ -287,7 +287,11 @@ class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
             for i, reason in prepared.rejections.items()
         ]
         details += [
-            pb.EventDetail(index=positions[i], status=int(result.statuses[i]), reason=reason)
+            pb.EventDetail(
+                index=positions[i],
+                status=pb.EventStatus.ValueType(result.statuses[i]),
+                reason=reason,
+            )
             for i, reason in result.reasons.items()
         ]
         details.sort(key=lambda d: d.index)

@@ -6,8 +6,8 @@ Every reason starts with the name of the field at fault, so publishers can act o
 from __future__ import annotations
 
 import orjson
-
 from aggregator.v1 import aggregator_pb2 as pb
+
 from storage import NewEvent
 
 MAX_KEY_CHARS = 255

@@ -1,9 +1,9 @@
 """Errors raised by the storage layer; psycopg errors are translated here, once.
 
-    StorageError
-    ├── Unavailable      the database cannot be reached or refuses work now; retry later
-    ├── InvalidArgument  a caller-supplied value the database cannot use
-    └── EmbeddedError    the embedded PostgreSQL cluster could not be set up or started
+StorageError
+├── Unavailable      the database cannot be reached or refuses work now; retry later
+├── InvalidArgument  a caller-supplied value the database cannot use
+└── EmbeddedError    the embedded PostgreSQL cluster could not be set up or started
 """
 
 from __future__ import annotations

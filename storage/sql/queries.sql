@@ -18,11 +18,15 @@ COPY staging (idx, is_first, topic, event_id, ts, ts_nanos, source, payload)
 FROM STDIN (FORMAT BINARY)
 
 -- name: insert_from_staging
--- Fixed key order, so two batches with overlapping keys cannot deadlock.
-INSERT INTO events (topic, event_id, ts, ts_nanos, source, payload)
-SELECT topic, event_id, ts, ts_nanos, source, payload::jsonb
-FROM staging
-WHERE is_first
+-- seq is drawn in arrival order (idx), rows are inserted in a fixed key order so two
+-- batches with overlapping keys cannot deadlock.
+INSERT INTO events (topic, event_id, ts, ts_nanos, source, payload, seq)
+OVERRIDING SYSTEM VALUE
+SELECT topic, event_id, ts, ts_nanos, source, payload::jsonb, seq
+FROM (
+    SELECT arrived.*, nextval('events_seq') AS seq
+    FROM (SELECT * FROM staging WHERE is_first ORDER BY idx) AS arrived
+) AS numbered
 ORDER BY topic, event_id
 ON CONFLICT (topic, event_id) DO NOTHING
 RETURNING topic, event_id

@@ -8,7 +8,7 @@ CREATE TABLE events (
     ts_nanos    smallint    NOT NULL DEFAULT 0 CHECK (ts_nanos BETWEEN 0 AND 999),
     source      text        NOT NULL DEFAULT '' CHECK (char_length(source) <= 255),
     payload     jsonb       NOT NULL,
-    seq         bigint      GENERATED ALWAYS AS IDENTITY,
+    seq         bigint      GENERATED ALWAYS AS IDENTITY (SEQUENCE NAME events_seq),
     received_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (topic, event_id)
 );

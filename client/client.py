@@ -1,0 +1,86 @@
+"""AggregatorClient: the unary API over one channel."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from types import TracebackType
+
+import grpc
+from aggregator.v1 import aggregator_pb2 as pb
+from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
+from google.protobuf import timestamp_pb2
+
+
+class AggregatorClient:
+    """Publish, list and read stats over one gRPC channel; close() it or use `with`."""
+
+    def __init__(
+        self,
+        target: str = "localhost:50051",
+        *,
+        timeout: float = 30.0,
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        self._owns_channel = channel is None
+        self._channel = channel or grpc.insecure_channel(target)
+        self._stub = pb_grpc.AggregatorServiceStub(self._channel)
+        self._timeout = timeout
+
+    @property
+    def stub(self) -> pb_grpc.AggregatorServiceStub:
+        return self._stub
+
+    def publish(self, events: Iterable[pb.Event], *, sequence: int = 0) -> pb.PublishResponse:
+        """Publish events in one PublishBatch call; returns one status per event."""
+        request = pb.PublishRequest(sequence=sequence, events=list(events))
+        response: pb.PublishResponse = self._stub.PublishBatch(request, timeout=self._timeout)
+        return response
+
+    def list_events(
+        self,
+        topic: str,
+        *,
+        page_size: int = 1000,
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+    ) -> Iterator[pb.StoredEvent]:
+        """Every stored event of `topic`, oldest first, fetched page by page."""
+        request = pb.ListEventsRequest(topic=topic, page_size=page_size)
+        if start_time is not None:
+            request.start_time.CopyFrom(_timestamp(start_time))
+        if end_time is not None:
+            request.end_time.CopyFrom(_timestamp(end_time))
+        while True:
+            page: pb.ListEventsResponse = self._stub.ListEvents(request, timeout=self._timeout)
+            yield from page.events
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
+
+    def stats(self) -> pb.GetStatsResponse:
+        response: pb.GetStatsResponse = self._stub.GetStats(
+            pb.GetStatsRequest(), timeout=self._timeout
+        )
+        return response
+
+    def close(self) -> None:
+        if self._owns_channel:
+            self._channel.close()
+
+    def __enter__(self) -> AggregatorClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value)
+    return ts

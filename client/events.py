@@ -1,0 +1,41 @@
+"""Building Event messages from plain Python values."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+from aggregator.v1 import aggregator_pb2 as pb
+from google.protobuf import timestamp_pb2
+
+
+def make_event(
+    topic: str,
+    payload: Mapping[str, object] | str | None = None,
+    *,
+    event_id: str | None = None,
+    timestamp: datetime | None = None,
+    source: str = "",
+) -> pb.Event:
+    """An Event; payload from a dict or a JSON string, timestamp now (UTC) unless given.
+
+    Without `event_id` a fresh random id is used: the event is then new each time you
+    call this, so keep the returned Event (not the call) to retry it idempotently.
+    """
+    if payload is None:
+        text = ""
+    elif isinstance(payload, str):
+        text = payload
+    else:
+        text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(timestamp if timestamp is not None else datetime.now(UTC))
+    return pb.Event(
+        topic=topic,
+        event_id=event_id if event_id is not None else uuid.uuid4().hex,
+        timestamp=ts,
+        source=source,
+        payload=text,
+    )

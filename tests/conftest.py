@@ -1,0 +1,85 @@
+"""Fixtures: one throwaway PostgreSQL cluster per session, clean tables per test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import psycopg
+import pytest
+from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
+
+import storage
+from server import Config, Server
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[storage.EmbeddedPostgres]:
+    """A PostgreSQL cluster of our own, on a free port, removed after the session."""
+    base = Path(tempfile.mkdtemp(prefix="aggregator-tests-"))
+    base.chmod(0o755)  # the unprivileged PostgreSQL user must be able to enter it
+    cluster = storage.EmbeddedPostgres(base / "pg", database="aggregator_test", throwaway=True)
+    cluster.start()
+    try:
+        with storage.Database(cluster.url, min_connections=1, max_connections=1) as db:
+            db.migrate()
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def db_url(pg_cluster: storage.EmbeddedPostgres) -> str:
+    """The test database, emptied before each test."""
+    with psycopg.connect(pg_cluster.url, autocommit=True) as conn:
+        conn.execute("TRUNCATE events, topic_stats RESTART IDENTITY")
+    return pg_cluster.url
+
+
+@pytest.fixture
+def sql(db_url: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """A plain connection for checking what the database holds."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        yield conn
+
+
+def server_config(db_url: str, **overrides: object) -> Config:
+    settings: dict[str, object] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "database_url": db_url,
+        "shutdown_grace": 5.0,
+    }
+    settings.update(overrides)
+    return Config(**settings)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def server(db_url: str) -> Iterator[Server]:
+    """An in-process server on a free loopback port."""
+    with Server(server_config(db_url)) as running:
+        yield running
+
+
+@pytest.fixture
+def channel(server: Server) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as chan:
+        yield chan
+
+
+@pytest.fixture
+def stub(channel: grpc.Channel) -> pb_grpc.AggregatorServiceStub:
+    return pb_grpc.AggregatorServiceStub(channel)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # CI must never skip silently: a skip there is a failure of the setup.
+    if os.environ.get("CI"):
+        for item in items:
+            if item.get_closest_marker("skip") or item.get_closest_marker("skipif"):
+                raise pytest.UsageError(f"{item.nodeid} would be skipped in CI")

@@ -1,0 +1,127 @@
+"""Fast unit tests: validation, page tokens, configuration, the batcher's queue."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+import storage
+from server import batcher, config, convert
+from server.validation import check_event, stats_topic
+from tests.support import event
+
+
+def test_valid_event_becomes_a_new_event_with_exact_nanoseconds():
+    checked = check_event(event("id", seconds=-5, nanos=7), 100)
+    assert checked == storage.NewEvent("orders", "id", -5 * 10**9 + 7, "test", '{"n": 1}')
+
+
+def test_limits_are_inclusive():
+    assert not isinstance(
+        check_event(event("i" * 255, topic="t" * 255, source="s" * 255), 100), str
+    )
+    assert check_event(event(payload='"' + "x" * 98 + '"'), 100) != ""
+    assert isinstance(check_event(event(payload='"' + "x" * 99 + '"'), 100), str)
+
+
+def test_rejected_event_counts_under_its_topic_only_when_the_topic_is_valid():
+    assert stats_topic(event(topic="ok")) == "ok"
+    assert stats_topic(event(topic="")) == ""
+    assert stats_topic(event(topic="x" * 256)) == ""
+
+
+def test_page_token_round_trips_and_is_bound_to_its_topic():
+    token = convert.encode_page_token("orders", 42)
+    assert convert.decode_page_token(token, "orders") == 42
+    assert convert.decode_page_token("", "orders") == 0
+    with pytest.raises(convert.BadPageToken):
+        convert.decode_page_token(token, "other")
+    with pytest.raises(convert.BadPageToken):
+        convert.decode_page_token("bm90LWEtdG9rZW4", "orders")
+
+
+def test_config_reads_flag_then_environment_then_default():
+    env = {"AGGREGATOR_PORT": "6000", "AGGREGATOR_FLUSH_WORKERS": "3", "DATABASE_URL": "pg://x"}
+    assert config.load([], {}).port == 50051
+    loaded = config.load([], env)
+    assert (loaded.port, loaded.flush_workers, loaded.database_url) == (6000, 3, "pg://x")
+    assert config.load(["--port", "7000"], env).port == 7000
+
+
+def test_config_refuses_nonsense(capsys):
+    with pytest.raises(SystemExit):
+        config.load(["--flush-workers", "0"], {})
+    assert "--flush-workers must be at least 1" in capsys.readouterr().err
+
+
+def test_every_option_is_documented_in_help(capsys):
+    with pytest.raises(SystemExit):
+        config.load(["--help"], {})
+    text = capsys.readouterr().out
+    for name in ("--host", "--port", "--database-url", "AGGREGATOR_PORT", "DATABASE_URL"):
+        assert name in text
+
+
+class GatedWriter:
+    """A write function that holds each batch until released; records batch sizes."""
+
+    def __init__(self):
+        self.sizes = []
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def __call__(self, events, rejected):
+        self.entered.set()
+        self.release.wait(30)
+        self.sizes.append(len(events))
+        return storage.BatchResult([storage.Status.ACCEPTED] * len(events))
+
+
+def submission(n):
+    return batcher.Submission([storage.NewEvent("t", str(i), 0, "", "{}") for i in range(n)], {})
+
+
+def test_batcher_takes_everything_pending_when_a_worker_frees_up():
+    writer = GatedWriter()
+    queue = batcher.Batcher(writer, workers=1, max_batch_events=100, max_pending_events=1000)
+    first = submission(1)
+    queue.submit(first)
+    assert writer.entered.wait(10)  # the idle worker flushed at once, without a linger
+    rest = [submission(10) for _ in range(12)]
+    for item in rest:
+        queue.submit(item)
+    writer.release.set()
+    for item in [first, *rest]:
+        assert item.wait(10)
+    queue.close()
+    assert writer.sizes == [1, 100, 20]
+
+
+def test_full_queue_times_out_with_overloaded_and_a_big_request_still_fits_an_empty_queue():
+    writer = GatedWriter()
+    queue = batcher.Batcher(writer, workers=1, max_batch_events=10, max_pending_events=10)
+    queue.submit(submission(1))
+    assert writer.entered.wait(10)
+    queue.submit(submission(25))  # larger than the queue, accepted because it is empty
+    with pytest.raises(batcher.Overloaded):
+        queue.submit(submission(1), timeout=0.05)
+    writer.release.set()
+    queue.close()
+    with pytest.raises(batcher.ShuttingDown):
+        queue.submit(submission(1))
+
+
+def test_batcher_fails_the_batch_when_the_database_stays_unavailable():
+    states: list[bool] = []
+
+    def down(events, rejected):
+        raise storage.Unavailable("down")
+
+    queue = batcher.Batcher(down, workers=1, retry_timeout=0.2, on_database_state=states.append)
+    item = submission(3)
+    queue.submit(item)
+    assert item.wait(10)
+    assert isinstance(item.error, storage.Unavailable)
+    assert states and not any(states)
+    queue.close()
