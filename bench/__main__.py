@@ -21,10 +21,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
+from aggregator.v1 import aggregator_pb2 as pb
 from google.protobuf import timestamp_pb2
 
 import storage
-from aggregator.v1 import aggregator_pb2 as pb
 
 _PUBLISH = "/aggregator.v1.AggregatorService/Publish"
 
