@@ -136,9 +136,11 @@ def main() -> int:
 
     streams = build_requests(args)
     if args.spawn:
-        with tempfile.TemporaryDirectory(prefix="aggregator-bench-") as tmp:
-            with spawn(Path(tmp)) as target:
-                elapsed, counts = run(target, streams)
+        with (
+            tempfile.TemporaryDirectory(prefix="aggregator-bench-") as tmp,
+            spawn(Path(tmp)) as target,
+        ):
+            elapsed, counts = run(target, streams)
     else:
         elapsed, counts = run(args.target, streams)
     total = sum(counts.values())
