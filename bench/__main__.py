@@ -150,7 +150,9 @@ def main() -> int:
         f"over {args.concurrency} streams"
     )
     for status, n in sorted(counts.items()):
-        print(f"  {pb.EventStatus.Name(status):<24} {n:>9} ({n / total:.1%})")
+        print(
+            f"  {pb.EventStatus.Name(pb.EventStatus.ValueType(status)):<24} {n:>9} ({n / total:.1%})"
+        )
     return 0
 
 
