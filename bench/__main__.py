@@ -150,9 +150,8 @@ def main() -> int:
         f"over {args.concurrency} streams"
     )
     for status, n in sorted(counts.items()):
-        print(
-            f"  {pb.EventStatus.Name(pb.EventStatus.ValueType(status)):<24} {n:>9} ({n / total:.1%})"
-        )
+        name = pb.EventStatus.Name(pb.EventStatus.ValueType(status))
+        print(f"  {name:<24} {n:>9} ({n / total:.1%})")
     return 0
 
 
