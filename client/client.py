@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from types import TracebackType
 
@@ -10,6 +11,10 @@ import grpc
 from aggregator.v1 import aggregator_pb2 as pb
 from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
 from google.protobuf import timestamp_pb2
+
+from client import retry
+from client.errors import PublishError
+from client.publisher import Publisher
 
 
 class AggregatorClient:
@@ -31,11 +36,55 @@ class AggregatorClient:
     def stub(self) -> pb_grpc.AggregatorServiceStub:
         return self._stub
 
-    def publish(self, events: Iterable[pb.Event], *, sequence: int = 0) -> pb.PublishResponse:
-        """Publish events in one PublishBatch call; returns one status per event."""
+    def publish(
+        self, events: Iterable[pb.Event], *, sequence: int = 0, retry_for: float = 30.0
+    ) -> pb.PublishResponse:
+        """Publish events in one PublishBatch call; one status per event, after commit.
+
+        Retryable failures (UNAVAILABLE, RESOURCE_EXHAUSTED, …) are retried for up to
+        `retry_for` seconds with backoff or the server's RetryInfo; resending is safe because
+        events already committed come back DUPLICATE.
+
+        Raises:
+            PublishError: a non-retryable failure, or retries ran out.
+        """
         request = pb.PublishRequest(sequence=sequence, events=list(events))
-        response: pb.PublishResponse = self._stub.PublishBatch(request, timeout=self._timeout)
-        return response
+        deadline = time.monotonic() + retry_for
+        attempt = 0
+        while True:
+            try:
+                response: pb.PublishResponse = self._stub.PublishBatch(
+                    request, timeout=self._timeout
+                )
+                return response
+            except grpc.RpcError as exc:
+                code = exc.code()
+                pause = retry.delay(exc, attempt)
+                attempt += 1
+                if code not in retry.RETRYABLE or time.monotonic() + pause > deadline:
+                    raise PublishError(code, exc.details() or "") from exc
+                time.sleep(pause)
+
+    def publisher(
+        self,
+        *,
+        max_batch_events: int = 500,
+        max_batch_bytes: int = 1024 * 1024,
+        linger: float = 0.005,
+        max_inflight: int = 16,
+        reconnect_timeout: float | None = 300.0,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> Publisher:
+        """A streaming Publisher on this client's channel (see client.publisher)."""
+        return Publisher(
+            self._channel,
+            max_batch_events=max_batch_events,
+            max_batch_bytes=max_batch_bytes,
+            linger=linger,
+            max_inflight=max_inflight,
+            reconnect_timeout=reconnect_timeout,
+            metadata=metadata,
+        )
 
     def list_events(
         self,

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
+import uuid_utils
 from aggregator.v1 import aggregator_pb2 as pb
 from google.protobuf import timestamp_pb2
 
@@ -21,8 +21,8 @@ def make_event(
 ) -> pb.Event:
     """An Event; payload from a dict or a JSON string, timestamp now (UTC) unless given.
 
-    Without `event_id` a fresh random id is used: the event is then new each time you
-    call this, so keep the returned Event (not the call) to retry it idempotently.
+    Without `event_id` a time-ordered UUID (version 7) is generated: the event is then new
+    each time you call this, so keep the returned Event (not the call) to retry it.
     """
     if payload is None:
         text = ""
@@ -34,8 +34,13 @@ def make_event(
     ts.FromDatetime(timestamp if timestamp is not None else datetime.now(UTC))
     return pb.Event(
         topic=topic,
-        event_id=event_id if event_id is not None else uuid.uuid4().hex,
+        event_id=event_id if event_id is not None else new_event_id(),
         timestamp=ts,
         source=source,
         payload=text,
     )
+
+
+def new_event_id() -> str:
+    """A fresh time-ordered UUID (RFC 9562 version 7) as text."""
+    return str(uuid_utils.uuid7())

@@ -59,9 +59,10 @@ class ServerProcess:
 
     _READY = re.compile(r"serving aggregator\.v1\.AggregatorService on [\d.]+:(\d+)")
 
-    def __init__(self, database_url: str, *args: str) -> None:
+    def __init__(self, database_url: str, *args: str, port: int = 0) -> None:
         self.database_url = database_url
         self.args = args
+        self.requested_port = port
         self.output: list[str] = []
         self.port = 0
         self._proc: subprocess.Popen[str] | None = None
@@ -71,7 +72,16 @@ class ServerProcess:
     def start(self, timeout: float = 60) -> ServerProcess:
         env = {**os.environ, "DATABASE_URL": self.database_url}
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", "0", *self.args],
+            [
+                sys.executable,
+                "-m",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.requested_port),
+                *self.args,
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -125,3 +135,14 @@ class ServerProcess:
 def chunks(items: Sequence[pb.Event], size: int) -> Iterator[Sequence[pb.Event]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m client ARGS` as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "client", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )

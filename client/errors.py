@@ -1,0 +1,27 @@
+"""Errors the client raises.
+
+ClientError
+├── PublishError      a call failed in a way retrying cannot fix (or retries ran out)
+└── PublisherClosed   publish() after close()
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class ClientError(Exception):
+    """Base of the client's errors."""
+
+
+class PublishError(ClientError):
+    """Publishing failed for good; `code` is the gRPC status that ended it."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+class PublisherClosed(ClientError):
+    """The publisher was closed; create a new one."""
