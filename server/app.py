@@ -9,11 +9,11 @@ from types import TracebackType
 
 import grpc
 from aggregator.v1 import aggregator_pb2 as pb
-from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 import storage
+from server import handlers
 from server.batcher import Batcher
 from server.config import Config
 from server.health import SERVICE_NAME, DatabaseHealth
@@ -73,7 +73,7 @@ class Server:
                     ("grpc.max_send_message_length", config.max_message_bytes),
                 ],
             )
-            pb_grpc.add_AggregatorServiceServicer_to_server(self._servicer, self._grpc)
+            handlers.register(self._grpc, self._servicer)
             health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, self._grpc)
             reflection.enable_server_reflection(
                 (

@@ -23,6 +23,7 @@ class Config:
     max_payload_bytes: int = 1 * MIB
     max_message_bytes: int = 64 * MIB
     max_inflight_requests: int = 64
+    max_streams: int = 100
     max_concurrent_rpcs: int = 200
     enqueue_timeout: float = 5.0
     db_retry_timeout: float = 30.0
@@ -66,6 +67,11 @@ _OPTIONS: dict[str, tuple[str, Callable[[str], object], str]] = {
         "AGGREGATOR_MAX_INFLIGHT_REQUESTS",
         int,
         "unanswered requests per stream before the server stops reading it",
+    ),
+    "max_streams": (
+        "AGGREGATOR_MAX_STREAMS",
+        int,
+        "open Publish streams at once; more get RESOURCE_EXHAUSTED",
     ),
     "max_concurrent_rpcs": (
         "AGGREGATOR_MAX_CONCURRENT_RPCS",
@@ -125,6 +131,7 @@ def _check(parser: argparse.ArgumentParser, config: Config) -> None:
         "max_payload_bytes",
         "max_message_bytes",
         "max_inflight_requests",
+        "max_streams",
         "max_concurrent_rpcs",
     ]
     for name in positive:

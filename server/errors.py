@@ -26,6 +26,10 @@ class RequestInvalid(Exception):
     """A request (not one event) breaks the API's rules or limits."""
 
 
+class TooManyStreams(Exception):
+    """The server already serves its maximum of Publish streams."""
+
+
 _RETRY_AFTER = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: 1.0,
     grpc.StatusCode.UNAVAILABLE: 1.0,
@@ -36,7 +40,7 @@ def classify(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and client-facing message for an exception."""
     if isinstance(exc, RequestInvalid | BadPageToken | storage.InvalidArgument):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, batcher.Overloaded):
+    if isinstance(exc, batcher.Overloaded | TooManyStreams):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
     if isinstance(exc, batcher.ShuttingDown):
         return (

@@ -124,6 +124,14 @@ class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
     ) -> Iterator[pb.PublishResponse]:
         stream = _Stream(self._config.max_inflight_requests)
         with self._streams_lock:
+            if len(self._streams) >= self._config.max_streams:
+                errors.abort(
+                    context,
+                    errors.TooManyStreams(
+                        f"the server already has {len(self._streams)} open Publish streams "
+                        f"(its limit); retry later or use PublishBatch"
+                    ),
+                )
             self._streams.add(stream)
             if self._draining:
                 stream.close(batcher.ShuttingDown())

@@ -34,6 +34,21 @@ def pg_cluster() -> Iterator[storage.EmbeddedPostgres]:
 
 
 @pytest.fixture
+def own_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[storage.EmbeddedPostgres]:
+    """A cluster for this test alone, for tests that stop and restart PostgreSQL."""
+    base = tmp_path_factory.mktemp("own-pg")
+    for path in (base, *base.parents):
+        if str(path).startswith(tempfile.gettempdir() + "/"):
+            path.chmod(0o755)  # the unprivileged PostgreSQL user must be able to enter it
+    cluster = storage.EmbeddedPostgres(base / "pg", database="aggregator_test", throwaway=True)
+    cluster.start()
+    with storage.Database(cluster.url, min_connections=1, max_connections=1) as db:
+        db.migrate()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
 def db_url(pg_cluster: storage.EmbeddedPostgres) -> str:
     """The test database, emptied before each test."""
     with psycopg.connect(pg_cluster.url, autocommit=True) as conn:

@@ -105,6 +105,11 @@ class ServerProcess:
         self._ready.set()  # exited before becoming ready
 
     @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
+    @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
@@ -146,3 +151,25 @@ def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess
         text=True,
         timeout=300,
     )
+
+
+def process_status(pid: int) -> dict[str, int]:
+    """Resident memory (kB) and thread count of a process, from /proc."""
+    fields = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "Threads"):
+                fields[key] = int(value.split()[0])
+    return fields
+
+
+def wait_until(condition, timeout: float = 60.0, interval: float = 0.02, what: str = "") -> None:
+    """Poll `condition` until true; fail the test after `timeout` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached within {timeout}s: {what or condition}")
+        time.sleep(interval)
