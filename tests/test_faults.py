@@ -9,6 +9,7 @@ import random
 import signal
 import threading
 import time
+from concurrent.futures import Future
 
 import grpc
 import psycopg
@@ -17,7 +18,7 @@ from aggregator.v1 import aggregator_pb2 as pb
 from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client import Publisher
+from client import EventResult, Publisher
 from server import Server
 from storage.embedded import free_port
 from tests.conftest import server_config
@@ -93,7 +94,7 @@ def test_postgres_restart_mid_publish_loses_nothing_and_health_recovers(own_clus
             health = HealthWatcher(channel)
             health.wait_for(SERVING)
             publisher = Publisher(channel, reconnect_timeout=120)
-            results = []
+            results: list[Future[EventResult]] = []
             outage: dict[str, float] = {}
 
             def outage_then_recovery() -> None:
@@ -214,9 +215,9 @@ def test_cancelled_and_timed_out_streams_still_commit_what_was_queued_and_leak_n
 
             cancelled = stub.Publish(requests("cancel"))
             timed_out = stub.Publish(requests("deadline"), timeout=1.0)
-            servicer = server._servicer
-            assert servicer is not None
-            wait_until(lambda: server._batcher.pending_events > 0, what="queued work")
+            servicer, queue = server._servicer, server._batcher
+            assert servicer is not None and queue is not None
+            wait_until(lambda: queue.pending_events > 0, what="queued work")
             cancelled.cancel()
             with pytest.raises(grpc.RpcError) as expired:
                 next(timed_out)
@@ -225,8 +226,6 @@ def test_cancelled_and_timed_out_streams_still_commit_what_was_queued_and_leak_n
             blocker.rollback()
             blocker.close()
             gate.set()
-        queue = server._batcher
-        assert queue is not None
         wait_until(lambda: queue.pending_events == 0, what="queue drained")
         wait_until(lambda: servicer.open_streams == 0, what="streams forgotten")
         wait_until(
