@@ -6,7 +6,9 @@ STAMP  := $(VENV)/.installed
 PROTO  := protos/aggregator/v1/aggregator.proto
 GEN    := protos/aggregator/v1
 
-.PHONY: install proto proto-check run test test-unit lint format bench clean
+.PHONY: install proto proto-check run test test-unit lint format bench soak clean
+
+DURATION ?= 600
 
 install: $(STAMP)
 	@scripts/ensure-postgres
@@ -51,6 +53,10 @@ format: $(STAMP)
 
 bench: install
 	$(PY) -m bench --spawn
+
+# Publishers with duplicates through a server SIGKILL and restart; exact counts at the end.
+soak: install
+	$(PY) -m bench.soak --duration $(DURATION)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -8,23 +8,18 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import random
-import re
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
 from aggregator.v1 import aggregator_pb2 as pb
 from google.protobuf import timestamp_pb2
 
-import storage
+from bench import spawn
 
 _PUBLISH = "/aggregator.v1.AggregatorService/Publish"
 
@@ -92,35 +87,6 @@ def run(target: str, streams: list[list[bytes]]) -> tuple[float, collections.Cou
     return elapsed, counts
 
 
-@contextmanager
-def spawn(workdir: Path) -> Iterator[str]:
-    """An embedded PostgreSQL (durable settings) and a server process; yields its target."""
-    workdir.chmod(0o755)
-    with storage.EmbeddedPostgres(workdir / "pg", database="bench") as cluster:
-        env = {**os.environ, "DATABASE_URL": cluster.url}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", "0"],
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        assert proc.stderr is not None
-        port = None
-        for line in proc.stderr:
-            match = re.search(r"serving \S+ on [\d.]+:(\d+)", line)
-            if match:
-                port = match.group(1)
-                break
-        if port is None:
-            raise SystemExit("server did not start")
-        threading.Thread(target=proc.stderr.read, daemon=True).start()
-        try:
-            yield f"127.0.0.1:{port}"
-        finally:
-            proc.terminate()
-            proc.wait(60)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--target", default="127.0.0.1:50051", help="server address")
@@ -138,9 +104,13 @@ def main() -> int:
     if args.spawn:
         with (
             tempfile.TemporaryDirectory(prefix="aggregator-bench-") as tmp,
-            spawn(Path(tmp)) as target,
+            spawn.embedded_postgres(Path(tmp)) as url,
         ):
-            elapsed, counts = run(target, streams)
+            server = spawn.ServerProcess(url).start()
+            try:
+                elapsed, counts = run(server.target, streams)
+            finally:
+                server.stop()
     else:
         elapsed, counts = run(args.target, streams)
     total = sum(counts.values())

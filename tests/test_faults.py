@@ -182,6 +182,7 @@ def test_postgres_down_for_good_fails_fast_with_unavailable_and_recovers_by_itse
                 metadata = dict(failure.value.trailing_metadata() or ())
                 assert "grpc-status-details-bin" in metadata  # RetryInfo
                 assert took < 20  # bounded: retry timeout plus a pool checkout
+                print(f"UNAVAILABLE after {took:.2f}s")
                 samples.append(process_status(server.pid))
             # Streams fail the same way and do not hang.
             with pytest.raises(grpc.RpcError) as failure:
@@ -190,8 +191,10 @@ def test_postgres_down_for_good_fails_fast_with_unavailable_and_recovers_by_itse
             assert samples[-1]["Threads"] <= samples[1]["Threads"]
             assert samples[-1]["VmRSS"] - samples[1]["VmRSS"] < 20_000  # kB
 
+            restarted = time.monotonic()
             own_cluster.start()
             health.wait_for(SERVING, after=down_at)
+            print(f"SERVING {time.monotonic() - restarted:.2f}s after PostgreSQL started")
             assert list(stub.PublishBatch(request([event("after")])).statuses) == [ACCEPTED]
             health.stop()
     finally:
