@@ -1,128 +1,176 @@
-"""`python -m bench`: a first load generator (the benchmark issue grows it into ghz-style).
+"""`python -m bench`: a ghz-style load test of the aggregator, with same-run baselines.
 
-Pre-builds and pre-serialises every request so the generator costs little, publishes them over
-`-c` Publish streams, and reports events/s and the status distribution.
+Requests are PublishRequests of --batch-size events (-n counts requests, as in ghz). With
+--call publish each of the -c concurrent callers is one bidi Publish stream; with
+publish-batch each is a loop of unary PublishBatch calls. The load is spread over worker
+processes so that the generator is not the bottleneck; CPU use of the generator, the server
+and PostgreSQL is reported beside the results.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
-import random
+import multiprocessing
+import re
 import sys
 import tempfile
-import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
-import grpc
-from aggregator.v1 import aggregator_pb2 as pb
-from google.protobuf import timestamp_pb2
-
-from bench import spawn
-
-_PUBLISH = "/aggregator.v1.AggregatorService/Publish"
+from bench import baselines, cpu, load, report, spawn
+from storage.embedded import free_port
 
 
-def build_requests(args: argparse.Namespace) -> list[list[bytes]]:
-    """Serialised requests per stream; `duplicate_rate` of the events repeat earlier ones."""
-    rng = random.Random(args.seed)
-    run = f"{time.time_ns():x}"
-    unique = round(args.total * (1 - args.duplicate_rate))
-    ts = timestamp_pb2.Timestamp(seconds=int(time.time()))
-    body = '{"message": "' + "x" * max(0, args.payload_bytes - 16) + '"}'
-    events = [
-        pb.Event(
-            topic=f"bench-{i % args.topics}",
-            event_id=f"{run}-{i}",
-            timestamp=ts,
-            source="bench",
-            payload=body,
-        )
-        for i in range(unique)
-    ]
-    events += [events[rng.randrange(unique)] for _ in range(args.total - unique)]
-    rng.shuffle(events)
-    streams: list[list[bytes]] = [[] for _ in range(args.concurrency)]
-    for n, start in enumerate(range(0, len(events), args.batch_size)):
-        chunk = events[start : start + args.batch_size]
-        request = pb.PublishRequest(sequence=n, events=chunk)
-        streams[n % args.concurrency].append(request.SerializeToString())
-    return streams
+def _duration(text: str) -> float:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)?", text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 10s, 1m, 500ms)")
+    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[match.group(2)]
+    return float(match.group(1)) * scale
 
 
-def run(target: str, streams: list[list[bytes]]) -> tuple[float, collections.Counter[int]]:
-    counts: collections.Counter[int] = collections.Counter()
-    lock = threading.Lock()
-    errors: list[BaseException] = []
-    channels = [grpc.insecure_channel(target) for _ in streams]
-    for chan in channels:
-        grpc.channel_ready_future(chan).result(timeout=30)
-
-    def publish(chan: grpc.Channel, requests: list[bytes]) -> None:
-        call = chan.stream_stream(_PUBLISH, response_deserializer=pb.PublishResponse.FromString)
-        mine: collections.Counter[int] = collections.Counter()
-        try:
-            for response in call(iter(requests), timeout=600):
-                mine.update(response.statuses)
-        except grpc.RpcError as exc:
-            errors.append(exc)
-        with lock:
-            counts.update(mine)
-
-    threads = [
-        threading.Thread(target=publish, args=(chan, reqs))
-        for chan, reqs in zip(channels, streams, strict=True)
-    ]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    for chan in channels:
-        chan.close()
-    if errors:
-        raise SystemExit(f"{len(errors)} streams failed, first: {errors[0]}")
-    return elapsed, counts
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--target", default="127.0.0.1:50051", help="server address")
-    parser.add_argument("--spawn", action="store_true", help="start PostgreSQL and a server")
-    parser.add_argument("-n", "--total", type=int, default=200_000, help="events to send")
-    parser.add_argument("-c", "--concurrency", type=int, default=4, help="Publish streams")
-    parser.add_argument("--batch-size", type=int, default=500, help="events per request")
-    parser.add_argument("--duplicate-rate", type=float, default=0.3)
-    parser.add_argument("--topics", type=int, default=8)
-    parser.add_argument("--payload-bytes", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args()
-
-    streams = build_requests(args)
-    if args.spawn:
-        with (
-            tempfile.TemporaryDirectory(prefix="aggregator-bench-") as tmp,
-            spawn.embedded_postgres(Path(tmp)) as url,
-        ):
-            server = spawn.ServerProcess(url).start()
-            try:
-                elapsed, counts = run(server.target, streams)
-            finally:
-                server.stop()
-    else:
-        elapsed, counts = run(args.target, streams)
-    total = sum(counts.values())
-    print(f"events: {total} in {elapsed:.2f}s = {total / elapsed:,.0f} events/s")
-    print(
-        f"requests: {sum(map(len, streams))} of {args.batch_size} events "
-        f"over {args.concurrency} streams"
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--target", default="127.0.0.1:50051", help="server host:port")
+    where.add_argument(
+        "--spawn", action="store_true", help="start an embedded PostgreSQL and a server"
     )
-    for status, n in sorted(counts.items()):
-        name = pb.EventStatus.Name(pb.EventStatus.ValueType(status))
-        print(f"  {name:<24} {n:>9} ({n / total:.1%})")
-    return 0
+    p.add_argument("-n", "--total", type=int, default=400, help="requests to send")
+    p.add_argument("-c", "--concurrency", type=int, default=4, help="concurrent streams/callers")
+    p.add_argument("--connections", type=int, default=0, help="gRPC connections (default: -c)")
+    p.add_argument("-z", "--duration", type=_duration, help="run this long instead of -n")
+    p.add_argument("-r", "--rps", type=float, default=0, help="requests/s in total; 0 = max")
+    p.add_argument(
+        "-O", "--format", choices=["summary", "json", "pretty", "csv"], default="summary"
+    )
+    p.add_argument("-o", "--output", help="write the report here instead of stdout")
+    p.add_argument("--skipFirst", type=int, default=0, help="leave the first N out of the stats")
+    p.add_argument("--count-errors", action="store_true", help="count failed requests in stats")
+    p.add_argument("--call", choices=["publish", "publish-batch"], default="publish")
+    p.add_argument("--batch-size", type=int, default=500, help="events per request")
+    p.add_argument("--duplicate-rate", type=float, default=0.3)
+    p.add_argument("--topics", type=int, default=8)
+    p.add_argument("--payload-bytes", type=int, default=100)
+    p.add_argument("--workers", type=int, default=0, help="load processes (default: cores)")
+    p.add_argument("--baselines", action="store_true", help="measure the baselines too")
+    p.add_argument("--database-url", help="the server's database, for --baselines with --target")
+    p.add_argument(
+        "--baseline-events", type=int, default=0, help="events per baseline (default: as sent)"
+    )
+    p.add_argument("--flush-workers", type=int, default=2, help="server flush workers (--spawn)")
+    p.add_argument("--max-batch-events", type=int, default=5000, help="(--spawn) and baselines")
+    args = p.parse_args(argv)
+    if args.baselines and not (args.spawn or args.database_url):
+        p.error("--baselines needs --spawn or --database-url")
+    return args
+
+
+def run(args: argparse.Namespace, in_process: bool = False) -> report.Report:
+    """Run the load (and baselines); `in_process` keeps the workers in this process (tests)."""
+    with ExitStack() as stack:
+        target, database_url, server_pid = args.target, args.database_url, None
+        if args.spawn:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="aggregator-bench-")))
+            database_url = stack.enter_context(spawn.embedded_postgres(tmp))
+            server = spawn.ServerProcess(
+                database_url,
+                "--flush-workers",
+                str(args.flush_workers),
+                "--max-batch-events",
+                str(args.max_batch_events),
+                port=free_port(),
+            ).start()
+            stack.callback(server.stop)
+            target, server_pid = server.target, server.pid
+        results, cpu_shares = _load(args, target, server_pid, in_process)
+        options = {
+            "call": args.call,
+            "total": args.total,
+            "concurrency": args.concurrency,
+            "connections": args.connections or args.concurrency,
+            "duration": args.duration,
+            "rps": args.rps,
+            "batch_size": args.batch_size,
+            "duplicate_rate": args.duplicate_rate,
+            "topics": args.topics,
+            "payload_bytes": args.payload_bytes,
+            "host": target,
+        }
+        built = report.build(
+            results, options, skip_first=args.skipFirst, count_errors=args.count_errors
+        )
+        built.cpu = cpu_shares
+        if args.baselines and database_url:
+            built.baselines = baselines.measure(
+                database_url,
+                batch_size=args.max_batch_events,
+                connections=args.flush_workers,
+                duplicate_rate=args.duplicate_rate,
+                topics=args.topics,
+                payload_bytes=args.payload_bytes,
+                events=args.baseline_events or max(50_000, min(built.events, 400_000)),
+            )
+        return built
+
+
+def _load(
+    args: argparse.Namespace, target: str, server_pid: int | None, in_process: bool
+) -> tuple[list[load.WorkerResult], dict[str, float]]:
+    workers = 1 if in_process else (args.workers or load.default_workers(args.concurrency))
+    workers = min(workers, args.concurrency)
+    connections = args.connections or args.concurrency
+    run_id = f"{time.time_ns():x}"
+    start_at = time.time() + (0.5 if in_process else 3.0)
+    plans = []
+    for w in range(workers):
+        share = len(range(w, args.concurrency, workers))
+        plans.append(
+            load.WorkerPlan(
+                worker=w,
+                target=target,
+                call=args.call,
+                concurrency=share,
+                connections=max(1, len(range(w, connections, workers))),
+                requests=None if args.duration else len(range(w, args.total, workers)),
+                duration=args.duration,
+                rps=args.rps * share / args.concurrency,
+                batch_size=args.batch_size,
+                duplicate_rate=args.duplicate_rate,
+                topics=args.topics,
+                payload_bytes=args.payload_bytes,
+                run_id=run_id,
+                start_at=start_at,
+            )
+        )
+    before = (cpu.process_seconds(server_pid) if server_pid else 0.0, cpu.postgres_seconds())
+    if in_process:
+        results = [load.run_worker(plan) for plan in plans]
+    else:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            results = pool.map(load.run_worker, plans)
+    elapsed = max(r.ended for r in results) - min(r.started for r in results)
+    shares: dict[str, Any] = {
+        "load generator": sum(r.cpu_seconds for r in results) / elapsed,
+        "PostgreSQL": (cpu.postgres_seconds() - before[1]) / elapsed,
+    }
+    if server_pid:
+        shares["server"] = (cpu.process_seconds(server_pid) - before[0]) / elapsed
+    return results, shares
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    built = run(args)
+    text = report.render(built, args.format)
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        print(text)
+    failed = sum(n for code, n in built.codes.items() if code != "OK")
+    return 1 if failed and not args.count_errors else 0
 
 
 if __name__ == "__main__":

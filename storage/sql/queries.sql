@@ -36,9 +36,9 @@ RETURNING topic, event_id
 -- transactions committed while our INSERT waited on them.
 SELECT s.idx, e.ts = s.ts AND e.ts_nanos = s.ts_nanos, e.source = s.source,
        e.payload = s.payload::jsonb
-FROM staging s
+FROM unnest(%(idx)s::int[]) AS pending(idx)
+JOIN staging s ON s.idx = pending.idx  -- a hash join; `idx = ANY(array)` scans per row
 JOIN events e ON e.topic = s.topic AND e.event_id = s.event_id
-WHERE s.idx = ANY(%(idx)s)
 
 -- name: add_topic_stats
 INSERT INTO topic_stats AS t
@@ -76,3 +76,25 @@ ORDER BY topic
 
 -- name: ping
 SELECT 1
+
+-- Baselines measured by `python -m bench --baselines` against the same database.
+
+-- name: naive_insert
+-- What typical implementations do: one statement per event, autocommit.
+INSERT INTO events (topic, event_id, ts, ts_nanos, source, payload)
+VALUES (%s, %s, %s, %s, %s, %s::jsonb)
+ON CONFLICT (topic, event_id) DO NOTHING
+
+-- name: create_raw_copy_table
+-- events-shaped, without the primary key or index: what COPY alone costs.
+CREATE TABLE IF NOT EXISTS bench_raw_copy (
+    topic text NOT NULL, event_id text NOT NULL, ts timestamptz NOT NULL,
+    ts_nanos smallint NOT NULL, source text NOT NULL, payload jsonb NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT now()
+)
+
+-- name: copy_raw
+COPY bench_raw_copy (topic, event_id, ts, ts_nanos, source, payload) FROM STDIN (FORMAT BINARY)
+
+-- name: drop_raw_copy_table
+DROP TABLE IF EXISTS bench_raw_copy

@@ -1,0 +1,105 @@
+"""Same-run baselines on the same database and data shape: naive, storage only, raw COPY."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import storage
+from storage import NewEvent
+from storage import baselines as sql_paths
+
+NAIVE_EVENTS = 10_000  # the naive path is slow; this many is plenty for a stable rate
+
+
+def dataset(
+    count: int, *, duplicate_rate: float, topics: int, payload_bytes: int
+) -> list[NewEvent]:
+    """Events like the load generator's: `duplicate_rate` of them repeat an earlier one."""
+    rng = random.Random(count)
+    run = f"base-{time.time_ns():x}"
+    filler = "x" * max(0, payload_bytes - 20)
+    now = time.time_ns()
+    made: list[NewEvent] = []
+    out = []
+    for _ in range(count):
+        if made and rng.random() < duplicate_rate:
+            out.append(rng.choice(made))
+        else:
+            k = len(made)
+            made.append(
+                NewEvent(
+                    f"bench-{k % topics}",
+                    f"{run}-{k}",
+                    now,
+                    "bench",
+                    f'{{"n": {k}, "pad": "{filler}"}}',
+                )
+            )
+            out.append(made[-1])
+    return out
+
+
+def _parallel(parts: Sequence[Callable[[], None]]) -> float:
+    threads = [threading.Thread(target=part) for part in parts]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started
+
+
+def measure(
+    url: str,
+    *,
+    batch_size: int,
+    connections: int,
+    duplicate_rate: float,
+    topics: int,
+    payload_bytes: int,
+    events: int,
+) -> dict[str, float]:
+    """events/s of each baseline, measured now against `url`."""
+
+    def shaped(count: int) -> list[NewEvent]:
+        return dataset(
+            count, duplicate_rate=duplicate_rate, topics=topics, payload_bytes=payload_bytes
+        )
+
+    rates: dict[str, float] = {}
+    naive = shaped(min(NAIVE_EVENTS, events))
+    rates["naive (INSERT per event, autocommit)"] = len(naive) / _parallel(
+        [lambda: sql_paths.naive_insert(url, naive)]
+    )
+
+    data = shaped(events)
+    batches = [data[i : i + batch_size] for i in range(0, len(data), batch_size)]
+    shares = [batches[c::connections] for c in range(connections)]
+    with storage.Database(url, min_connections=connections, max_connections=connections) as db:
+
+        def write(mine: Sequence[Sequence[NewEvent]]) -> Callable[[], None]:
+            def part() -> None:
+                for batch in mine:
+                    db.write_batch(batch)
+
+            return part
+
+        rates[f"storage only ({connections} conn, {batch_size}/batch)"] = len(data) / _parallel(
+            [write(mine) for mine in shares]
+        )
+
+    sql_paths.prepare_raw_copy(url)
+    try:
+
+        def copy(mine: Sequence[Sequence[NewEvent]]) -> Callable[[], None]:
+            return lambda: sql_paths.raw_copy(url, mine)
+
+        rates[f"raw COPY, no dedup ({connections} conn)"] = len(data) / _parallel(
+            [copy(mine) for mine in shares]
+        )
+    finally:
+        sql_paths.drop_raw_copy(url)
+    return rates

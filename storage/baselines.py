@@ -1,0 +1,62 @@
+"""The write paths the benchmark compares the server against (never used by the server)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from storage import queries
+from storage.models import NewEvent
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_RAW_TYPES = ["text", "text", "timestamptz", "int2", "text", "jsonb"]
+
+
+def _row(e: NewEvent) -> tuple[str, str, datetime, int, str, str]:
+    micros, nanos = divmod(e.timestamp_ns, 1000)
+    return (
+        e.topic,
+        e.event_id,
+        _EPOCH + timedelta(microseconds=micros),
+        nanos,
+        e.source,
+        e.payload,
+    )
+
+
+def naive_insert(url: str, events: Sequence[NewEvent]) -> None:
+    """One INSERT … ON CONFLICT DO NOTHING per event, autocommit, one connection."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        sql = queries.get("naive_insert")
+        for event in events:
+            conn.execute(sql, _row(event))
+
+
+def prepare_raw_copy(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(queries.get("drop_raw_copy_table"))
+        conn.execute(queries.get("create_raw_copy_table"))
+
+
+def raw_copy(url: str, batches: Sequence[Sequence[NewEvent]]) -> None:
+    """Binary COPY of each batch into an events-shaped table without keys, one transaction each."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        for batch in batches:
+            with (
+                conn.transaction(),
+                conn.cursor() as cur,
+                cur.copy(queries.get("copy_raw")) as copy,
+            ):
+                copy.set_types(_RAW_TYPES)
+                for event in batch:
+                    topic, event_id, ts, nanos, source, payload = _row(event)
+                    raw = Jsonb(payload, dumps=str)  # already JSON text: send it as is
+                    copy.write_row((topic, event_id, ts, nanos, source, raw))
+
+
+def drop_raw_copy(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(queries.get("drop_raw_copy_table"))
