@@ -52,7 +52,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 bench: install
-	$(PY) -m bench --spawn
+	$(PY) -m bench --spawn --baselines -n 1200 -c 4 --batch-size 500
 
 # Publishers with duplicates through a server SIGKILL and restart; exact counts at the end.
 soak: install
