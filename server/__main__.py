@@ -9,6 +9,8 @@ import sys
 import threading
 from types import FrameType
 
+from pythonjsonlogger.json import JsonFormatter
+
 import storage
 from server import config as config_module
 from server.app import Server
@@ -16,10 +18,14 @@ from server.app import Server
 
 def main(argv: list[str] | None = None) -> int:
     config = config_module.load(argv, os.environ)
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler()
+    if config.log_format == "json":
+        handler.setFormatter(
+            JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s", timestamp=False)
+        )
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=config.log_level.upper(), handlers=[handler])
     log = logging.getLogger("server")
     stop = threading.Event()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from concurrent import futures
 from types import TracebackType
 
@@ -17,6 +18,7 @@ from server import handlers
 from server.batcher import Batcher
 from server.config import Config
 from server.health import SERVICE_NAME, DatabaseHealth
+from server.metrics import Metrics
 from server.servicer import AggregatorServicer
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,9 @@ class Server:
         self._health: DatabaseHealth | None = None
         self._servicer: AggregatorServicer | None = None
         self._grpc: grpc.Server | None = None
+        self._stop_metrics: Callable[[], None] | None = None
+        self.metrics = Metrics()
+        self.metrics_port: int | None = None
         self._stopped = threading.Event()
 
     def start(self) -> Server:
@@ -61,13 +66,18 @@ class Server:
                 max_pending_events=config.max_pending_events,
                 retry_timeout=config.db_retry_timeout,
                 on_database_state=self._health.report,
+                on_flush=self.metrics.record_batch,
+                on_database_error=lambda kind: self.metrics.database_errors.labels(kind).inc(),
             )
+            self.metrics.watch_queue(lambda: self._batcher.pending_events if self._batcher else 0)
+            self.metrics.watch_pool(self._database.pool_stats)
             self._servicer = AggregatorServicer(config, self._database, self._batcher)
             self._grpc = grpc.server(
                 futures.ThreadPoolExecutor(
                     max_workers=config.max_concurrent_rpcs + 4, thread_name_prefix="grpc"
                 ),
                 maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+                interceptors=[self.metrics.interceptor()],
                 options=[
                     ("grpc.max_receive_message_length", config.max_message_bytes),
                     ("grpc.max_send_message_length", config.max_message_bytes),
@@ -88,6 +98,10 @@ class Server:
                 raise OSError(f"cannot listen on {config.host}:{config.port}")
             self._grpc.start()
             self._health.start()
+            if config.metrics_port:
+                self._stop_metrics = self.metrics.serve(config.host, config.metrics_port)
+                self.metrics_port = config.metrics_port
+                log.info("metrics on http://%s:%d/metrics", config.host, config.metrics_port)
         except BaseException:
             self._release()
             raise
@@ -117,6 +131,8 @@ class Server:
         log.info("stopped")
 
     def _release(self) -> None:
+        if self._stop_metrics is not None:
+            self._stop_metrics()
         if self._batcher is not None:
             self._batcher.close()  # commits whatever is still queued
         if self._health is not None:

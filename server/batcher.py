@@ -18,6 +18,8 @@ import storage
 log = logging.getLogger(__name__)
 
 WriteBatch = Callable[[Sequence[storage.NewEvent], Mapping[str, int]], storage.BatchResult]
+# (seconds, events, result, rejected-before-batching per topic) of each committed batch
+FlushObserver = Callable[[float, list[storage.NewEvent], storage.BatchResult, dict[str, int]], None]
 
 
 class Overloaded(Exception):
@@ -73,12 +75,16 @@ class Batcher:
         max_pending_events: int = 100_000,
         retry_timeout: float = 30.0,
         on_database_state: Callable[[bool], None] = lambda ok: None,
+        on_flush: FlushObserver | None = None,
+        on_database_error: Callable[[str], None] = lambda kind: None,
     ) -> None:
         self._write = write
         self._max_batch = max_batch_events
         self._max_pending = max_pending_events
         self._retry_timeout = retry_timeout
         self._on_database_state = on_database_state
+        self._on_flush = on_flush
+        self._on_database_error = on_database_error
         self._cond = threading.Condition()
         self._queue: collections.deque[Submission] = collections.deque()
         self._pending = 0  # events (weights) queued, not yet taken by a worker
@@ -184,7 +190,15 @@ class Batcher:
             for topic, n in item.rejected.items():
                 rejected[topic] = rejected.get(topic, 0) + n
         started = time.monotonic()
-        result = self._write_retrying(events, rejected)
+        try:
+            result = self._write_retrying(events, rejected)
+        except storage.Unavailable:
+            raise
+        except Exception:
+            self._on_database_error("other")
+            raise
+        if self._on_flush is not None:
+            self._on_flush(time.monotonic() - started, events, result, rejected)
         log.debug(
             "flushed %d events from %d requests in %.1f ms",
             len(events),
@@ -213,6 +227,7 @@ class Batcher:
                 result = self._write(events, rejected)
             except storage.Unavailable as exc:
                 self._on_database_state(False)
+                self._on_database_error("unavailable")
                 if time.monotonic() + delay > deadline:
                     raise
                 log.warning("database unavailable (%s); retrying in %.2fs", exc, delay)

@@ -29,6 +29,8 @@ class Config:
     db_retry_timeout: float = 30.0
     shutdown_grace: float = 15.0
     log_level: str = "info"
+    log_format: str = "text"
+    metrics_port: int = 0
 
 
 # name → (environment variable, parser, help). Every field of Config has one.
@@ -94,6 +96,12 @@ _OPTIONS: dict[str, tuple[str, Callable[[str], object], str]] = {
         "seconds open calls get to finish on SIGTERM/SIGINT",
     ),
     "log_level": ("AGGREGATOR_LOG_LEVEL", str, "debug, info, warning or error"),
+    "log_format": ("AGGREGATOR_LOG_FORMAT", str, "text, or json (one object per line)"),
+    "metrics_port": (
+        "AGGREGATOR_METRICS_PORT",
+        int,
+        "serve Prometheus metrics on http://HOST:PORT/metrics; 0 turns them off",
+    ),
 }
 
 
@@ -139,5 +147,9 @@ def _check(parser: argparse.ArgumentParser, config: Config) -> None:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 <= config.port <= 65535:
         parser.error("--port must be between 0 and 65535")
+    if config.log_format not in {"text", "json"}:
+        parser.error("--log-format must be text or json")
+    if not 0 <= config.metrics_port <= 65535:
+        parser.error("--metrics-port must be between 0 and 65535")
     if config.log_level.lower() not in {"debug", "info", "warning", "error"}:
         parser.error("--log-level must be one of debug, info, warning, error")

@@ -81,6 +81,10 @@ class Database:
         except psycopg.Error as exc:
             raise StorageError(f"database error: {exc}") from exc
 
+    def pool_stats(self) -> dict[str, int]:
+        """psycopg_pool's counters (pool_size, pool_available, requests_waiting, …)."""
+        return dict(self._pool.get_stats())
+
     def migrate(self) -> list[int]:
         """Bring the schema up to date; return the migration versions applied."""
         with self._connection() as conn:

@@ -1,0 +1,212 @@
+"""Prometheus metrics: the standard gRPC server metrics plus the aggregator's own.
+
+The gRPC names follow go-grpc-prometheus (`grpc_server_started_total`, `…_handled_total`,
+`…_msg_received_total`, `…_msg_sent_total`, `…_handling_seconds`) for every RPC type,
+streams included. Each Server owns its registry; nothing is global.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+import storage
+
+_LABELS = ("grpc_type", "grpc_service", "grpc_method")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.started = Counter(
+            "grpc_server_started_total", "RPCs started on the server.", _LABELS, registry=r
+        )
+        self.handled = Counter(
+            "grpc_server_handled_total",
+            "RPCs completed on the server, regardless of success or failure.",
+            (*_LABELS, "grpc_code"),
+            registry=r,
+        )
+        self.received = Counter(
+            "grpc_server_msg_received_total", "Messages received per RPC.", _LABELS, registry=r
+        )
+        self.sent = Counter(
+            "grpc_server_msg_sent_total", "Messages sent per RPC.", _LABELS, registry=r
+        )
+        self.handling = Histogram(
+            "grpc_server_handling_seconds",
+            "Time from the start of an RPC to its end.",
+            _LABELS,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 300),
+            registry=r,
+        )
+        self.events = Counter(
+            "aggregator_events_total",
+            "Events by final status and topic ('' when the topic was invalid).",
+            ("topic", "status"),
+            registry=r,
+        )
+        self.batch_events = Histogram(
+            "aggregator_batch_events",
+            "Events per committed batch.",
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
+            registry=r,
+        )
+        self.flush_seconds = Histogram(
+            "aggregator_flush_seconds",
+            "Time to write and commit one batch.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
+        self.database_errors = Counter(
+            "aggregator_database_errors_total",
+            "Failed batch writes by kind (unavailable: retried; other: failed).",
+            ("kind",),
+            registry=r,
+        )
+        self.queue_events = Gauge(
+            "aggregator_queue_events", "Events waiting for a flush worker.", registry=r
+        )
+        self.pool_connections = Gauge(
+            "aggregator_db_pool_connections",
+            "Database pool connections by state.",
+            ("state",),
+            registry=r,
+        )
+
+    def watch_queue(self, pending: Callable[[], int]) -> None:
+        self.queue_events.set_function(pending)
+
+    def watch_pool(self, stats: Callable[[], dict[str, int]]) -> None:
+        def in_use() -> float:
+            s = stats()
+            return float(s.get("pool_size", 0) - s.get("pool_available", 0))
+
+        self.pool_connections.labels("in_use").set_function(in_use)
+        self.pool_connections.labels("idle").set_function(
+            lambda: float(stats().get("pool_available", 0))
+        )
+
+    def record_batch(
+        self,
+        seconds: float,
+        events: list[storage.NewEvent],
+        result: storage.BatchResult,
+        rejected: dict[str, int],
+    ) -> None:
+        self.batch_events.observe(len(events))
+        self.flush_seconds.observe(seconds)
+        counts: dict[tuple[str, str], int] = {}
+        for event, status in zip(events, result.statuses, strict=True):
+            counts[event.topic, status.name] = counts.get((event.topic, status.name), 0) + 1
+        for topic, n in rejected.items():
+            counts[topic, "REJECTED"] = counts.get((topic, "REJECTED"), 0) + n
+        for (topic, name), n in counts.items():
+            self.events.labels(topic, name).inc(n)
+
+    def serve(self, host: str, port: int) -> Callable[[], None]:
+        """Expose /metrics over HTTP; returns the function that stops it."""
+        httpd, thread = start_http_server(port, addr=host, registry=self.registry)
+
+        def stop() -> None:
+            httpd.shutdown()
+            httpd.server_close()
+            thread.join()
+
+        return stop
+
+    def interceptor(self) -> grpc.ServerInterceptor:
+        return _Interceptor(self)
+
+
+class _Interceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def intercept_service(
+        self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails
+    ) -> Any:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        _, _, path = details.method.partition("/")
+        service, _, method = path.partition("/")
+        streaming_in, streaming_out = handler.request_streaming, handler.response_streaming
+        kind = {
+            (False, False): "unary",
+            (True, False): "client_stream",
+            (False, True): "server_stream",
+            (True, True): "bidi_stream",
+        }[(streaming_in, streaming_out)]
+        labels = (kind, service, method)
+        m = self._m
+
+        def counted_in(requests: Iterator[Any]) -> Iterator[Any]:
+            for request in requests:
+                m.received.labels(*labels).inc()
+                yield request
+
+        def finish(context: grpc.ServicerContext, started: float, failed: bool) -> None:
+            code = context.code() if hasattr(context, "code") else None
+            if code is None:
+                code = grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
+            m.handled.labels(*labels, code.name).inc()
+            m.handling.labels(*labels).observe(time.monotonic() - started)
+
+        def behave(behavior: Callable[..., Any]) -> Callable[..., Any]:
+            def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
+                started = time.monotonic()
+                m.started.labels(*labels).inc()
+                if streaming_in:
+                    request = counted_in(request)
+                else:
+                    m.received.labels(*labels).inc()
+                if streaming_out:
+                    return _counted_out(behavior(request, context), context, started)
+                try:
+                    response = behavior(request, context)
+                except BaseException:
+                    finish(context, started, True)
+                    raise
+                m.sent.labels(*labels).inc()
+                finish(context, started, False)
+                return response
+
+            return wrapped
+
+        def _counted_out(
+            responses: Iterator[Any], context: grpc.ServicerContext, started: float
+        ) -> Iterator[Any]:
+            failed = False
+            try:
+                for response in responses:
+                    m.sent.labels(*labels).inc()
+                    yield response
+            except BaseException:
+                failed = True
+                raise
+            finally:
+                finish(context, started, failed)
+
+        factory = {
+            (False, False): grpc.unary_unary_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler,
+            (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, True): grpc.stream_stream_rpc_method_handler,
+        }[(streaming_in, streaming_out)]
+        behavior = (
+            handler.unary_unary
+            or handler.stream_unary
+            or handler.unary_stream
+            or handler.stream_stream
+        )
+        return factory(
+            behave(behavior),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
