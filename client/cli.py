@@ -7,6 +7,7 @@ import array
 import functools
 import hashlib
 import json
+import os
 import random
 import sys
 import threading
@@ -51,6 +52,15 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m client", description="Talk to an aggregator server."
     )
     parser.add_argument("--target", default="localhost:50051", help="server address host:port")
+    parser.add_argument("--tls", action="store_true", help="use TLS with the system's roots")
+    parser.add_argument("--tls-ca", help="PEM CA bundle to verify the server (implies --tls)")
+    parser.add_argument("--tls-cert", help="PEM client certificate, for mutual TLS")
+    parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("AGGREGATOR_TOKEN"),
+        help="bearer token (default: $AGGREGATOR_TOKEN)",
+    )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     publish = commands.add_parser(
@@ -227,6 +237,17 @@ def _parse_line(text: str, default_topic: str, default_source: str) -> pb.Event:
     return make_event(topic, payload_text, event_id=event_id, timestamp=when, source=source)
 
 
+def _client(args: argparse.Namespace) -> AggregatorClient:
+    return AggregatorClient(
+        args.target,
+        tls=args.tls,
+        ca_file=args.tls_ca,
+        cert_file=args.tls_cert,
+        key_file=args.tls_key,
+        token=args.token,
+    )
+
+
 def _publish(args: argparse.Namespace) -> int:
     tally = _Tally()
     console = Console(stderr=True)
@@ -243,7 +264,7 @@ def _publish(args: argparse.Namespace) -> int:
         sources = [_simulated(args, plan, s) for s in range(args.streams)]
         total = args.count
     started = time.perf_counter()
-    with AggregatorClient(args.target) as agg:
+    with _client(args) as agg:
         workers = [
             threading.Thread(
                 target=_pump, args=(agg, events, args, len(sources), tally), daemon=True
@@ -355,7 +376,7 @@ _COUNTERS = ("received", "accepted", "duplicates", "rejected", "conflicts")
 
 
 def _stats(args: argparse.Namespace) -> int:
-    with AggregatorClient(args.target) as agg:
+    with _client(args) as agg:
         stats = agg.stats()
     if args.json:
         print(json_format.MessageToJson(stats, always_print_fields_with_no_presence=True))
@@ -374,7 +395,7 @@ def _stats(args: argparse.Namespace) -> int:
 def _events(args: argparse.Namespace) -> int:
     shown = 0
     table = Table("sequence", "event_id", "timestamp", "source", "payload")
-    with AggregatorClient(args.target) as agg:
+    with _client(args) as agg:
         page_size = min(1000, args.limit) if args.limit > 0 else 1000
         for stored in agg.list_events(args.topic, page_size=page_size):
             if args.limit and shown >= args.limit:

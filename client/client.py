@@ -13,6 +13,7 @@ from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
 from google.protobuf import timestamp_pb2
 
 from client import retry
+from client.channel import open_channel
 from client.errors import PublishError
 from client.publisher import Publisher
 
@@ -26,9 +27,18 @@ class AggregatorClient:
         *,
         timeout: float = 30.0,
         channel: grpc.Channel | None = None,
+        tls: bool = False,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        token: str | None = None,
     ) -> None:
+        """Args: TLS when `tls` or a file is given (see client.channel.open_channel);
+        `token` is sent as a bearer token; `channel` replaces all of that."""
         self._owns_channel = channel is None
-        self._channel = channel or grpc.insecure_channel(target)
+        self._channel = channel or open_channel(
+            target, tls=tls, ca_file=ca_file, cert_file=cert_file, key_file=key_file, token=token
+        )
         self._stub = pb_grpc.AggregatorServiceStub(self._channel)
         self._timeout = timeout
 

@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 import storage
-from server import handlers
+from server import handlers, security
 from server.batcher import Batcher
 from server.config import Config
 from server.health import SERVICE_NAME, DatabaseHealth
@@ -77,7 +77,7 @@ class Server:
                     max_workers=config.max_concurrent_rpcs + 4, thread_name_prefix="grpc"
                 ),
                 maximum_concurrent_rpcs=config.max_concurrent_rpcs,
-                interceptors=[self.metrics.interceptor()],
+                interceptors=self._interceptors(),
                 options=[
                     ("grpc.max_receive_message_length", config.max_message_bytes),
                     ("grpc.max_send_message_length", config.max_message_bytes),
@@ -93,7 +93,14 @@ class Server:
                 ),
                 self._grpc,
             )
-            self.port = self._grpc.add_insecure_port(f"{config.host}:{config.port}")
+            address = f"{config.host}:{config.port}"
+            if config.tls_cert and config.tls_key:
+                credentials = security.server_credentials(
+                    config.tls_cert, config.tls_key, config.tls_client_ca
+                )
+                self.port = self._grpc.add_secure_port(address, credentials)
+            else:
+                self.port = self._grpc.add_insecure_port(address)
             if not self.port:
                 raise OSError(f"cannot listen on {config.host}:{config.port}")
             self._grpc.start()
@@ -105,8 +112,22 @@ class Server:
         except BaseException:
             self._release()
             raise
-        log.info("serving %s on %s:%d", SERVICE_NAME, config.host, self.port)
+        log.info(
+            "serving %s on %s:%d%s",
+            SERVICE_NAME,
+            config.host,
+            self.port,
+            " (TLS)" if config.tls_cert else "",
+        )
         return self
+
+    def _interceptors(self) -> list[grpc.ServerInterceptor]:
+        interceptors = [self.metrics.interceptor()]
+        tokens = security.load_tokens(self.config.auth_tokens, self.config.auth_tokens_file)
+        if tokens:
+            interceptors.append(security.BearerAuth(tokens))
+            log.info("bearer-token authentication on (%d tokens)", len(tokens))
+        return interceptors
 
     def stop(self, grace: float | None = None) -> None:
         """Graceful: NOT_SERVING, refuse new calls, answer and commit what was sent, exit.

@@ -31,6 +31,11 @@ class Config:
     log_level: str = "info"
     log_format: str = "text"
     metrics_port: int = 0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    auth_tokens: str | None = None
+    auth_tokens_file: Path | None = None
 
 
 # name → (environment variable, parser, help). Every field of Config has one.
@@ -97,6 +102,28 @@ _OPTIONS: dict[str, tuple[str, Callable[[str], object], str]] = {
     ),
     "log_level": ("AGGREGATOR_LOG_LEVEL", str, "debug, info, warning or error"),
     "log_format": ("AGGREGATOR_LOG_FORMAT", str, "text, or json (one object per line)"),
+    "tls_cert": (
+        "AGGREGATOR_TLS_CERT",
+        Path,
+        "PEM certificate (chain): serve TLS instead of plaintext",
+    ),
+    "tls_key": ("AGGREGATOR_TLS_KEY", Path, "PEM private key of --tls-cert"),
+    "tls_client_ca": (
+        "AGGREGATOR_TLS_CLIENT_CA",
+        Path,
+        "PEM CA bundle: require client certificates it signed (mutual TLS)",
+    ),
+    "auth_tokens": (
+        "AGGREGATOR_AUTH_TOKENS",
+        str,
+        "comma-separated bearer tokens; when set (or --auth-tokens-file), calls need one "
+        "(health stays open). Prefer the environment variable to the flag",
+    ),
+    "auth_tokens_file": (
+        "AGGREGATOR_AUTH_TOKENS_FILE",
+        Path,
+        "file of bearer tokens, one per line (# comments)",
+    ),
     "metrics_port": (
         "AGGREGATOR_METRICS_PORT",
         int,
@@ -147,6 +174,14 @@ def _check(parser: argparse.ArgumentParser, config: Config) -> None:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 <= config.port <= 65535:
         parser.error("--port must be between 0 and 65535")
+    if (config.tls_cert is None) != (config.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    if config.tls_client_ca is not None and config.tls_cert is None:
+        parser.error("--tls-client-ca needs --tls-cert and --tls-key")
+    for name in ("tls_cert", "tls_key", "tls_client_ca", "auth_tokens_file"):
+        path = getattr(config, name)
+        if path is not None and not path.is_file():
+            parser.error(f"--{name.replace('_', '-')} {path}: no such file")
     if config.log_format not in {"text", "json"}:
         parser.error("--log-format must be text or json")
     if not 0 <= config.metrics_port <= 65535:
