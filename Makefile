@@ -43,6 +43,7 @@ test-unit: install
 	$(PY) -m pytest -m "not integration"
 
 lint: install proto-check
+	scripts/check-compose
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy

@@ -98,6 +98,13 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
     stats.set_defaults(run=_stats)
 
+    health = commands.add_parser(
+        "health", help="grpc.health.v1 check: exit 0 when the server is SERVING"
+    )
+    health.add_argument("--service", default="", help="service name ('' = the whole server)")
+    health.add_argument("--timeout", type=float, default=5.0)
+    health.set_defaults(run=_health)
+
     events = commands.add_parser("events", help="stored events of a topic, oldest first")
     events.add_argument("--topic", required=True)
     events.add_argument("--limit", type=int, default=100, help="at most this many (0 = all)")
@@ -390,6 +397,13 @@ def _stats(args: argparse.Namespace) -> int:
     table.add_row("[bold]total", *(f"[bold]{getattr(stats, n):,}" for n in _COUNTERS))
     Console().print(table)
     return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    with _client(args) as agg:
+        status = agg.health(args.service, timeout=args.timeout)
+    print(status)
+    return 0 if status == "SERVING" else 1
 
 
 def _events(args: argparse.Namespace) -> int:

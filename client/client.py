@@ -11,6 +11,7 @@ import grpc
 from aggregator.v1 import aggregator_pb2 as pb
 from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
 from google.protobuf import timestamp_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client import retry
 from client.channel import open_channel
@@ -122,6 +123,12 @@ class AggregatorClient:
             pb.GetStatsRequest(), timeout=self._timeout
         )
         return response
+
+    def health(self, service: str = "", *, timeout: float = 5.0) -> str:
+        """The server's grpc.health.v1 status name, e.g. SERVING or NOT_SERVING."""
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
     def close(self) -> None:
         if self._owns_channel:

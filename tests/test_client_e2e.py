@@ -142,6 +142,11 @@ def test_cli_stats_and_events(server_process):
     assert len(rows) == 5 and all(r["event"]["topic"] == "alpha" for r in rows)
 
 
+def test_cli_health_reports_serving(server_process):
+    done = run_cli("--target", server_process.target, "health")
+    assert (done.returncode, done.stdout.strip()) == (0, "SERVING")
+
+
 def test_cli_reports_an_unreachable_server_clearly():
     done = run_cli("--target", f"127.0.0.1:{free_port()}", "stats")
     assert done.returncode == 1
@@ -149,7 +154,12 @@ def test_cli_reports_an_unreachable_server_clearly():
 
 
 def test_cli_help_documents_every_command():
-    expected = {"publish": "--duplicate-rate", "stats": "--json", "events": "--topic"}
+    expected = {
+        "publish": "--duplicate-rate",
+        "stats": "--json",
+        "events": "--topic",
+        "health": "--service",
+    }
     for command, option in expected.items():
         done = run_cli(command, "--help")
         assert done.returncode == 0
