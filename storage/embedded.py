@@ -223,10 +223,12 @@ class EmbeddedPostgres:
                 )
 
     def _run(self, cmd: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
-        kwargs: dict[str, object] = {}
         if os.geteuid() == 0:
-            user = self._user()
-            kwargs = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+            self._user()  # a clear error if the user is missing
+            # runuser rather than subprocess's user=: with user= Python must fork() (not
+            # vfork), which runs gRPC's fork handlers in the child, and those crash when
+            # gRPC threads are busy in this process.
+            cmd = ["runuser", "-u", self._os_user, "--", *cmd]
         env = {**os.environ, "LC_ALL": "C"}
         env.pop("PGDATA", None)
         result = subprocess.run(
@@ -238,14 +240,14 @@ class EmbeddedPostgres:
             # Own session: a Ctrl-C meant for the server must not stop PostgreSQL
             # before the server has flushed its last batch.
             start_new_session=True,
-            **kwargs,  # type: ignore[call-overload]
         )
         if check and result.returncode != 0:
+            program = next(c for c in cmd if "/" in c or c in ("initdb", "pg_ctl"))
             raise EmbeddedError(
-                f"{Path(cmd[0]).name} {cmd[1] if len(cmd) > 1 else ''} failed "
-                f"(exit {result.returncode}): {(result.stderr or result.stdout).strip()}"
+                f"{Path(program).name} failed (exit {result.returncode}): "
+                f"{(result.stderr or result.stdout).strip()}"
             )
-        return result  # type: ignore[no-any-return]
+        return result
 
 
 def _tail(path: Path, lines: int = 20) -> str:
