@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import signal
+from pathlib import Path
 
 import grpc
 import pytest
+import yaml
 
 from client import ACCEPTED, DUPLICATE, Publisher
 from storage.embedded import free_port
@@ -50,19 +52,18 @@ def server_process(db_url):
     server.stop()
 
 
+def compose_command(service: str) -> list[str]:
+    compose = yaml.safe_load((Path(__file__).parent.parent / "docker-compose.yml").read_text())
+    return [str(part) for part in compose["services"][service]["command"]]
+
+
 def test_cli_simulation_ends_with_exact_counts(server_process, sql):
-    done = run_cli(
-        "--target",
-        server_process.target,
-        "publish",
-        "--count",
-        "20000",
-        "--duplicate-rate",
-        "0.3",
-        "--streams",
-        "3",
-        "--json",
-    )
+    # Exactly the compose file's publisher command, pointed at the test server.
+    command = compose_command("publisher")
+    assert command[:3] == ["python", "-m", "client"]
+    args = command[3:]
+    args[args.index("--target") + 1] = server_process.target
+    done = run_cli(*args, "--json")
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert (summary["sent"], summary["accepted"], summary["duplicate"]) == (20_000, 14_000, 6_000)
@@ -165,3 +166,7 @@ def test_cli_help_documents_every_command():
         assert done.returncode == 0
         assert done.stdout.startswith(f"usage: python -m client {command}")
         assert option in done.stdout
+
+
+def test_compose_runs_the_server_as_the_tests_do():
+    assert compose_command("aggregator") == ["python", "-m", "server"]
