@@ -14,7 +14,7 @@ from pathlib import Path
 
 import storage
 
-_READY = re.compile(r"serving \S+ on [\d.]+:(\d+)")
+_SIGTERM = signal.SIGTERM  # the class below has a method named signal
 
 
 @contextmanager
@@ -26,14 +26,55 @@ def embedded_postgres(workdir: Path, *, throwaway: bool = False) -> Iterator[str
 
 
 class ServerProcess:
-    """`python -m server` on 127.0.0.1; restartable on the same port."""
+    """`python -m server` on 127.0.0.1 in a child process, as users run it; restartable on
+    the same port. Its output (stdout and stderr) is kept in `output`."""
+
+    _READY = re.compile(r"serving aggregator\.v1\.AggregatorService on [\d.]+:(\d+)")
 
     def __init__(self, database_url: str, *args: str, port: int = 0) -> None:
         self.database_url = database_url
         self.args = args
-        self.port = port
-        self.log: list[str] = []
+        self.requested_port = port
+        self.output: list[str] = []
+        self.port = 0
         self._proc: subprocess.Popen[str] | None = None
+        self._ready = threading.Event()
+        self._reader: threading.Thread | None = None
+
+    def start(self, timeout: float = 60) -> ServerProcess:
+        env = {**os.environ, "DATABASE_URL": self.database_url}
+        self._proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.requested_port),
+                *self.args,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if not self._ready.wait(timeout) or not self.port:
+            self.kill()
+            raise RuntimeError("server did not start:\n" + "".join(self.output))
+        return self
+
+    def _read(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        for line in self._proc.stdout:
+            self.output.append(line)
+            match = self._READY.search(line)
+            if match:
+                self.port = int(match.group(1))
+                self._ready.set()
+        self._ready.set()  # exited before becoming ready
 
     @property
     def pid(self) -> int:
@@ -44,33 +85,26 @@ class ServerProcess:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> ServerProcess:
-        env = {**os.environ, "DATABASE_URL": self.database_url}
-        cmd = [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(self.port)]
-        self._proc = subprocess.Popen(
-            [*cmd, *self.args], stderr=subprocess.PIPE, text=True, env=env
-        )
-        assert self._proc.stderr is not None
-        for line in self._proc.stderr:
-            self.log.append(line)
-            match = _READY.search(line)
-            if match:
-                self.port = int(match.group(1))
-                break
-        else:
-            raise RuntimeError("server did not start:\n" + "".join(self.log[-20:]))
-        threading.Thread(target=self._drain, args=(self._proc,), daemon=True).start()
-        return self
-
-    def _drain(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            self.log.append(line)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+    def signal(self, signum: int = _SIGTERM) -> None:
         assert self._proc is not None
-        self._proc.send_signal(sig)
-        return self._proc.wait(timeout)
+        self._proc.send_signal(signum)
+
+    def wait(self, timeout: float = 60) -> int:
+        assert self._proc is not None
+        code = self._proc.wait(timeout)
+        if self._reader is not None:
+            self._reader.join(timeout)
+        return code
+
+    def stop(self, sig: int = _SIGTERM, timeout: float = 60) -> int:
+        """Signal the server (graceful by default) and wait for its exit status."""
+        self.signal(sig)
+        return self.wait(timeout)
+
+    def kill(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
 
 
 def rss_kb(pid: int) -> int:

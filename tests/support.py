@@ -1,19 +1,18 @@
-"""Helpers shared by the tests: event factories and a server running in a child process."""
+"""Helpers shared by the tests: event factories, process probes, the CLI as a subprocess."""
 
 from __future__ import annotations
 
-import os
-import re
-import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator, Sequence
 
-import grpc
 from aggregator.v1 import aggregator_pb2 as pb
 from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
 from google.protobuf import timestamp_pb2
+
+from bench.spawn import ServerProcess
+
+__all__ = ["ServerProcess"]  # re-exported: the tests start servers as the bench does
 
 ACCEPTED = pb.EVENT_STATUS_ACCEPTED
 DUPLICATE = pb.EVENT_STATUS_DUPLICATE
@@ -52,89 +51,6 @@ def publish_stream(
 ) -> list[pb.PublishResponse]:
     """Send every request on one Publish stream, half-close, return all responses."""
     return list(stub.Publish(iter(requests), timeout=60))
-
-
-class ServerProcess:
-    """`python -m server` in a child process on a free port, as users run it."""
-
-    _READY = re.compile(r"serving aggregator\.v1\.AggregatorService on [\d.]+:(\d+)")
-
-    def __init__(self, database_url: str, *args: str, port: int = 0) -> None:
-        self.database_url = database_url
-        self.args = args
-        self.requested_port = port
-        self.output: list[str] = []
-        self.port = 0
-        self._proc: subprocess.Popen[str] | None = None
-        self._ready = threading.Event()
-        self._reader: threading.Thread | None = None
-
-    def start(self, timeout: float = 60) -> ServerProcess:
-        env = {**os.environ, "DATABASE_URL": self.database_url}
-        self._proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.requested_port),
-                *self.args,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        if not self._ready.wait(timeout) or not self.port:
-            self.kill()
-            raise RuntimeError("server did not start:\n" + "".join(self.output))
-        return self
-
-    def _read(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
-        for line in self._proc.stdout:
-            self.output.append(line)
-            match = self._READY.search(line)
-            if match:
-                self.port = int(match.group(1))
-                self._ready.set()
-        self._ready.set()  # exited before becoming ready
-
-    @property
-    def pid(self) -> int:
-        assert self._proc is not None
-        return self._proc.pid
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def signal(self, signum: int = signal.SIGTERM) -> None:
-        assert self._proc is not None
-        self._proc.send_signal(signum)
-
-    def wait(self, timeout: float = 60) -> int:
-        assert self._proc is not None
-        code = self._proc.wait(timeout)
-        if self._reader is not None:
-            self._reader.join(timeout)
-        return code
-
-    def stop(self) -> int:
-        self.signal(signal.SIGTERM)
-        return self.wait()
-
-    def kill(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
-
-    def channel(self) -> grpc.Channel:
-        return grpc.insecure_channel(self.target)
 
 
 def chunks(items: Sequence[pb.Event], size: int) -> Iterator[Sequence[pb.Event]]:
