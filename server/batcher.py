@@ -18,8 +18,8 @@ import storage
 log = logging.getLogger(__name__)
 
 WriteBatch = Callable[[Sequence[storage.NewEvent], Mapping[str, int]], storage.BatchResult]
-# (seconds, events, result, rejected-before-batching per topic) of each committed batch
-FlushObserver = Callable[[float, list[storage.NewEvent], storage.BatchResult, dict[str, int]], None]
+# (seconds, events written, result) of each committed batch
+FlushObserver = Callable[[float, int, storage.BatchResult], None]
 
 
 class Overloaded(Exception):
@@ -198,7 +198,7 @@ class Batcher:
             self._on_database_error("other")
             raise
         if self._on_flush is not None:
-            self._on_flush(time.monotonic() - started, events, result, rejected)
+            self._on_flush(time.monotonic() - started, len(events), result)
         log.debug(
             "flushed %d events from %d requests in %.1f ms",
             len(events),

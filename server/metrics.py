@@ -92,22 +92,11 @@ class Metrics:
             lambda: float(stats().get("pool_available", 0))
         )
 
-    def record_batch(
-        self,
-        seconds: float,
-        events: list[storage.NewEvent],
-        result: storage.BatchResult,
-        rejected: dict[str, int],
-    ) -> None:
-        self.batch_events.observe(len(events))
+    def record_batch(self, seconds: float, events: int, result: storage.BatchResult) -> None:
+        self.batch_events.observe(events)
         self.flush_seconds.observe(seconds)
-        counts: dict[tuple[str, str], int] = {}
-        for event, status in zip(events, result.statuses, strict=True):
-            counts[event.topic, status.name] = counts.get((event.topic, status.name), 0) + 1
-        for topic, n in rejected.items():
-            counts[topic, "REJECTED"] = counts.get((topic, "REJECTED"), 0) + n
-        for (topic, name), n in counts.items():
-            self.events.labels(topic, name).inc(n)
+        for (topic, status), n in result.counts.items():
+            self.events.labels(topic, status.name).inc(n)
 
     def serve(self, host: str, port: int) -> Callable[[], None]:
         """Expose /metrics over HTTP; returns the function that stops it."""

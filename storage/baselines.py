@@ -3,28 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 import psycopg
 from psycopg.types.json import Jsonb
 
 from storage import queries
-from storage.models import NewEvent
+from storage.models import NewEvent, split_ns
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _RAW_TYPES = ["text", "text", "timestamptz", "int2", "text", "jsonb"]
 
 
 def _row(e: NewEvent) -> tuple[str, str, datetime, int, str, str]:
-    micros, nanos = divmod(e.timestamp_ns, 1000)
-    return (
-        e.topic,
-        e.event_id,
-        _EPOCH + timedelta(microseconds=micros),
-        nanos,
-        e.source,
-        e.payload,
-    )
+    ts, nanos = split_ns(e.timestamp_ns)
+    return (e.topic, e.event_id, ts, nanos, e.source, e.payload)
 
 
 def naive_insert(url: str, events: Sequence[NewEvent]) -> None:

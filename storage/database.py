@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
 from types import TracebackType
 
 import psycopg
@@ -13,11 +12,10 @@ import psycopg_pool
 
 from storage import queries, schema, writer
 from storage.errors import InvalidArgument, StorageError, Unavailable
-from storage.models import BatchResult, Counters, NewEvent, Stats, StoredEvent
+from storage.models import BatchResult, Counters, NewEvent, Stats, StoredEvent, join_ns, split_ns
 
 log = logging.getLogger(__name__)
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_PAGE_SIZE = 1000
 
 
@@ -129,16 +127,16 @@ class Database:
             "end_nanos": 0,
         }
         if start_ns is not None:
-            params["start_ts"], params["start_nanos"] = _split_ns(start_ns)
+            params["start_ts"], params["start_nanos"] = split_ns(start_ns)
         if end_ns is not None:
-            params["end_ts"], params["end_nanos"] = _split_ns(end_ns)
+            params["end_ts"], params["end_nanos"] = split_ns(end_ns)
         with self._connection() as conn:
             rows = conn.execute(queries.get("list_events"), params).fetchall()
         return [
             StoredEvent(
                 topic=row[0],  # type: ignore[arg-type]
                 event_id=row[1],  # type: ignore[arg-type]
-                timestamp_ns=_join_ns(row[2], row[3]),  # type: ignore[arg-type]
+                timestamp_ns=join_ns(row[2], row[3]),  # type: ignore[arg-type]
                 source=row[4],  # type: ignore[arg-type]
                 payload=row[5],  # type: ignore[arg-type]
                 seq=row[6],  # type: ignore[arg-type]
@@ -159,12 +157,3 @@ class Database:
             if topic:
                 topics[str(topic)] = Counters(*numbers)
         return Stats(total=Counters(*total), topics=topics)
-
-
-def _split_ns(ns: int) -> tuple[datetime, int]:
-    micros, nanos = divmod(ns, 1000)
-    return _EPOCH + timedelta(microseconds=micros), nanos
-
-
-def _join_ns(ts: datetime, nanos: int) -> int:
-    return (ts - _EPOCH) // timedelta(microseconds=1) * 1000 + nanos

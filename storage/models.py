@@ -4,8 +4,21 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def split_ns(ns: int) -> tuple[datetime, int]:
+    """Nanoseconds since the epoch as (timestamptz with microseconds, remaining 0-999 ns)."""
+    micros, nanos = divmod(ns, 1000)
+    return _EPOCH + timedelta(microseconds=micros), nanos
+
+
+def join_ns(ts: datetime, nanos: int) -> int:
+    """The inverse of split_ns."""
+    return (ts - _EPOCH) // timedelta(microseconds=1) * 1000 + nanos
 
 
 class Status(enum.IntEnum):
@@ -33,6 +46,9 @@ class BatchResult:
 
     statuses: list[Status]
     reasons: dict[int, str] = field(default_factory=dict)
+    # Events counted per (topic, status), rejected-before-batching included: what the
+    # batch added to the counters. Filled by the writer for a whole batch.
+    counts: dict[tuple[str, Status], int] = field(default_factory=dict)
 
 
 class StoredEvent(NamedTuple):

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
 
 import psycopg
 from psycopg import errors as pg_errors
 
 from storage import queries
 from storage.errors import StorageError
-from storage.models import BatchResult, NewEvent, Status
+from storage.models import BatchResult, NewEvent, Status, split_ns
 
 log = logging.getLogger(__name__)
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _STAGING_TYPES = ["int4", "bool", "text", "text", "timestamptz", "int2", "text", "text"]
 # Errors that depend on the rows sent: isolate the culprits by splitting the batch.
 _ROW_ERRORS = (pg_errors.DataError, pg_errors.IntegrityError)
@@ -121,20 +119,10 @@ def _write_once(
         is_first = key not in first
         if is_first:
             first[key] = i
-        micros, nanos = divmod(ts_ns, 1000)
-        rows.append(
-            (
-                i,
-                is_first,
-                topic,
-                event_id,
-                _EPOCH + timedelta(microseconds=micros),
-                nanos,
-                source,
-                payload or "{}",
-            )
-        )
+        ts, nanos = split_ns(ts_ns)
+        rows.append((i, is_first, topic, event_id, ts, nanos, source, payload))
 
+    counts: dict[str, list[int]] = {}  # topic → events per Status (value - 1)
     with conn.transaction(), conn.cursor() as cur:
         if rows:
             with cur.copy(queries.get("copy_staging")) as copy:
@@ -147,7 +135,6 @@ def _write_once(
                 statuses[i] = Status.ACCEPTED
             _classify_not_inserted(cur, [i for i in idxs if i not in inserted], result)
 
-        counts: dict[str, list[int]] = {}
         for i in idxs:
             slot = counts.setdefault(events[i].topic, [0, 0, 0, 0])
             slot[statuses[i] - 1] += 1
@@ -165,6 +152,11 @@ def _write_once(
                     "conflicts": [counts[t][3] for t in topics],
                 },
             )
+    # Committed: what this transaction counted is now part of the batch's result.
+    for topic, per_status in counts.items():
+        for status, n in zip(Status, per_status, strict=True):
+            if n:
+                result.counts[topic, status] = result.counts.get((topic, status), 0) + n
 
 
 def _classify_not_inserted(
