@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 import storage
+from storage.embedded import free_port
 
 _SIGTERM = signal.SIGTERM  # the class below has a method named signal
 
@@ -27,21 +31,35 @@ def embedded_postgres(workdir: Path, *, throwaway: bool = False) -> Iterator[str
 
 class ServerProcess:
     """`python -m server` on 127.0.0.1 in a child process, as users run it; restartable on
-    the same port. Its output (stdout and stderr) is kept in `output`."""
+    the same port. Ready when grpc.health.v1 answers SERVING. Its output (stdout and stderr)
+    is kept in `output`."""
 
-    _READY = re.compile(r"serving aggregator\.v1\.AggregatorService on [\d.]+:(\d+)")
-
-    def __init__(self, database_url: str, *args: str, port: int = 0) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        *args: str,
+        port: int = 0,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self.database_url = database_url
         self.args = args
         self.requested_port = port
+        self.credentials = credentials  # to probe health when the server speaks TLS
         self.output: list[str] = []
         self.port = 0
         self._proc: subprocess.Popen[str] | None = None
-        self._ready = threading.Event()
         self._reader: threading.Thread | None = None
 
     def start(self, timeout: float = 60) -> ServerProcess:
+        """Start the server and wait until it serves; a port taken meanwhile is retried."""
+        for _ in range(3 if not self.requested_port else 1):
+            self.port = self.requested_port or free_port()
+            self.output = []
+            if self._start(timeout):
+                return self
+        raise RuntimeError("server did not start:\n" + "".join(self.output))
+
+    def _start(self, timeout: float) -> bool:
         env = {**os.environ, "DATABASE_URL": self.database_url}
         self._proc = subprocess.Popen(
             [
@@ -51,7 +69,7 @@ class ServerProcess:
                 "--host",
                 "127.0.0.1",
                 "--port",
-                str(self.requested_port),
+                str(self.port),
                 *self.args,
             ],
             stdout=subprocess.PIPE,
@@ -61,20 +79,39 @@ class ServerProcess:
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        if not self._ready.wait(timeout) or not self.port:
-            self.kill()
-            raise RuntimeError("server did not start:\n" + "".join(self.output))
-        return self
+        if self._wait_serving(timeout):
+            return True
+        self.kill()
+        return False
+
+    def _wait_serving(self, timeout: float) -> bool:
+        """Poll grpc.health.v1 until SERVING; False if the process exits or time runs out."""
+        assert self._proc is not None
+        deadline = time.monotonic() + timeout
+        target = self.target
+        while time.monotonic() < deadline and self._proc.poll() is None:
+            channel = (
+                grpc.secure_channel(target, self.credentials)
+                if self.credentials is not None
+                else grpc.insecure_channel(target)
+            )
+            with channel:
+                try:
+                    reply = health_pb2_grpc.HealthStub(channel).Check(
+                        health_pb2.HealthCheckRequest(), timeout=1, wait_for_ready=False
+                    )
+                except grpc.RpcError:
+                    pass
+                else:
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return True
+            time.sleep(0.05)  # poll interval; the deadline above bounds the wait
+        return False
 
     def _read(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None
         for line in self._proc.stdout:
             self.output.append(line)
-            match = self._READY.search(line)
-            if match:
-                self.port = int(match.group(1))
-                self._ready.set()
-        self._ready.set()  # exited before becoming ready
 
     @property
     def pid(self) -> int:

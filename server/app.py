@@ -9,15 +9,15 @@ from concurrent import futures
 from types import TracebackType
 
 import grpc
-from aggregator.v1 import aggregator_pb2 as pb
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 import storage
-from server import handlers, security
+from server import handlers, rpc, security
 from server.batcher import Batcher
 from server.config import Config
-from server.health import SERVICE_NAME, DatabaseHealth
+from server.health import DatabaseHealth
+from server.ingest import Ingest
 from server.metrics import Metrics
 from server.servicer import AggregatorServicer
 
@@ -34,6 +34,7 @@ class Server:
         self._database: storage.Database | None = None
         self._batcher: Batcher | None = None
         self._health: DatabaseHealth | None = None
+        self.core: Ingest | None = None
         self._servicer: AggregatorServicer | None = None
         self._grpc: grpc.Server | None = None
         self._stop_metrics: Callable[[], None] | None = None
@@ -71,7 +72,8 @@ class Server:
             )
             self.metrics.watch_queue(lambda: self._batcher.pending_events if self._batcher else 0)
             self.metrics.watch_pool(self._database.pool_stats)
-            self._servicer = AggregatorServicer(config, self._database, self._batcher)
+            self.core = Ingest(config, self._database, self._batcher)
+            self._servicer = AggregatorServicer(config, self.core)
             self._grpc = grpc.server(
                 futures.ThreadPoolExecutor(
                     max_workers=config.max_concurrent_rpcs + 4, thread_name_prefix="grpc"
@@ -87,7 +89,7 @@ class Server:
             health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, self._grpc)
             reflection.enable_server_reflection(
                 (
-                    pb.DESCRIPTOR.services_by_name["AggregatorService"].full_name,
+                    rpc.SERVICE_NAME,
                     health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                     reflection.SERVICE_NAME,
                 ),
@@ -114,7 +116,7 @@ class Server:
             raise
         log.info(
             "serving %s on %s:%d%s",
-            SERVICE_NAME,
+            rpc.SERVICE_NAME,
             config.host,
             self.port,
             " (TLS)" if config.tls_cert else "",

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 import storage
+from server import errors
 
 log = logging.getLogger(__name__)
 
@@ -22,28 +23,19 @@ WriteBatch = Callable[[Sequence[storage.NewEvent], Mapping[str, int]], storage.B
 FlushObserver = Callable[[float, int, storage.BatchResult], None]
 
 
-class Overloaded(Exception):
-    """The queue stayed full for the whole wait; retry later."""
-
-
-class ShuttingDown(Exception):
-    """The batcher is closing and takes no new work."""
-
-
-class Abandoned(Exception):
-    """The caller gave up (its call ended) while waiting for queue room."""
-
-
 class Submission:
-    """One request's valid events plus its rejected-event counts; resolved after commit."""
+    """One request's valid events plus its rejected-event counts; resolved after commit.
 
-    __slots__ = ("_done", "error", "events", "rejected", "result", "weight")
+    `outcomes` (one per event, in order) is set once the events are committed.
+    """
+
+    __slots__ = ("_done", "error", "events", "outcomes", "rejected", "weight")
 
     def __init__(self, events: list[storage.NewEvent], rejected: dict[str, int]) -> None:
         self.events = events
         self.rejected = rejected  # topic → events rejected before the batcher, to count
         self.weight = max(1, len(events))
-        self.result: storage.BatchResult | None = None
+        self.outcomes: list[storage.Outcome] | None = None
         self.error: BaseException | None = None
         self._done = threading.Event()
 
@@ -54,8 +46,8 @@ class Submission:
     def done(self) -> bool:
         return self._done.is_set()
 
-    def resolve(self, result: storage.BatchResult) -> None:
-        self.result = result
+    def resolve(self, outcomes: list[storage.Outcome]) -> None:
+        self.outcomes = outcomes
         self._done.set()
 
     def fail(self, error: BaseException) -> None:
@@ -120,15 +112,15 @@ class Batcher:
         with self._cond:
             while True:
                 if self._closing:
-                    raise ShuttingDown("the server is shutting down")
+                    raise errors.ShuttingDown()
                 # A submission larger than the whole queue still goes in when it is empty.
                 if self._pending == 0 or self._pending + submission.weight <= self._max_pending:
                     break
                 if abandoned is not None and abandoned.is_set():
-                    raise Abandoned("the call ended while waiting for queue room")
+                    raise errors.Abandoned()
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    raise Overloaded(
+                    raise errors.Overloaded(
                         f"the write queue is full ({self._pending} events pending); retry later"
                     )
                 # Bounded wait so that `abandoned` is noticed; wake_all() shortens it.
@@ -205,15 +197,11 @@ class Batcher:
             len(batch),
             (time.monotonic() - started) * 1000,
         )
+        outcomes = result.outcomes
         offset = 0
         for item in batch:
             n = len(item.events)
-            reasons = {
-                i - offset: reason
-                for i, reason in result.reasons.items()
-                if offset <= i < offset + n
-            }
-            item.resolve(storage.BatchResult(result.statuses[offset : offset + n], reasons))
+            item.resolve(outcomes[offset : offset + n])
             offset += n
 
     def _write_retrying(

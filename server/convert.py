@@ -1,29 +1,57 @@
-"""Conversions between protobuf messages and the storage layer's plain values."""
+"""Conversions between protobuf messages and the core's plain values (gRPC only)."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Sequence
 from datetime import datetime
 
 from aggregator.v1 import aggregator_pb2 as pb
 from google.protobuf import timestamp_pb2
 
-from storage import Counters, Stats, StoredEvent
+from server import errors, timestamps
+from server.validation import Incoming
+from storage import Counters, Outcome, Stats, Status, StoredEvent
 
-_NS = 1_000_000_000
+# Explicit, so that neither side's numbering can drift.
+EVENT_STATUS: dict[Status, pb.EventStatus.ValueType] = {
+    Status.ACCEPTED: pb.EVENT_STATUS_ACCEPTED,
+    Status.DUPLICATE: pb.EVENT_STATUS_DUPLICATE,
+    Status.REJECTED: pb.EVENT_STATUS_REJECTED,
+    Status.CONFLICT: pb.EVENT_STATUS_CONFLICT,
+}
 
 
-class BadPageToken(ValueError):
-    """A page_token this server did not issue for this topic."""
+def incoming(event: pb.Event) -> Incoming:
+    if event.HasField("timestamp"):
+        ts = event.timestamp
+        return Incoming(
+            event.topic, event.event_id, ts.seconds, ts.nanos, event.source, event.payload
+        )
+    return Incoming(event.topic, event.event_id, None, 0, event.source, event.payload)
+
+
+def publish_response(sequence: int, outcomes: Sequence[Outcome]) -> pb.PublishResponse:
+    """The response to a request: one status per event, a detail for each with a reason."""
+    table = EVENT_STATUS
+    return pb.PublishResponse(
+        sequence=sequence,
+        statuses=[table[o.status] for o in outcomes],
+        details=[
+            pb.EventDetail(index=i, status=table[o.status], reason=o.reason)
+            for i, o in enumerate(outcomes)
+            if o.reason
+        ],
+    )
 
 
 def timestamp_ns(ts: timestamp_pb2.Timestamp) -> int:
-    return ts.seconds * _NS + ts.nanos
+    return timestamps.to_ns(ts.seconds, ts.nanos)
 
 
 def timestamp_from_ns(ns: int) -> timestamp_pb2.Timestamp:
-    seconds, nanos = divmod(ns, _NS)
+    seconds, nanos = timestamps.from_ns(ns)
     return timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
 
 
@@ -61,11 +89,11 @@ def decode_page_token(token: str, topic: str) -> int:
         version, seq, token_topic = raw.split(":", 2)
         after = int(seq)
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise BadPageToken("page_token: not a token this server issued") from None
+        raise errors.BadPageToken("page_token: not a token this server issued") from None
     if version != "1" or after < 0:
-        raise BadPageToken("page_token: not a token this server issued")
+        raise errors.BadPageToken("page_token: not a token this server issued")
     if token_topic != topic:
-        raise BadPageToken("page_token: issued for another topic")
+        raise errors.BadPageToken("page_token: issued for another topic")
     return after
 
 

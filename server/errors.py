@@ -1,14 +1,27 @@
-"""The one place where errors become gRPC statuses.
+"""The server's errors: each carries its gRPC status code (and retry delay where one helps).
 
-Known errors keep their message; RESOURCE_EXHAUSTED and UNAVAILABLE carry
-google.rpc.RetryInfo. Anything unknown becomes INTERNAL, is logged, and its text is
-never sent to the client.
+ServerError                  INTERNAL            base; also what an unknown error becomes
+├── RequestInvalid           INVALID_ARGUMENT    a request breaks the API's rules or limits
+│   └── BadPageToken         INVALID_ARGUMENT    a page token this server did not issue
+├── Overloaded               RESOURCE_EXHAUSTED  the write queue stayed full; retry later
+│   └── TooManyStreams       RESOURCE_EXHAUSTED  every Publish stream slot is taken
+├── Unavailable              UNAVAILABLE         retry later, elsewhere if need be
+│   ├── ShuttingDown         UNAVAILABLE         the server takes no new work
+│   └── DatabaseUnavailable  UNAVAILABLE         the database cannot be reached
+├── Unauthenticated          UNAUTHENTICATED     no valid bearer token
+└── Abandoned                CANCELLED           the caller's call ended while it waited
+
+Overloaded and Unavailable carry `retry_after` (sent as google.rpc.RetryInfo over gRPC and
+as Retry-After over HTTP). `classify` turns any exception into one of these: storage errors
+into their server counterparts, anything unknown into a logged ServerError whose text never
+reaches the client. Each transport translates in one place: server/handlers.py for gRPC,
+server/http.py for HTTP.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import NoReturn
+from typing import ClassVar, NoReturn
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -16,51 +29,101 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 import storage
-from server import batcher
-from server.convert import BadPageToken
 
 log = logging.getLogger(__name__)
 
 
-class RequestInvalid(Exception):
+class ServerError(Exception):
+    """Base of the server's errors; `code` is the status the client gets."""
+
+    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+    retry_after: ClassVar[float | None] = None
+    default_message: ClassVar[str] = "internal error; see the server log"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.default_message)
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class RequestInvalid(ServerError):
     """A request (not one event) breaks the API's rules or limits."""
 
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    default_message = "invalid request"
 
-class TooManyStreams(Exception):
+
+class BadPageToken(RequestInvalid):
+    """A page_token this server did not issue for this topic."""
+
+
+class Overloaded(ServerError):
+    """The queue stayed full for the whole wait; retry later."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    retry_after = 1.0
+    default_message = "the server is overloaded; retry later"
+
+
+class TooManyStreams(Overloaded):
     """The server already serves its maximum of Publish streams."""
 
 
-_RETRY_AFTER = {
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 1.0,
-    grpc.StatusCode.UNAVAILABLE: 1.0,
-}
+class Unavailable(ServerError):
+    """The server cannot do the work now; the same request may succeed later."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    retry_after = 1.0
+    default_message = "the server is unavailable; retry later"
 
 
-def classify(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The status code and client-facing message for an exception."""
-    if isinstance(exc, RequestInvalid | BadPageToken | storage.InvalidArgument):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, batcher.Overloaded | TooManyStreams):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
-    if isinstance(exc, batcher.ShuttingDown):
-        return (
-            grpc.StatusCode.UNAVAILABLE,
-            "the server is shutting down; reconnect and resend unacknowledged requests",
-        )
+class ShuttingDown(Unavailable):
+    """The server is closing and takes no new work."""
+
+    default_message = "the server is shutting down; reconnect and resend unacknowledged requests"
+
+
+class DatabaseUnavailable(Unavailable):
+    """The database stayed unreachable for longer than the server retries."""
+
+    default_message = (
+        "the database is unavailable; nothing of the unanswered requests was "
+        "acknowledged: resend them"
+    )
+
+
+class Unauthenticated(ServerError):
+    """The call carries no valid bearer token."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    default_message = "missing or invalid bearer token (send 'authorization: Bearer <token>')"
+
+
+class Abandoned(ServerError):
+    """The caller gave up (its call ended) while waiting for queue room: not a fault."""
+
+    code = grpc.StatusCode.CANCELLED
+    default_message = "the call ended while waiting for queue room"
+
+
+def classify(exc: BaseException) -> ServerError:
+    """The ServerError to report for `exc`; unknown errors are logged, their text withheld."""
+    if isinstance(exc, ServerError):
+        return exc
     if isinstance(exc, storage.Unavailable):
-        return (
-            grpc.StatusCode.UNAVAILABLE,
-            "the database is unavailable; nothing of the unanswered requests was "
-            "acknowledged: resend them",
-        )
+        return DatabaseUnavailable()
+    if isinstance(exc, storage.InvalidArgument):
+        return RequestInvalid(str(exc))
     log.error("internal error", exc_info=exc)
-    return grpc.StatusCode.INTERNAL, "internal error; see the server log"
+    return ServerError()
 
 
-def to_status(code: grpc.StatusCode, message: str) -> grpc.Status:
+def to_status(error: ServerError) -> grpc.Status:
     """A grpc.Status with RetryInfo attached where retrying later is the remedy."""
     details = []
-    delay = _RETRY_AFTER.get(code)
+    delay = error.retry_after
     if delay is not None:
         detail = any_pb2.Any()
         detail.Pack(
@@ -69,14 +132,13 @@ def to_status(code: grpc.StatusCode, message: str) -> grpc.Status:
             )
         )
         details.append(detail)
-    status = status_pb2.Status(code=code.value[0], message=message, details=details)
+    status = status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
     return rpc_status.to_status(status)
 
 
 def abort(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
     """End the call with the status `exc` maps to."""
-    code, message = classify(exc)
-    status = to_status(code, message)
+    status = to_status(classify(exc))
     # What abort_with_status does, spelled out so grpc_testing's context supports it too.
     context.set_trailing_metadata(status.trailing_metadata)
     context.abort(status.code, status.details)

@@ -1,77 +1,82 @@
-"""Registers AggregatorService so that undecodable requests become INVALID_ARGUMENT.
+"""AggregatorService's method handlers: decode requests, call the servicer, translate errors.
 
-gRPC's own deserialization failure is INTERNAL ("Exception deserializing request!"): wrong
-for a client's bad bytes. Here requests arrive as bytes and are decoded in the handler, so a
-malformed message gets INVALID_ARGUMENT and, on a stream, the requests before it are answered.
+This is the one place where gRPC calls meet server errors: whatever a method raises becomes
+the status `errors.classify` gives it. Requests arrive as bytes and are decoded here, so a
+malformed message gets INVALID_ARGUMENT (gRPC's own deserializer would answer INTERNAL) and,
+on a stream, the requests before it are answered. Methods come from the service descriptor.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any
 
 import grpc
-from aggregator.v1 import aggregator_pb2 as pb
 from google.protobuf import message
 
-from server import errors
+from server import errors, rpc
 from server.servicer import AggregatorServicer
 
-SERVICE = "aggregator.v1.AggregatorService"
-
-M = TypeVar("M", bound=message.Message)
-R = TypeVar("R", bound=message.Message)
+Behavior = Callable[[Any, grpc.ServicerContext], Any]
 
 
-def _decode(kind: type[M], raw: bytes) -> M:
-    try:
-        return kind.FromString(raw)
-    except message.DecodeError as exc:
-        raise errors.RequestInvalid(f"request is not a valid {kind.__name__}: {exc}") from None
+def _translated(behavior: Behavior, response_streaming: bool) -> Behavior:
+    """`behavior`, ending the call with the status of whatever it raises."""
+    if response_streaming:
 
+        def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            try:
+                yield from behavior(request, context)
+            except Exception as exc:
+                errors.abort(context, exc)
 
-def _unary(
-    kind: type[M], method: Callable[[M, grpc.ServicerContext], R]
-) -> Callable[[bytes, grpc.ServicerContext], R]:
-    def handle(raw: bytes, context: grpc.ServicerContext) -> R:
+        return stream
+
+    def unary(request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            request = _decode(kind, raw)
-        except errors.RequestInvalid as exc:
+            return behavior(request, context)
+        except Exception as exc:
             errors.abort(context, exc)
-        return method(request, context)
 
-    return handle
+    return unary
 
 
-def _stream(
-    kind: type[M],
-    method: Callable[[Iterator[M], grpc.ServicerContext], Iterator[R]],
-) -> Callable[[Iterator[bytes], grpc.ServicerContext], Iterator[R]]:
-    def handle(raw: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[R]:
-        return method((_decode(kind, item) for item in raw), context)
+def _decoding(kind: type[message.Message], behavior: Behavior, request_streaming: bool) -> Behavior:
+    def decode(raw: bytes) -> message.Message:
+        try:
+            return kind.FromString(raw)
+        except message.DecodeError as exc:
+            raise errors.RequestInvalid(f"request is not a valid {kind.__name__}: {exc}") from None
 
-    return handle
+    if request_streaming:
+        return lambda raw, context: behavior((decode(item) for item in raw), context)
+    return lambda raw, context: behavior(decode(raw), context)
+
+
+def translated(servicer: AggregatorServicer) -> dict[str, Behavior]:
+    """The servicer's methods by name, taking decoded messages, with errors translated."""
+    return {
+        m.name: _translated(getattr(servicer, m.name), m.server_streaming)
+        for m in rpc.SERVICE.methods
+    }
 
 
 def register(server: grpc.Server, servicer: AggregatorServicer) -> None:
-    """Add the service's four methods to `server`."""
+    """Add every method of the service to `server`."""
     handlers = {
-        "Publish": grpc.stream_stream_rpc_method_handler(
-            _stream(pb.PublishRequest, servicer.Publish),
-            response_serializer=pb.PublishResponse.SerializeToString,
-        ),
-        "PublishBatch": grpc.unary_unary_rpc_method_handler(
-            _unary(pb.PublishRequest, servicer.PublishBatch),
-            response_serializer=pb.PublishResponse.SerializeToString,
-        ),
-        "ListEvents": grpc.unary_unary_rpc_method_handler(
-            _unary(pb.ListEventsRequest, servicer.ListEvents),
-            response_serializer=pb.ListEventsResponse.SerializeToString,
-        ),
-        "GetStats": grpc.unary_unary_rpc_method_handler(
-            _unary(pb.GetStatsRequest, servicer.GetStats),
-            response_serializer=pb.GetStatsResponse.SerializeToString,
-        ),
+        m.name: rpc.method_handler(
+            (m.client_streaming, m.server_streaming),
+            _translated(
+                _decoding(
+                    rpc.message_class(m.input_type), getattr(servicer, m.name), m.client_streaming
+                ),
+                m.server_streaming,
+            ),
+            response_serializer=rpc.message_class(m.output_type).SerializeToString,
+        )
+        for m in rpc.SERVICE.methods
     }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    server.add_registered_method_handlers(SERVICE, handlers)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(rpc.SERVICE_NAME, handlers),)
+    )
+    server.add_registered_method_handlers(rpc.SERVICE_NAME, handlers)

@@ -8,10 +8,9 @@ import threading
 from grpc_health.v1 import health, health_pb2
 
 import storage
+from server import rpc
 
 log = logging.getLogger(__name__)
-
-SERVICE_NAME = "aggregator.v1.AggregatorService"
 
 
 class DatabaseHealth:
@@ -44,7 +43,7 @@ class DatabaseHealth:
             if healthy
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for name in ("", SERVICE_NAME):
+        for name in ("", rpc.SERVICE_NAME):
             self.servicer.set(name, status)
 
     def shutting_down(self) -> None:

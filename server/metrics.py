@@ -15,6 +15,7 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 import storage
+from server import rpc
 
 _LABELS = ("grpc_type", "grpc_service", "grpc_method")
 
@@ -125,14 +126,9 @@ class _Interceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             return None
         _, _, path = details.method.partition("/")
         service, _, method = path.partition("/")
-        streaming_in, streaming_out = handler.request_streaming, handler.response_streaming
-        kind = {
-            (False, False): "unary",
-            (True, False): "client_stream",
-            (False, True): "server_stream",
-            (True, True): "bidi_stream",
-        }[(streaming_in, streaming_out)]
-        labels = (kind, service, method)
+        shape = rpc.shape_of(handler)
+        streaming_in, streaming_out = shape
+        labels = (rpc.KINDS[shape], service, method)
         m = self._m
 
         def counted_in(requests: Iterator[Any]) -> Iterator[Any]:
@@ -182,20 +178,4 @@ class _Interceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             finally:
                 finish(context, started, failed)
 
-        factory = {
-            (False, False): grpc.unary_unary_rpc_method_handler,
-            (True, False): grpc.stream_unary_rpc_method_handler,
-            (False, True): grpc.unary_stream_rpc_method_handler,
-            (True, True): grpc.stream_stream_rpc_method_handler,
-        }[(streaming_in, streaming_out)]
-        behavior = (
-            handler.unary_unary
-            or handler.stream_unary
-            or handler.unary_stream
-            or handler.stream_stream
-        )
-        return factory(
-            behave(behavior),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return rpc.replace_behavior(handler, behave(rpc.behavior_of(handler)))

@@ -12,6 +12,8 @@ from typing import Any
 
 import grpc
 
+from server import errors, rpc
+
 # Methods callable without a token: probes must work without credentials.
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 
@@ -66,15 +68,6 @@ class BearerAuth(grpc.ServerInterceptor):  # type: ignore[misc]
             return None
 
         def deny(request: Any, context: grpc.ServicerContext) -> Any:
-            context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "missing or invalid bearer token (send 'authorization: Bearer <token>')",
-            )
+            errors.abort(context, errors.Unauthenticated())
 
-        if handler.request_streaming and handler.response_streaming:
-            return grpc.stream_stream_rpc_method_handler(deny)
-        if handler.request_streaming:
-            return grpc.stream_unary_rpc_method_handler(deny)
-        if handler.response_streaming:
-            return grpc.unary_stream_rpc_method_handler(deny)
-        return grpc.unary_unary_rpc_method_handler(deny)
+        return rpc.method_handler(rpc.shape_of(handler), deny)

@@ -1,47 +1,29 @@
-"""AggregatorService: protobuf in → plain values → batcher/storage → protobuf out."""
+"""AggregatorService over gRPC: a thin adapter around the ingestion core (server/ingest.py)."""
 
 from __future__ import annotations
 
 import collections
 import logging
 import threading
-import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from typing import NamedTuple
 
 import grpc
 from aggregator.v1 import aggregator_pb2 as pb
 from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
 
 import storage
-from server import batcher, convert, errors
+from server import convert, errors, ingest
 from server.config import Config
-from server.validation import check_event, stats_topic
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PAGE_SIZE = 100
-_REJECTED = pb.EVENT_STATUS_REJECTED
 
+class _Prepared(NamedTuple):
+    """A request read from a stream: its sequence and its events on their way."""
 
-class _Prepared:
-    """A validated request: where its valid events sit and why the others were rejected."""
-
-    __slots__ = ("positions", "rejections", "sequence", "size", "submission")
-
-    def __init__(
-        self,
-        sequence: int,
-        size: int,
-        positions: list[int],
-        rejections: dict[int, str],
-        submission: batcher.Submission,
-    ) -> None:
-        self.sequence = sequence
-        self.size = size
-        self.positions = positions
-        self.rejections = rejections
-        self.submission = submission
+    sequence: int
+    pending: ingest.Pending
 
 
 # What a stream's reader hands its writer: a request, an error to end with, or None (done).
@@ -94,12 +76,12 @@ class _Stream:
 
 
 class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
-    def __init__(self, config: Config, database: storage.Database, queue: batcher.Batcher) -> None:
+    """protobuf → plain values → the ingestion core → protobuf. Errors propagate to the
+    method wrappers in server/handlers.py, which translate them."""
+
+    def __init__(self, config: Config, core: ingest.Ingest) -> None:
         self._config = config
-        self._database = database
-        self._batcher = queue
-        self._started_at = datetime.now(UTC)
-        self._started_monotonic = time.monotonic()
+        self._core = core
         self._streams: set[_Stream] = set()
         self._streams_lock = threading.Lock()
         self._draining = False
@@ -110,7 +92,7 @@ class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
             self._draining = True
             streams = list(self._streams)
         for stream in streams:
-            stream.close(batcher.ShuttingDown())
+            stream.close(errors.ShuttingDown())
 
     @property
     def open_streams(self) -> int:
@@ -125,20 +107,17 @@ class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
         stream = _Stream(self._config.max_inflight_requests)
         with self._streams_lock:
             if len(self._streams) >= self._config.max_streams:
-                errors.abort(
-                    context,
-                    errors.TooManyStreams(
-                        f"the server already has {len(self._streams)} open Publish streams "
-                        f"(its limit); retry later or use PublishBatch"
-                    ),
+                raise errors.TooManyStreams(
+                    f"the server already has {len(self._streams)} open Publish streams "
+                    f"(its limit); retry later or use PublishBatch"
                 )
             self._streams.add(stream)
             if self._draining:
-                stream.close(batcher.ShuttingDown())
+                stream.close(errors.ShuttingDown())
 
         def on_end() -> None:
             stream.end()
-            self._batcher.wake_all()
+            self._core.wake_waiters()
             with self._streams_lock:
                 self._streams.discard(stream)
 
@@ -155,26 +134,22 @@ class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
             if item is None:
                 return
             if isinstance(item, BaseException):
-                errors.abort(context, item)
-            item.submission.wait()
-            if item.submission.error is not None:
-                errors.abort(context, item.submission.error)
-            yield self._response(item)
+                raise item
+            outcomes = self._core.outcomes(item.pending)
+            yield convert.publish_response(item.sequence, outcomes)
 
     def _read_stream(self, requests: Iterator[pb.PublishRequest], stream: _Stream) -> None:
         """Read requests and queue them until the client is done, the call ends, or an error."""
         final: BaseException | None = None
         try:
             for request in requests:
-                prepared = self._prepare(request)
+                prepared = _Prepared(request.sequence, self._prepare(request))
                 if not stream.push(prepared):
                     return
-                if prepared.submission.done:
-                    continue
                 try:
-                    self._batcher.submit(prepared.submission, abandoned=stream.ended)
-                except (batcher.ShuttingDown, batcher.Abandoned) as exc:
-                    prepared.submission.fail(exc)
+                    self._core.submit(prepared.pending, abandoned=stream.ended)
+                except (errors.ShuttingDown, errors.Abandoned) as exc:
+                    prepared.pending.submission.fail(exc)
                     return
         except grpc.RpcError:
             return  # the call was cancelled or timed out; nothing more to read
@@ -191,120 +166,48 @@ class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
     def PublishBatch(
         self, request: pb.PublishRequest, context: grpc.ServicerContext
     ) -> pb.PublishResponse:
-        try:
-            prepared = self._prepare(request)
-            submission = prepared.submission
-            if not submission.done:
-                self._batcher.submit(submission, timeout=self._config.enqueue_timeout)
-            submission.wait()
-            if submission.error is not None:
-                raise submission.error
-            return self._response(prepared)
-        except Exception as exc:
-            errors.abort(context, exc)
+        pending = self._prepare(request)
+        self._core.submit(pending, timeout=self._config.enqueue_timeout)
+        return convert.publish_response(request.sequence, self._core.outcomes(pending))
 
     # -- reads ------------------------------------------------------------------------
 
     def ListEvents(
         self, request: pb.ListEventsRequest, context: grpc.ServicerContext
     ) -> pb.ListEventsResponse:
-        try:
-            if not request.topic:
-                raise errors.RequestInvalid("topic: required")
-            if request.page_size < 0:
-                raise errors.RequestInvalid("page_size: must not be negative")
-            page_size = min(request.page_size or DEFAULT_PAGE_SIZE, storage.MAX_PAGE_SIZE)
-            after_seq = convert.decode_page_token(request.page_token, request.topic)
-            rows = self._database.list_events(
-                request.topic,
-                after_seq=after_seq,
-                limit=page_size + 1,
-                start_ns=(
-                    convert.timestamp_ns(request.start_time)
-                    if request.HasField("start_time")
-                    else None
-                ),
-                end_ns=(
-                    convert.timestamp_ns(request.end_time) if request.HasField("end_time") else None
-                ),
-            )
-            next_token = ""
-            if len(rows) > page_size:
-                rows = rows[:page_size]
-                next_token = convert.encode_page_token(request.topic, rows[-1].seq)
-            return pb.ListEventsResponse(
-                events=[convert.stored_event(row) for row in rows], next_page_token=next_token
-            )
-        except Exception as exc:
-            errors.abort(context, exc)
+        if not request.topic:
+            raise errors.RequestInvalid("topic: required")
+        if request.page_size < 0:
+            raise errors.RequestInvalid("page_size: must not be negative")
+        page_size = min(request.page_size or ingest.DEFAULT_PAGE_SIZE, storage.MAX_PAGE_SIZE)
+        after_seq = convert.decode_page_token(request.page_token, request.topic)
+        rows = self._core.list_events(
+            request.topic,
+            after_seq=after_seq,
+            limit=page_size + 1,
+            start_ns=(
+                convert.timestamp_ns(request.start_time) if request.HasField("start_time") else None
+            ),
+            end_ns=convert.timestamp_ns(request.end_time) if request.HasField("end_time") else None,
+        )
+        next_token = ""
+        if len(rows) > page_size:
+            rows = rows[:page_size]
+            next_token = convert.encode_page_token(request.topic, rows[-1].seq)
+        return pb.ListEventsResponse(
+            events=[convert.stored_event(row) for row in rows], next_page_token=next_token
+        )
 
     def GetStats(
         self, request: pb.GetStatsRequest, context: grpc.ServicerContext
     ) -> pb.GetStatsResponse:
-        try:
-            return convert.stats_response(
-                self._database.stats(),
-                self._started_at,
-                time.monotonic() - self._started_monotonic,
-            )
-        except Exception as exc:
-            errors.abort(context, exc)
+        return convert.stats_response(
+            self._core.stats(), self._core.started_at, self._core.uptime_seconds
+        )
 
     # -- helpers ----------------------------------------------------------------------
 
-    def _prepare(self, request: pb.PublishRequest) -> _Prepared:
-        events = request.events
-        size = len(events)
-        if size > self._config.max_events_per_request:
-            raise errors.RequestInvalid(
-                f"request {request.sequence} has {size} events; the limit is "
-                f"{self._config.max_events_per_request} per request"
-            )
-        max_payload = self._config.max_payload_bytes
-        valid: list[storage.NewEvent] = []
-        positions: list[int] = []
-        rejections: dict[int, str] = {}
-        rejected: dict[str, int] = {}
-        for i, event in enumerate(events):
-            checked = check_event(event, max_payload)
-            if isinstance(checked, str):
-                rejections[i] = checked
-                topic = stats_topic(event)
-                rejected[topic] = rejected.get(topic, 0) + 1
-            else:
-                valid.append(checked)
-                positions.append(i)
-        submission = batcher.Submission(valid, rejected)
-        if not valid and not rejected:
-            submission.resolve(storage.BatchResult([]))  # an empty request: nothing to commit
-        return _Prepared(request.sequence, size, positions, rejections, submission)
-
-    @staticmethod
-    def _response(prepared: _Prepared) -> pb.PublishResponse:
-        result = prepared.submission.result
-        assert result is not None
-        positions = prepared.positions
-        if not prepared.rejections:
-            statuses: list[int] = list(result.statuses)
-        else:
-            statuses = [_REJECTED] * prepared.size
-            for position, status in zip(positions, result.statuses, strict=True):
-                statuses[position] = status
-        details = [
-            pb.EventDetail(index=i, status=_REJECTED, reason=reason)
-            for i, reason in prepared.rejections.items()
-        ]
-        details += [
-            pb.EventDetail(
-                index=positions[i],
-                status=pb.EventStatus.ValueType(result.statuses[i]),
-                reason=reason,
-            )
-            for i, reason in result.reasons.items()
-        ]
-        details.sort(key=lambda d: d.index)
-        return pb.PublishResponse(
-            sequence=prepared.sequence,
-            statuses=statuses,  # type: ignore[arg-type]
-            details=details,
+    def _prepare(self, request: pb.PublishRequest) -> ingest.Pending:
+        return self._core.prepare(
+            [convert.incoming(e) for e in request.events], name=f"request {request.sequence}"
         )

@@ -1,41 +1,64 @@
-"""Per-event validation: a valid protobuf Event becomes a storage.NewEvent, else a reason.
+"""Per-event validation: an incoming event becomes a storage.NewEvent, or a Rejected.
 
 Every reason starts with the name of the field at fault, so publishers can act on it.
+Transports convert their wire format into `Incoming` (plain values) before calling this.
 """
 
 from __future__ import annotations
 
-import orjson
-from aggregator.v1 import aggregator_pb2 as pb
+from typing import NamedTuple
 
+import orjson
+
+from server import timestamps
 from storage import NewEvent
 
 MAX_KEY_CHARS = 255
 MAX_SOURCE_CHARS = 255
-# The range of google.protobuf.Timestamp: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
-MIN_SECONDS = -62_135_596_800
-MAX_SECONDS = 253_402_300_799
 NO_TOPIC = ""  # counters of events rejected without a valid topic (totals only)
 
 
-def check_event(event: pb.Event, max_payload_bytes: int) -> NewEvent | str:
-    """The event ready to store, or the reason it is rejected."""
+class Incoming(NamedTuple):
+    """One event as a transport received it, not yet validated."""
+
+    topic: str
+    event_id: str
+    seconds: int | None  # None: no timestamp was sent
+    nanos: int
+    source: str
+    payload: str  # JSON text; empty means {}
+
+
+class Rejected(NamedTuple):
+    """Why an event is refused, and the topic it is counted under (NO_TOPIC if invalid)."""
+
+    reason: str
+    stats_topic: str
+
+
+def check_event(event: Incoming, max_payload_bytes: int) -> NewEvent | Rejected:
+    """The event ready to store, or why it is rejected."""
     topic = event.topic
     reason = _check_text("topic", topic, MAX_KEY_CHARS, required=True)
     if reason:
-        return reason
+        return Rejected(reason, NO_TOPIC)
+    checked = _check(event, max_payload_bytes)
+    if isinstance(checked, str):
+        return Rejected(checked, topic)
+    return checked
+
+
+def _check(event: Incoming, max_payload_bytes: int) -> NewEvent | str:
     event_id = event.event_id
     reason = _check_text("event_id", event_id, MAX_KEY_CHARS, required=True)
     if reason:
         return reason
-    if not event.HasField("timestamp"):
+    seconds = event.seconds
+    if seconds is None:
         return "timestamp: required"
-    seconds = event.timestamp.seconds
-    nanos = event.timestamp.nanos
-    if not MIN_SECONDS <= seconds <= MAX_SECONDS:
-        return "timestamp: outside 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z"
-    if not 0 <= nanos <= 999_999_999:
-        return "timestamp: nanos must be between 0 and 999999999"
+    reason = timestamps.check(seconds, event.nanos)
+    if reason:
+        return reason
     source = event.source
     reason = _check_text("source", source, MAX_SOURCE_CHARS, required=False)
     if reason:
@@ -53,14 +76,7 @@ def check_event(event: pb.Event, max_payload_bytes: int) -> NewEvent | str:
             return f"payload: not valid JSON: {exc}"
     else:
         payload = "{}"
-    return NewEvent(topic, event_id, seconds * 1_000_000_000 + nanos, source, payload)
-
-
-def stats_topic(event: pb.Event) -> str:
-    """Under which topic a rejected event is counted: its own if valid, else none."""
-    if _check_text("topic", event.topic, MAX_KEY_CHARS, required=True):
-        return NO_TOPIC
-    return event.topic
+    return NewEvent(event.topic, event_id, timestamps.to_ns(seconds, event.nanos), source, payload)
 
 
 def _check_text(name: str, value: str, max_chars: int, *, required: bool) -> str | None:

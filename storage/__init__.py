@@ -6,7 +6,7 @@ Never imports protobuf; takes and returns the plain values in `storage.models`.
 from storage.database import MAX_PAGE_SIZE, Database
 from storage.embedded import EmbeddedPostgres
 from storage.errors import EmbeddedError, InvalidArgument, StorageError, Unavailable
-from storage.models import BatchResult, Counters, NewEvent, Stats, Status, StoredEvent
+from storage.models import BatchResult, Counters, NewEvent, Outcome, Stats, Status, StoredEvent
 
 __all__ = [
     "MAX_PAGE_SIZE",
@@ -17,6 +17,7 @@ __all__ = [
     "EmbeddedPostgres",
     "InvalidArgument",
     "NewEvent",
+    "Outcome",
     "Stats",
     "Status",
     "StorageError",

@@ -22,7 +22,7 @@ def join_ns(ts: datetime, nanos: int) -> int:
 
 
 class Status(enum.IntEnum):
-    """What became of one event; values equal the API's EventStatus numbers."""
+    """What became of one event. Each transport maps it to its own wire value."""
 
     ACCEPTED = 1
     DUPLICATE = 2
@@ -40,15 +40,34 @@ class NewEvent(NamedTuple):
     payload: str  # a JSON document
 
 
+class Outcome(NamedTuple):
+    """What became of one event; `reason` is set for REJECTED and CONFLICT."""
+
+    status: Status
+    reason: str = ""
+
+
+ACCEPTED = Outcome(Status.ACCEPTED)
+DUPLICATE = Outcome(Status.DUPLICATE)
+
+
 @dataclass(slots=True)
 class BatchResult:
-    """Statuses of a batch's events in input order, with reasons for REJECTED and CONFLICT."""
+    """One outcome per event of a batch, aligned with the events as they were given."""
 
-    statuses: list[Status]
-    reasons: dict[int, str] = field(default_factory=dict)
+    outcomes: list[Outcome]
     # Events counted per (topic, status), rejected-before-batching included: what the
     # batch added to the counters. Filled by the writer for a whole batch.
     counts: dict[tuple[str, Status], int] = field(default_factory=dict)
+
+    @property
+    def statuses(self) -> list[Status]:
+        return [o.status for o in self.outcomes]
+
+    @property
+    def reasons(self) -> dict[int, str]:
+        """Index → reason, for the events that have one."""
+        return {i: o.reason for i, o in enumerate(self.outcomes) if o.reason}
 
 
 class StoredEvent(NamedTuple):

@@ -15,7 +15,7 @@ from psycopg import errors as pg_errors
 
 from storage import queries
 from storage.errors import StorageError
-from storage.models import BatchResult, NewEvent, Status, split_ns
+from storage.models import ACCEPTED, DUPLICATE, BatchResult, NewEvent, Outcome, Status, split_ns
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def write_batch(
     Rows the database refuses (for example JSON holding \\u0000) are isolated by
     splitting the batch and come back REJECTED; everything else is stored.
     """
-    result = BatchResult(statuses=[Status.ACCEPTED] * len(events))
+    result = BatchResult(outcomes=[ACCEPTED] * len(events))
     _write_isolating(conn, events, list(range(len(events))), dict(rejected or {}), result)
     return result
 
@@ -62,8 +62,7 @@ def _write_isolating(
             if not idxs:
                 raise  # only counters were written: not a row's fault
             bad = idxs[0]
-            result.statuses[bad] = Status.REJECTED
-            result.reasons[bad] = _refusal_reason(exc)
+            result.outcomes[bad] = Outcome(Status.REJECTED, _refusal_reason(exc))
             log.info("database refused event %d of a batch: %s", bad, exc.diag.message_primary)
             rejected = dict(rejected)
             rejected[events[bad].topic] = rejected.get(events[bad].topic, 0) + 1
@@ -108,9 +107,8 @@ def _write_once(
 ) -> None:
     if not idxs and not rejected:
         return
-    statuses = result.statuses
-    for i in idxs:
-        result.reasons.pop(i, None)  # left over from an attempt that rolled back
+    # Every event in idxs gets its outcome below, replacing any from an attempt that rolled back.
+    outcomes = result.outcomes
     first: dict[tuple[str, str], int] = {}
     rows = []
     for i in idxs:
@@ -132,12 +130,12 @@ def _write_once(
             cur.execute(queries.get("insert_from_staging"))
             inserted = {first[(t, e)] for t, e in cur.fetchall()}  # type: ignore[index]
             for i in inserted:
-                statuses[i] = Status.ACCEPTED
+                outcomes[i] = ACCEPTED
             _classify_not_inserted(cur, [i for i in idxs if i not in inserted], result)
 
         for i in idxs:
             slot = counts.setdefault(events[i].topic, [0, 0, 0, 0])
-            slot[statuses[i] - 1] += 1
+            slot[outcomes[i].status - 1] += 1
         for topic, n in rejected.items():
             counts.setdefault(topic, [0, 0, 0, 0])[Status.REJECTED - 1] += n
         if counts:
@@ -172,7 +170,7 @@ def _classify_not_inserted(
             i = int(idx)  # type: ignore[call-overload]
             seen.add(i)
             if same_ts and same_source and same_payload:
-                result.statuses[i] = Status.DUPLICATE
+                result.outcomes[i] = DUPLICATE
             else:
                 differs = [
                     name
@@ -183,10 +181,10 @@ def _classify_not_inserted(
                     )
                     if not same
                 ]
-                result.statuses[i] = Status.CONFLICT
-                result.reasons[i] = (
+                result.outcomes[i] = Outcome(
+                    Status.CONFLICT,
                     "conflict: this topic and event_id are already stored with a different "
-                    + ", ".join(differs)
+                    + ", ".join(differs),
                 )
         pending = [i for i in pending if i not in seen]
     if pending:

@@ -27,7 +27,7 @@ class ScriptedServer(pb_grpc.AggregatorServiceServicer):
         self.streams = 0
         self.gate = threading.Event()
         self.gate.set()
-        self.fail_next_stream: tuple[grpc.StatusCode, str] | None = None
+        self.fail_next_stream: server_errors.ServerError | None = None
         self.answer = lambda request: [ACCEPTED] * len(request.events)
         self.received = threading.Condition()
 
@@ -39,7 +39,7 @@ class ScriptedServer(pb_grpc.AggregatorServiceServicer):
                 self.requests.append(request)
                 self.received.notify_all()
             if failure is not None:
-                status = server_errors.to_status(*failure)
+                status = server_errors.to_status(failure)
                 context.set_trailing_metadata(status.trailing_metadata)
                 context.abort(status.code, status.details)
             self.gate.wait(30)
@@ -150,7 +150,7 @@ def test_retryable_failure_reconnects_honours_retry_info_and_resends(scripted, m
         return asked[-1]
 
     monkeypatch.setattr(client_retry, "retry_info", recording_retry_info)
-    servicer.fail_next_stream = (grpc.StatusCode.UNAVAILABLE, "database down")
+    servicer.fail_next_stream = server_errors.DatabaseUnavailable("database down")
     with Publisher(channel, max_batch_events=2, linger=60) as publisher:
         pending = publisher.publish_many(event(str(i)) for i in range(4))
         publisher.flush(timeout=30)
@@ -166,7 +166,7 @@ def test_retryable_failure_reconnects_honours_retry_info_and_resends(scripted, m
 
 def test_non_retryable_failure_fails_every_pending_event_and_later_publishes(scripted):
     servicer, channel = scripted
-    servicer.fail_next_stream = (grpc.StatusCode.INVALID_ARGUMENT, "too many events")
+    servicer.fail_next_stream = server_errors.RequestInvalid("too many events")
     publisher = Publisher(channel, linger=60)
     pending = publisher.publish(event("1"))
     with pytest.raises(PublishError) as failure:

@@ -138,6 +138,7 @@ def test_cli_speaks_tls_with_a_token(db_url, pki):
         str(pki["server_key"]),
         "--auth-tokens",
         "cli-token",
+        credentials=grpc.ssl_channel_credentials(pki["ca"].read_bytes()),
     ).start()
     try:
         common = ["--target", f"localhost:{server.port}", "--tls-ca", str(pki["ca"])]

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+from types import SimpleNamespace
+
 import grpc
 import grpc_testing
 import pytest
 from aggregator.v1 import aggregator_pb2 as pb
 from google.rpc import error_details_pb2, status_pb2
 
-from server import batcher, errors
+import storage
+from server import batcher, errors, handlers, ingest, rpc
 from server.servicer import AggregatorServicer
 from storage import Database
 from tests.conftest import server_config
 from tests.support import ACCEPTED, DUPLICATE, REJECTED, event, request
 
-pytestmark = pytest.mark.integration
-
-SERVICE = pb.DESCRIPTOR.services_by_name["AggregatorService"]
+SERVICE = rpc.SERVICE
 
 
 @pytest.fixture
@@ -24,9 +27,11 @@ def harness(db_url):
     config = server_config(db_url, max_events_per_request=5)
     with Database(db_url) as database:
         queue = batcher.Batcher(database.write_batch, workers=1)
-        servicer = AggregatorServicer(config, database, queue)
+        servicer = AggregatorServicer(config, ingest.Ingest(config, database, queue))
+        # The methods as server/handlers.py registers them: errors translated there, once.
+        methods = SimpleNamespace(**handlers.translated(servicer))
         yield grpc_testing.server_from_dictionary(
-            {SERVICE: servicer}, grpc_testing.strict_real_time()
+            {SERVICE: methods}, grpc_testing.strict_real_time()
         )
         queue.close()
 
@@ -36,6 +41,7 @@ def unary(harness, method, message):
     return rpc.termination()
 
 
+@pytest.mark.integration
 def test_publish_batch_maps_validation_to_per_event_statuses(harness):
     response, _, code, _ = unary(
         harness,
@@ -50,12 +56,14 @@ def test_publish_batch_maps_validation_to_per_event_statuses(harness):
     ]
 
 
+@pytest.mark.integration
 def test_request_over_the_event_limit_is_invalid_argument(harness):
     _, _, code, details = unary(harness, "PublishBatch", request([event(str(i)) for i in range(6)]))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert "limit is 5" in details
 
 
+@pytest.mark.integration
 def test_stream_answers_each_request_in_order_then_closes(harness):
     rpc = harness.invoke_stream_stream(SERVICE.methods_by_name["Publish"], (), None)
     rpc.send_request(request([event("s1")], sequence=1))
@@ -69,6 +77,7 @@ def test_stream_answers_each_request_in_order_then_closes(harness):
     assert code == grpc.StatusCode.OK
 
 
+@pytest.mark.integration
 def test_list_events_with_bad_token_is_invalid_argument(harness):
     _, _, code, details = unary(
         harness, "ListEvents", pb.ListEventsRequest(topic="t", page_token="%%%")
@@ -91,18 +100,69 @@ def retry_delay(status: grpc.Status) -> float | None:
     ("exc", "code", "retry"),
     [
         (errors.RequestInvalid("x"), grpc.StatusCode.INVALID_ARGUMENT, False),
-        (batcher.Overloaded("full"), grpc.StatusCode.RESOURCE_EXHAUSTED, True),
-        (batcher.ShuttingDown(), grpc.StatusCode.UNAVAILABLE, True),
-        (__import__("storage").Unavailable("down"), grpc.StatusCode.UNAVAILABLE, True),
+        (errors.BadPageToken("page_token: x"), grpc.StatusCode.INVALID_ARGUMENT, False),
+        (storage.InvalidArgument("limit"), grpc.StatusCode.INVALID_ARGUMENT, False),
+        (errors.Overloaded("full"), grpc.StatusCode.RESOURCE_EXHAUSTED, True),
+        (errors.TooManyStreams("streams"), grpc.StatusCode.RESOURCE_EXHAUSTED, True),
+        (errors.ShuttingDown(), grpc.StatusCode.UNAVAILABLE, True),
+        (storage.Unavailable("down"), grpc.StatusCode.UNAVAILABLE, True),
+        (errors.Unauthenticated(), grpc.StatusCode.UNAUTHENTICATED, False),
+        (errors.Abandoned(), grpc.StatusCode.CANCELLED, False),
         (RuntimeError("secret detail"), grpc.StatusCode.INTERNAL, False),
     ],
 )
 def test_errors_map_to_status_codes_with_retry_info_where_retrying_helps(exc, code, retry):
-    got, message = errors.classify(exc)
-    assert got == code
-    assert "secret" not in message
-    delay = retry_delay(errors.to_status(got, message))
+    error = errors.classify(exc)
+    assert error.code == code
+    assert "secret" not in error.message
+    delay = retry_delay(errors.to_status(error))
     if retry:
         assert delay is not None and delay > 0
     else:
         assert delay is None
+
+
+def test_abandoned_wait_is_cancelled_and_not_logged_as_an_internal_error(caplog):
+    """A caller that gave up while waiting for queue room is no server fault."""
+    gate = threading.Event()
+
+    def held(events, rejected):
+        gate.wait(30)
+        return storage.BatchResult([storage.Outcome(storage.Status.ACCEPTED)] * len(events))
+
+    queue = batcher.Batcher(held, workers=1, max_pending_events=1)
+    try:
+        queue.submit(batcher.Submission([storage.NewEvent("t", "1", 0, "", "{}")], {}))
+        queue.submit(batcher.Submission([storage.NewEvent("t", "2", 0, "", "{}")], {}))
+        ended = threading.Event()
+        ended.set()  # the call is already over
+        with pytest.raises(errors.Abandoned) as waited:
+            queue.submit(
+                batcher.Submission([storage.NewEvent("t", "3", 0, "", "{}")], {}), abandoned=ended
+            )
+    finally:
+        gate.set()
+        queue.close()
+    with caplog.at_level(logging.DEBUG, logger="server"):
+        error = errors.classify(waited.value)
+    assert error.code == grpc.StatusCode.CANCELLED
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_unknown_error_is_logged_as_internal_and_its_text_withheld(caplog):
+    with caplog.at_level(logging.ERROR, logger="server"):
+        error = errors.classify(RuntimeError("secret detail"))
+    assert error.code == grpc.StatusCode.INTERNAL
+    assert "secret" not in error.message
+    assert [r.getMessage() for r in caplog.records] == ["internal error"]
+
+
+def test_outcomes_map_to_event_statuses_one_by_one():
+    from server import convert
+
+    assert {s.name: convert.EVENT_STATUS[s] for s in storage.Status} == {
+        "ACCEPTED": pb.EVENT_STATUS_ACCEPTED,
+        "DUPLICATE": pb.EVENT_STATUS_DUPLICATE,
+        "REJECTED": pb.EVENT_STATUS_REJECTED,
+        "CONFLICT": pb.EVENT_STATUS_CONFLICT,
+    }

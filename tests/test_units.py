@@ -7,9 +7,22 @@ import threading
 import pytest
 
 import storage
-from server import batcher, config, convert
-from server.validation import check_event, stats_topic
+from server import batcher, config, convert, errors, validation
 from tests.support import event
+
+
+def check_event(message, max_payload_bytes):
+    """Validation as the gRPC servicer calls it: on the plain values of a protobuf Event."""
+    checked = validation.check_event(convert.incoming(message), max_payload_bytes)
+    return checked.reason if isinstance(checked, validation.Rejected) else checked
+
+
+def stats_topic(message):
+    """Under which topic validation counts an event it rejects."""
+    invalid = convert.incoming(message)._replace(event_id="")
+    checked = validation.check_event(invalid, 100)
+    assert isinstance(checked, validation.Rejected)
+    return checked.stats_topic
 
 
 def test_valid_event_becomes_a_new_event_with_exact_nanoseconds():
@@ -35,9 +48,9 @@ def test_page_token_round_trips_and_is_bound_to_its_topic():
     token = convert.encode_page_token("orders", 42)
     assert convert.decode_page_token(token, "orders") == 42
     assert convert.decode_page_token("", "orders") == 0
-    with pytest.raises(convert.BadPageToken):
+    with pytest.raises(errors.BadPageToken):
         convert.decode_page_token(token, "other")
-    with pytest.raises(convert.BadPageToken):
+    with pytest.raises(errors.BadPageToken):
         convert.decode_page_token("bm90LWEtdG9rZW4", "orders")
 
 
@@ -75,7 +88,7 @@ class GatedWriter:
         self.entered.set()
         self.release.wait(30)
         self.sizes.append(len(events))
-        return storage.BatchResult([storage.Status.ACCEPTED] * len(events))
+        return storage.BatchResult([storage.Outcome(storage.Status.ACCEPTED)] * len(events))
 
 
 def submission(n):
@@ -104,11 +117,11 @@ def test_full_queue_times_out_with_overloaded_and_a_big_request_still_fits_an_em
     queue.submit(submission(1))
     assert writer.entered.wait(10)
     queue.submit(submission(25))  # larger than the queue, accepted because it is empty
-    with pytest.raises(batcher.Overloaded):
+    with pytest.raises(errors.Overloaded):
         queue.submit(submission(1), timeout=0.05)
     writer.release.set()
     queue.close()
-    with pytest.raises(batcher.ShuttingDown):
+    with pytest.raises(errors.ShuttingDown):
         queue.submit(submission(1))
 
 
@@ -125,3 +138,23 @@ def test_batcher_fails_the_batch_when_the_database_stays_unavailable():
     assert isinstance(item.error, storage.Unavailable)
     assert states and not any(states)
     queue.close()
+
+
+def test_batcher_hands_each_request_exactly_its_own_outcomes_in_order():
+    def write(events, rejected):
+        return storage.BatchResult(
+            [storage.Outcome(storage.Status.DUPLICATE, e.event_id) for e in events]
+        )
+
+    queue = batcher.Batcher(write, workers=1)
+    items = [submission(n) for n in (3, 0, 2)]
+    for item in items:
+        queue.submit(item)
+    for item in items:
+        assert item.wait(10)
+    queue.close()
+    assert [[o.reason for o in item.outcomes] for item in items] == [
+        ["0", "1", "2"],
+        [],
+        ["0", "1"],
+    ]

@@ -1,0 +1,143 @@
+"""The ingestion core every transport shares: validate → queue → wait for commit → outcomes.
+
+It works on plain values (`validation.Incoming` in, `storage.Outcome` out, one per event and
+in the same order) and raises `server.errors` only; the gRPC servicer and the HTTP app just
+convert their wire formats around it. Storage errors pass through for `errors.classify`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import storage
+from server import batcher, errors
+from server.config import Config
+from server.validation import Incoming, Rejected, check_event
+
+DEFAULT_PAGE_SIZE = 100
+
+
+class Pending:
+    """A validated request on its way to the database."""
+
+    __slots__ = ("known", "size", "submission")
+
+    def __init__(
+        self, size: int, known: list[storage.Outcome | None] | None, submission: batcher.Submission
+    ) -> None:
+        self.size = size
+        # Outcomes settled before the database (rejections), None where the database decides;
+        # None altogether when every event goes to the database.
+        self.known = known
+        self.submission = submission
+
+    @property
+    def done(self) -> bool:
+        return self.submission.done
+
+
+class Ingest:
+    """Publishing and reading, whatever the transport."""
+
+    def __init__(self, config: Config, database: storage.Database, queue: batcher.Batcher) -> None:
+        self._config = config
+        self._database = database
+        self._batcher = queue
+        self.started_at = datetime.now(UTC)
+        self._started_monotonic = time.monotonic()
+
+    @property
+    def uptime_seconds(self) -> float:
+        return time.monotonic() - self._started_monotonic
+
+    # -- publishing -------------------------------------------------------------------
+
+    def prepare(self, events: Sequence[Incoming], *, name: str = "the request") -> Pending:
+        """Validate a request's events.
+
+        Raises:
+            errors.RequestInvalid: more events than a request may hold.
+        """
+        size = len(events)
+        if size > self._config.max_events_per_request:
+            raise errors.RequestInvalid(
+                f"{name} has {size} events; the limit is "
+                f"{self._config.max_events_per_request} per request"
+            )
+        max_payload = self._config.max_payload_bytes
+        valid: list[storage.NewEvent] = []
+        known: list[storage.Outcome | None] = []
+        rejected: dict[str, int] = {}
+        for event in events:
+            checked = check_event(event, max_payload)
+            if isinstance(checked, Rejected):
+                known.append(storage.Outcome(storage.Status.REJECTED, checked.reason))
+                topic = checked.stats_topic
+                rejected[topic] = rejected.get(topic, 0) + 1
+            else:
+                valid.append(checked)
+                known.append(None)
+        submission = batcher.Submission(valid, rejected)
+        if not valid and not rejected:
+            submission.resolve([])  # an empty request: nothing to commit
+        return Pending(size, known if rejected else None, submission)
+
+    def submit(
+        self,
+        pending: Pending,
+        *,
+        timeout: float | None = None,
+        abandoned: threading.Event | None = None,
+    ) -> None:
+        """Queue a prepared request for writing (see Batcher.submit for the errors)."""
+        if not pending.done:
+            self._batcher.submit(pending.submission, timeout=timeout, abandoned=abandoned)
+
+    def wake_waiters(self) -> None:
+        """Make submitters blocked on a full queue re-check whether their call ended."""
+        self._batcher.wake_all()
+
+    def outcomes(self, pending: Pending) -> list[storage.Outcome]:
+        """Wait until the request is committed; one outcome per event, in request order."""
+        submission = pending.submission
+        submission.wait()
+        if submission.error is not None:
+            raise submission.error
+        committed = submission.outcomes
+        assert committed is not None
+        if pending.known is None:
+            return committed
+        from_database = iter(committed)
+        return [o if o is not None else next(from_database) for o in pending.known]
+
+    def publish(
+        self, events: Sequence[Incoming], *, name: str = "the request"
+    ) -> list[storage.Outcome]:
+        """Validate, queue (waiting a bounded time for room), commit: the outcomes."""
+        pending = self.prepare(events, name=name)
+        self.submit(pending, timeout=self._config.enqueue_timeout)
+        return self.outcomes(pending)
+
+    # -- reading ----------------------------------------------------------------------
+
+    def list_events(
+        self,
+        topic: str,
+        *,
+        after_seq: int,
+        limit: int,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+    ) -> list[storage.StoredEvent]:
+        """Up to `limit` stored events of `topic` after `after_seq`, oldest first."""
+        if not topic:
+            raise errors.RequestInvalid("topic: required")
+        return self._database.list_events(
+            topic, after_seq=after_seq, limit=limit, start_ns=start_ns, end_ns=end_ns
+        )
+
+    def stats(self) -> storage.Stats:
+        return self._database.stats()
