@@ -11,6 +11,7 @@ import collections
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 
 import storage
@@ -18,7 +19,9 @@ from server import errors
 
 log = logging.getLogger(__name__)
 
-WriteBatch = Callable[[Sequence[storage.NewEvent], Mapping[str, int]], storage.BatchResult]
+WriteBatch = Callable[
+    [Sequence[storage.NewEvent], Mapping[str, int], storage.Ticket], storage.BatchResult
+]
 # (seconds, events written, result) of each committed batch
 FlushObserver = Callable[[float, int, storage.BatchResult], None]
 
@@ -165,16 +168,24 @@ class Batcher:
             return batch
 
     def _run(self) -> None:
+        finished: list[uuid.UUID] = []  # answered batches whose ledger rows can go
         while (batch := self._take()) is not None:
+            ticket = storage.Ticket(finished=finished)
             try:
-                self._flush(batch)
+                self._flush(batch, ticket)
             except BaseException as exc:  # never leave a caller waiting forever
                 log.exception("flush failed")
                 for item in batch:
                     if not item.done:
                         item.fail(exc)
+                finished = [*finished, ticket.batch_id]
+            else:
+                if any(item.events or item.rejected for item in batch):
+                    finished = [ticket.batch_id]  # the commit deleted the older rows
+                else:
+                    finished = [*finished, ticket.batch_id]
 
-    def _flush(self, batch: list[Submission]) -> None:
+    def _flush(self, batch: list[Submission], ticket: storage.Ticket) -> None:
         events: list[storage.NewEvent] = []
         rejected: dict[str, int] = {}
         for item in batch:
@@ -183,7 +194,7 @@ class Batcher:
                 rejected[topic] = rejected.get(topic, 0) + n
         started = time.monotonic()
         try:
-            result = self._write_retrying(events, rejected)
+            result = self._write_retrying(events, rejected, ticket)
         except storage.Unavailable:
             raise
         except Exception:
@@ -205,15 +216,20 @@ class Batcher:
             offset += n
 
     def _write_retrying(
-        self, events: list[storage.NewEvent], rejected: dict[str, int]
+        self, events: list[storage.NewEvent], rejected: dict[str, int], ticket: storage.Ticket
     ) -> storage.BatchResult:
-        """Write, retrying with backoff while the database is unavailable, for a bounded time."""
+        """Write, retrying with backoff while the database is unavailable, for a bounded time.
+
+        A failed attempt may have committed (the connection dropped at COMMIT), so every
+        retry first asks the batch ledger what it did (`ticket.retry`).
+        """
         deadline = time.monotonic() + self._retry_timeout
         delay = 0.05
         while True:
             try:
-                result = self._write(events, rejected)
+                result = self._write(events, rejected, ticket)
             except storage.Unavailable as exc:
+                ticket.retry = True
                 self._on_database_state(False)
                 self._on_database_error("unavailable")
                 if time.monotonic() + delay > deadline:

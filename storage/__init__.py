@@ -6,6 +6,7 @@ Never imports protobuf; takes and returns the plain values in `storage.models`.
 from storage.database import MAX_PAGE_SIZE, Database
 from storage.embedded import EmbeddedPostgres
 from storage.errors import EmbeddedError, InvalidArgument, StorageError, Unavailable
+from storage.ledger import Ticket
 from storage.models import BatchResult, Counters, NewEvent, Outcome, Stats, Status, StoredEvent
 
 __all__ = [
@@ -22,5 +23,6 @@ __all__ = [
     "Status",
     "StorageError",
     "StoredEvent",
+    "Ticket",
     "Unavailable",
 ]

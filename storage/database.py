@@ -10,7 +10,7 @@ from types import TracebackType
 import psycopg
 import psycopg_pool
 
-from storage import queries, schema, writer
+from storage import ledger, queries, schema, writer
 from storage.errors import InvalidArgument, StorageError, Unavailable
 from storage.models import BatchResult, Counters, NewEvent, Stats, StoredEvent, join_ns, split_ns
 
@@ -86,7 +86,9 @@ class Database:
     def migrate(self) -> list[int]:
         """Bring the schema up to date; return the migration versions applied."""
         with self._connection() as conn:
-            return schema.migrate(conn)
+            applied = schema.migrate(conn)
+            ledger.sweep(conn)
+            return applied
 
     def ping(self) -> None:
         """Raise Unavailable unless the database answers a query."""
@@ -94,11 +96,28 @@ class Database:
             conn.execute(queries.get("ping"))
 
     def write_batch(
-        self, events: Sequence[NewEvent], rejected: Mapping[str, int] | None = None
+        self,
+        events: Sequence[NewEvent],
+        rejected: Mapping[str, int] | None = None,
+        ticket: ledger.Ticket | None = None,
     ) -> BatchResult:
-        """Store a batch in one transaction (see storage.writer); counters included."""
+        """Store a batch in one transaction (see storage.writer); counters included.
+
+        With a `ticket` the transaction is recorded in the batch ledger, and a retry
+        (`ticket.retry`) first learns what an earlier attempt committed (storage.ledger).
+        """
         with self._connection() as conn:
-            return writer.write_batch(conn, events, rejected)
+            if ticket is not None and ticket.retry:
+                return ledger.resume(
+                    conn,
+                    ticket,
+                    len(events),
+                    rejected or {},
+                    lambda only, rest: writer.write_batch(
+                        conn, events, rest, ticket=ticket, only=only
+                    ),
+                )
+            return writer.write_batch(conn, events, rejected, ticket=ticket)
 
     def list_events(
         self,

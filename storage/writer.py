@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import psycopg
 from psycopg import errors as pg_errors
 
-from storage import queries
+from storage import ledger, queries
 from storage.errors import StorageError
 from storage.models import ACCEPTED, DUPLICATE, BatchResult, NewEvent, Outcome, Status, split_ns
 
@@ -36,15 +36,23 @@ def create_staging(conn: Conn) -> None:
 
 
 def write_batch(
-    conn: Conn, events: Sequence[NewEvent], rejected: Mapping[str, int] | None = None
+    conn: Conn,
+    events: Sequence[NewEvent],
+    rejected: Mapping[str, int] | None = None,
+    *,
+    ticket: ledger.Ticket | None = None,
+    only: list[int] | None = None,
 ) -> BatchResult:
     """Store `events` and count them plus `rejected` (events refused earlier, per topic).
 
     Rows the database refuses (for example JSON holding \\u0000) are isolated by
-    splitting the batch and come back REJECTED; everything else is stored.
+    splitting the batch and come back REJECTED; everything else is stored. With a
+    `ticket`, each transaction records what it decided in the batch ledger; `only`
+    restricts the write to those event indexes (ascending).
     """
     result = BatchResult(outcomes=[ACCEPTED] * len(events))
-    _write_isolating(conn, events, list(range(len(events))), dict(rejected or {}), result)
+    idxs = list(range(len(events))) if only is None else only
+    _write_isolating(conn, events, idxs, dict(rejected or {}), result, ticket)
     return result
 
 
@@ -54,9 +62,10 @@ def _write_isolating(
     idxs: list[int],
     rejected: dict[str, int],
     result: BatchResult,
+    ticket: ledger.Ticket | None,
 ) -> None:
     try:
-        _write_retrying(conn, events, idxs, rejected, result)
+        _write_retrying(conn, events, idxs, rejected, result, ticket)
     except _ROW_ERRORS as exc:
         if len(idxs) <= 1:
             if not idxs:
@@ -66,11 +75,11 @@ def _write_isolating(
             log.info("database refused event %d of a batch: %s", bad, exc.diag.message_primary)
             rejected = dict(rejected)
             rejected[events[bad].topic] = rejected.get(events[bad].topic, 0) + 1
-            _write_retrying(conn, events, [], rejected, result)
+            _write_retrying(conn, events, [], rejected, result, ticket, refused=bad)
             return
         half = len(idxs) // 2
-        _write_isolating(conn, events, idxs[:half], rejected, result)
-        _write_isolating(conn, events, idxs[half:], {}, result)
+        _write_isolating(conn, events, idxs[:half], rejected, result, ticket)
+        _write_isolating(conn, events, idxs[half:], {}, result, ticket)
 
 
 def _refusal_reason(exc: psycopg.Error) -> str:
@@ -87,10 +96,12 @@ def _write_retrying(
     idxs: list[int],
     rejected: dict[str, int],
     result: BatchResult,
+    ticket: ledger.Ticket | None,
+    refused: int | None = None,
 ) -> None:
     for attempt in range(1, _TRANSIENT_ATTEMPTS + 1):
         try:
-            _write_once(conn, events, idxs, rejected, result)
+            _write_once(conn, events, idxs, rejected, result, ticket, refused)
             return
         except _TRANSIENT as exc:
             if attempt == _TRANSIENT_ATTEMPTS:
@@ -104,7 +115,10 @@ def _write_once(
     idxs: list[int],
     rejected: dict[str, int],
     result: BatchResult,
+    ticket: ledger.Ticket | None,
+    refused: int | None,
 ) -> None:
+    """One transaction; `refused` is an event the database refused, counted here."""
     if not idxs and not rejected:
         return
     # Every event in idxs gets its outcome below, replacing any from an attempt that rolled back.
@@ -150,6 +164,8 @@ def _write_once(
                     "conflicts": [counts[t][3] for t in topics],
                 },
             )
+        if ticket is not None:
+            ledger.record(cur, ticket, idxs if refused is None else [refused], result, counts)
     # Committed: what this transaction counted is now part of the batch's result.
     for topic, per_status in counts.items():
         for status, n in zip(Status, per_status, strict=True):

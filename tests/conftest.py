@@ -52,7 +52,7 @@ def own_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[storage.Em
 def db_url(pg_cluster: storage.EmbeddedPostgres) -> str:
     """The test database, emptied before each test."""
     with psycopg.connect(pg_cluster.url, autocommit=True) as conn:
-        conn.execute("TRUNCATE events, topic_stats RESTART IDENTITY")
+        conn.execute("TRUNCATE events, topic_stats, batch_ledger RESTART IDENTITY")
     return pg_cluster.url
 
 

@@ -126,7 +126,7 @@ def test_abandoned_wait_is_cancelled_and_not_logged_as_an_internal_error(caplog)
     """A caller that gave up while waiting for queue room is no server fault."""
     gate = threading.Event()
 
-    def held(events, rejected):
+    def held(events, rejected, ticket):
         gate.wait(30)
         return storage.BatchResult([storage.Outcome(storage.Status.ACCEPTED)] * len(events))
 

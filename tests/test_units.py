@@ -84,7 +84,7 @@ class GatedWriter:
         self.release = threading.Event()
         self.entered = threading.Event()
 
-    def __call__(self, events, rejected):
+    def __call__(self, events, rejected, ticket):
         self.entered.set()
         self.release.wait(30)
         self.sizes.append(len(events))
@@ -128,7 +128,7 @@ def test_full_queue_times_out_with_overloaded_and_a_big_request_still_fits_an_em
 def test_batcher_fails_the_batch_when_the_database_stays_unavailable():
     states: list[bool] = []
 
-    def down(events, rejected):
+    def down(events, rejected, ticket):
         raise storage.Unavailable("down")
 
     queue = batcher.Batcher(down, workers=1, retry_timeout=0.2, on_database_state=states.append)
@@ -141,7 +141,7 @@ def test_batcher_fails_the_batch_when_the_database_stays_unavailable():
 
 
 def test_batcher_hands_each_request_exactly_its_own_outcomes_in_order():
-    def write(events, rejected):
+    def write(events, rejected, ticket):
         return storage.BatchResult(
             [storage.Outcome(storage.Status.DUPLICATE, e.event_id) for e in events]
         )

@@ -98,3 +98,31 @@ COPY bench_raw_copy (topic, event_id, ts, ts_nanos, source, payload) FROM STDIN 
 
 -- name: drop_raw_copy_table
 DROP TABLE IF EXISTS bench_raw_copy
+
+-- Batch ledger (storage/ledger.py).
+
+-- name: record_batch
+-- The advisory lock (keyed by the batch) is held until this transaction ends, so a retry
+-- that takes it too waits for a COMMIT still in flight before reading the ledger.
+WITH forgotten AS (
+    DELETE FROM batch_ledger WHERE batch_id = ANY(%(finished)s::uuid[])
+)
+INSERT INTO batch_ledger (batch_id, first_idx, idxs, statuses, reasons, counts)
+SELECT %(batch_id)s, %(first_idx)s, %(idxs)s, %(statuses)s, %(reasons)s, %(counts)s
+FROM (SELECT pg_advisory_xact_lock(%(lock)s)) AS held
+
+-- name: set_lock_timeout
+SELECT set_config('lock_timeout', %(timeout)s, true)
+
+-- name: await_batch
+-- Waits (bounded by lock_timeout) for any transaction of this batch still committing.
+SELECT pg_advisory_xact_lock(%(lock)s)
+
+-- name: read_batch
+SELECT first_idx, idxs, statuses, reasons, counts
+FROM batch_ledger
+WHERE batch_id = %(batch_id)s
+
+-- name: sweep_ledger
+-- Rows left by a server that died before forgetting them; no retry lives this long.
+DELETE FROM batch_ledger WHERE committed_at < now() - make_interval(secs => %(older_than)s)

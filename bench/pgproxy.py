@@ -1,0 +1,185 @@
+"""A loopback TCP proxy in front of PostgreSQL that cuts connections on demand.
+
+Used by the fault tests and `make chaos` to lose the database connection at a chosen moment:
+`cut_all()` drops every connection now; `cut_at_commit()` lets the next COMMIT through to the
+server and drops that connection before the reply can come back, so the client cannot know
+whether its transaction committed (it did). Frontend messages are parsed only as far as
+needed to recognise a COMMIT (simple Query or Parse).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import struct
+import threading
+from types import TracebackType
+
+log = logging.getLogger(__name__)
+
+_UNTYPED_REQUESTS = {80877103, 80877104}  # SSLRequest, GSSENCRequest: answered by one byte
+
+
+class _Link:
+    """One client connection and its upstream connection."""
+
+    def __init__(self, client: socket.socket, upstream: socket.socket) -> None:
+        self.client = client
+        self.upstream = upstream
+        self.cut = threading.Event()
+
+    def close(self) -> None:
+        self.cut.set()
+        for sock in (self.client, self.upstream):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+class PgProxy:
+    """Listens on 127.0.0.1 (a free port) and forwards to `upstream_port` on 127.0.0.1."""
+
+    def __init__(self, upstream_port: int, *, upstream_host: str = "127.0.0.1") -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._links: set[_Link] = set()
+        self._lock = threading.Lock()
+        self._commit_cuts_armed = 0
+        self.commit_cuts = 0  # COMMITs forwarded whose reply was never delivered
+        self.cuts = 0  # connections dropped by cut_all()
+        self.commit_cut = threading.Event()  # set by each cut at COMMIT
+        self._closed = False
+        self._acceptor = threading.Thread(target=self._accept, name="pgproxy", daemon=True)
+        self._acceptor.start()
+
+    def retarget(self, upstream_port: int) -> None:
+        """Send new connections to another port (existing ones are left alone)."""
+        self.upstream = (self.upstream[0], upstream_port)
+
+    def url(self, database: str, user: str = "postgres") -> str:
+        return (
+            f"postgresql://{user}@127.0.0.1:{self.port}/{database}"
+            "?sslmode=disable&gssencmode=disable"
+        )
+
+    def cut_at_commit(self, times: int = 1) -> None:
+        """Drop the connection of each of the next `times` COMMITs after forwarding it."""
+        with self._lock:
+            self.commit_cut.clear()
+            self._commit_cuts_armed += times
+
+    def cut_all(self) -> int:
+        """Drop every open connection now; return how many."""
+        with self._lock:
+            links = list(self._links)
+            self._links.clear()
+            self.cuts += len(links)
+        for link in links:
+            link.close()
+        return len(links)
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
+        self.cut_all()
+        self._acceptor.join(10)
+
+    def __enter__(self) -> PgProxy:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.upstream, timeout=10)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()  # the database is down: the client sees a refused connection
+                continue
+            link = _Link(client, upstream)
+            with self._lock:
+                self._links.add(link)
+            threading.Thread(target=self._frontend, args=(link,), daemon=True).start()
+            threading.Thread(target=self._backend, args=(link,), daemon=True).start()
+
+    def _drop(self, link: _Link) -> None:
+        with self._lock:
+            self._links.discard(link)
+        link.close()
+
+    def _backend(self, link: _Link) -> None:
+        """Server → client, byte for byte, until the link is cut."""
+        try:
+            while data := link.upstream.recv(65536):
+                if link.cut.is_set():
+                    break
+                link.client.sendall(data)
+        except OSError:
+            pass
+        self._drop(link)
+
+    def _frontend(self, link: _Link) -> None:
+        """Client → server, message by message, watching for COMMIT."""
+        buffer = b""
+        started = False  # past the untyped start-up messages
+        try:
+            while data := link.client.recv(65536):
+                buffer += data
+                while True:
+                    if not started:
+                        if len(buffer) < 8:
+                            break
+                        length, code = struct.unpack("!ii", buffer[:8])
+                        if len(buffer) < length:
+                            break
+                        started = code not in _UNTYPED_REQUESTS
+                        message, buffer = buffer[:length], buffer[length:]
+                        link.upstream.sendall(message)
+                        continue
+                    if len(buffer) < 5:
+                        break
+                    kind = buffer[:1]
+                    (length,) = struct.unpack("!i", buffer[1:5])
+                    if len(buffer) < 1 + length:
+                        break
+                    message, buffer = buffer[: 1 + length], buffer[1 + length :]
+                    if kind in (b"Q", b"P") and self._take_commit_cut(message):
+                        link.cut.set()  # the reply must never reach the client
+                        link.client.shutdown(socket.SHUT_RDWR)
+                        # The server reads the COMMIT, then end-of-file once it has replied;
+                        # _backend drops the reply and closes the link.
+                        link.upstream.sendall(message)
+                        link.upstream.shutdown(socket.SHUT_WR)
+                        with self._lock:
+                            self.commit_cuts += 1
+                        self.commit_cut.set()
+                        return
+                    link.upstream.sendall(message)
+        except OSError:
+            pass
+        self._drop(link)
+
+    def _take_commit_cut(self, message: bytes) -> bool:
+        body = message[5:]
+        if message[:1] == b"P":
+            body = body[body.index(b"\0") + 1 :]  # skip the statement name
+        if body.lstrip()[:6].upper() != b"COMMIT":
+            return False
+        with self._lock:
+            if self._commit_cuts_armed <= 0:
+                return False
+            self._commit_cuts_armed -= 1
+            return True
