@@ -78,18 +78,29 @@ def measure(
     data = shaped(events)
     batches = [data[i : i + batch_size] for i in range(0, len(data), batch_size)]
     shares = [batches[c::connections] for c in range(connections)]
+    # (events, seconds) of each write, with the batch ledger (True) and without (False)
+    took: dict[bool, list[tuple[int, float]]] = {True: [], False: []}
     with storage.Database(url, min_connections=connections, max_connections=connections) as db:
 
         def write(mine: Sequence[Sequence[NewEvent]]) -> Callable[[], None]:
             def part() -> None:
-                for batch in mine:
-                    db.write_batch(batch)
+                ticket = storage.Ticket()
+                for k, batch in enumerate(mine):
+                    # Batches alternate ABBA with and without the ledger, so the machine's
+                    # ups and downs (shared, busy) hit both alike.
+                    ledger = k % 4 in (1, 2)
+                    ticket = storage.Ticket(finished=[ticket.batch_id])  # as flush workers do
+                    started = time.perf_counter()
+                    db.write_batch(batch, None, ticket if ledger else None)
+                    took[ledger].append((len(batch), time.perf_counter() - started))
 
             return part
 
-        rates[f"storage only ({connections} conn, {batch_size}/batch)"] = len(data) / _parallel(
-            [write(mine) for mine in shares]
-        )
+        _parallel([write(mine) for mine in shares])
+    shape = f"{connections} conn, {batch_size}/batch"
+    for ledger, name in ((True, f"storage only ({shape})"), (False, f"no batch ledger ({shape})")):
+        written = sum(n for n, _ in took[ledger])
+        rates[name] = written / (sum(t for _, t in took[ledger]) / connections)
 
     sql_paths.prepare_raw_copy(url)
     try:

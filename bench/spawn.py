@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -27,6 +27,36 @@ def embedded_postgres(workdir: Path, *, throwaway: bool = False) -> Iterator[str
     workdir.chmod(0o755)  # the unprivileged PostgreSQL user must be able to enter it
     with storage.EmbeddedPostgres(workdir / "pg", database="bench", throwaway=throwaway) as pg:
         yield pg.url
+
+
+@contextmanager
+def replicated_postgres(
+    workdir: Path, *, database: str = "bench", throwaway: bool = True
+) -> Iterator[tuple[storage.EmbeddedPostgres, storage.EmbeddedPostgres]]:
+    """A primary and its synchronous standby under `workdir`, schema in place, for the duration.
+
+    Commits on the primary wait until the standby has the WAL on disk
+    (synchronous_standby_names names it; synchronous_commit is on by default).
+    """
+    workdir.chmod(0o755)
+    primary = storage.EmbeddedPostgres(workdir / "primary", database=database, throwaway=throwaway)
+    primary.start()
+    try:
+        with storage.Database(primary.url, min_connections=1, max_connections=1) as db:
+            db.migrate()
+        standby = primary.standby(workdir / "standby", name="standby")
+        try:
+            yield primary, standby
+        finally:
+            standby.stop()
+    finally:
+        primary.stop()
+
+
+def multi_host_url(clusters: Sequence[storage.EmbeddedPostgres], database: str) -> str:
+    """A libpq URL naming every cluster, connecting to whichever one takes writes."""
+    hosts = ",".join(f"127.0.0.1:{cluster.port}" for cluster in clusters)
+    return f"postgresql://postgres@{hosts}/{database}?target_session_attrs=read-write"
 
 
 class ServerProcess:

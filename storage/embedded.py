@@ -14,10 +14,13 @@ import shutil
 import socket
 import stat
 import subprocess
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
 import psycopg
+from psycopg import sql
 
 from storage.errors import EmbeddedError
 
@@ -66,6 +69,8 @@ class EmbeddedPostgres:
     """Initialise (once), start and stop a local cluster listening on 127.0.0.1 only.
 
     If the cluster in `data_dir` is already running, it is reused and left running.
+    `settings` are extra server settings (name → value). `standby()` makes a synchronous
+    streaming-replication standby of a running cluster, for failover tests.
     """
 
     def __init__(
@@ -76,12 +81,14 @@ class EmbeddedPostgres:
         port: int | None = None,
         throwaway: bool = False,
         os_user: str = "postgres",
+        settings: Mapping[str, str] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.database = database
         self.port = port
         self._throwaway = throwaway
         self._os_user = os_user
+        self._settings = dict(settings or {})
         self._started_here = False
         self._bindir: Path | None = None
 
@@ -110,12 +117,76 @@ class EmbeddedPostgres:
         self._create_database()
         return self.url
 
-    def stop(self) -> None:
-        """Stop the cluster if this object started it (fast shutdown: rolls back open work)."""
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the cluster if this object started it.
+
+        `fast` rolls back open work and shuts down cleanly; `immediate` kills every process
+        at once, as a lost machine would (crash recovery runs at the next start).
+        """
         if not self._started_here:
             return
-        self._run([self._bin("pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast", "-w"])
+        self._run([self._bin("pg_ctl"), "stop", "-D", str(self.data_dir), "-m", mode, "-w"])
         self._started_here = False
+
+    def standby(
+        self, data_dir: Path | str, *, name: str = "standby", timeout: float = 60.0
+    ) -> EmbeddedPostgres:
+        """Copy this running cluster (pg_basebackup), start the copy as its standby, and make
+        it synchronous: from then on this cluster's commits wait until the standby has them.
+
+        The standby streams under the application name `name`; this cluster's
+        synchronous_standby_names is set to it (ALTER SYSTEM, so it survives restarts). The
+        standby keeps none, so once promoted it commits without waiting for anyone.
+        """
+        if self.port is None:
+            raise EmbeddedError("start the primary before making a standby of it")
+        copy = EmbeddedPostgres(
+            data_dir,
+            database=self.database,
+            throwaway=self._throwaway,
+            os_user=self._os_user,
+            settings={**self._settings, "cluster_name": name},
+        )
+        copy._bindir = find_bindir()
+        copy._make_data_dir()
+        copy._run(
+            [
+                copy._bin("pg_basebackup"),
+                "-D",
+                str(copy.data_dir),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                _SUPERUSER,
+                "-X",
+                "stream",
+                "--checkpoint=fast",
+                "-R",  # standby.signal plus primary_conninfo pointing here
+            ]
+        )
+        copy.start()
+        with psycopg.connect(self.url_for("postgres"), autocommit=True) as conn:
+            setting = "ALTER SYSTEM SET synchronous_standby_names = {}"
+            conn.execute(sql.SQL(setting).format(sql.Literal(name)))
+            conn.execute("SELECT pg_reload_conf()")
+            deadline = time.monotonic() + timeout
+            query = (
+                "SELECT 1 FROM pg_stat_replication"
+                " WHERE application_name = %s AND sync_state = 'sync'"
+            )
+            while not conn.execute(query, (name,)).fetchone():
+                if time.monotonic() > deadline:
+                    raise EmbeddedError(
+                        f"standby {name!r} did not become synchronous in {timeout:g}s"
+                    )
+                time.sleep(0.05)
+        return copy
+
+    def promote(self) -> None:
+        """Turn this standby into a primary that takes writes; wait until it does."""
+        self._run([self._bin("pg_ctl"), "promote", "-D", str(self.data_dir), "-w", "-t", "60"])
 
     def __enter__(self) -> EmbeddedPostgres:
         self.start()
@@ -133,13 +204,16 @@ class EmbeddedPostgres:
         assert self._bindir is not None
         return str(self._bindir / name)
 
-    def _initdb(self) -> None:
+    def _make_data_dir(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
             self._check_enterable()
             user = self._user()
             os.chown(self.data_dir, user.pw_uid, user.pw_gid)
         os.chmod(self.data_dir, 0o700)
+
+    def _initdb(self) -> None:
+        self._make_data_dir()
         log.info("initialising a PostgreSQL cluster in %s", self.data_dir)
         self._run(
             [
@@ -162,6 +236,7 @@ class EmbeddedPostgres:
         }
         if self._throwaway:
             settings.update(_THROWAWAY_SETTINGS)
+        settings.update(self._settings)
         options = " ".join(f"-c {key}={value}" for key, value in settings.items())
         log_file = self.data_dir / "postgres.log"
         try:
@@ -242,7 +317,7 @@ class EmbeddedPostgres:
             start_new_session=True,
         )
         if check and result.returncode != 0:
-            program = next(c for c in cmd if "/" in c or c in ("initdb", "pg_ctl"))
+            program = next(c for c in cmd if "/" in c)
             raise EmbeddedError(
                 f"{Path(program).name} failed (exit {result.returncode}): "
                 f"{(result.stderr or result.stdout).strip()}"
