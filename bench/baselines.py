@@ -76,16 +76,17 @@ def measure(
     )
 
     data = shaped(events)
-    batches = [data[i : i + batch_size] for i in range(0, len(data), batch_size)]
+    size = min(batch_size, -(-len(data) // 4))  # at least 4 batches: both ledger variants run
+    batches = [data[i : i + size] for i in range(0, len(data), size)]
     shares = [batches[c::connections] for c in range(connections)]
     # (events, seconds) of each write, with the batch ledger (True) and without (False)
     took: dict[bool, list[tuple[int, float]]] = {True: [], False: []}
     with storage.Database(url, min_connections=connections, max_connections=connections) as db:
 
-        def write(mine: Sequence[Sequence[NewEvent]]) -> Callable[[], None]:
+        def write(mine: Sequence[Sequence[NewEvent]], offset: int) -> Callable[[], None]:
             def part() -> None:
                 ticket = storage.Ticket()
-                for k, batch in enumerate(mine):
+                for k, batch in enumerate(mine, start=offset):
                     # Batches alternate ABBA with and without the ledger, so the machine's
                     # ups and downs (shared, busy) hit both alike.
                     ledger = k % 4 in (1, 2)
@@ -96,7 +97,7 @@ def measure(
 
             return part
 
-        _parallel([write(mine) for mine in shares])
+        _parallel([write(mine, c) for c, mine in enumerate(shares)])
     shape = f"{connections} conn, {batch_size}/batch"
     for ledger, name in ((True, f"storage only ({shape})"), (False, f"no batch ledger ({shape})")):
         written = sum(n for n, _ in took[ledger])

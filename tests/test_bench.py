@@ -65,7 +65,7 @@ def test_tiny_bench_produces_a_ghz_json_report_with_event_metrics(server, db_url
     assert events["count"] == 120
     assert sum(events["statusDistribution"].values()) == 120
     assert events["intendedDuplicateRate"] == 0.3
-    assert len(events["baselines"]) == 3
+    assert len(events["baselines"]) == 4  # naive, storage with and without ledger, COPY
     assert all(b["eventsPerSecond"] > 0 for b in events["baselines"].values())
     assert {"load generator", "PostgreSQL"} <= set(events["cpu"])
     text = report.render(built, "summary")
