@@ -1,15 +1,29 @@
 # The aggregator image: the server, the client CLI and the bench, as the tests run them.
-FROM python:3.11-slim
+# PYTHON_IMAGE is the public python:3.11-slim; CI builds the same file on a local stand-in
+# (docker/standins/) because it cannot pull from Docker Hub.
+ARG PYTHON_IMAGE=python:3.11-slim
 
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
-WORKDIR /app
+# Build stage: the package and its runtime dependencies into a virtual environment.
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY protos protos
 COPY server server
 COPY storage storage
 COPY client client
 COPY bench bench
-RUN pip install . && useradd --system --uid 10001 --no-create-home aggregator
+RUN python -m venv /opt/aggregator \
+    && /opt/aggregator/bin/pip install . \
+    && /opt/aggregator/bin/pip uninstall -y pip setuptools
+
+# Runtime stage: the environment only (no sources, no build tools), run as a non-root user.
+FROM ${PYTHON_IMAGE}
+RUN useradd --system --uid 10001 --no-create-home --home-dir /nonexistent aggregator
+COPY --from=build /opt/aggregator /opt/aggregator
+ENV PATH=/opt/aggregator/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
+    AGGREGATOR_HOST=0.0.0.0
+WORKDIR /app
 USER aggregator
 
 EXPOSE 50051 9464

@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PROTO  := protos/aggregator/v1/aggregator.proto
 GEN    := protos/aggregator/v1
 
-.PHONY: install proto proto-check run test test-unit lint format bench soak clean
+.PHONY: install proto proto-check run test test-unit lint format bench soak compose-test clean
 
 DURATION ?= 600
 
@@ -58,6 +58,11 @@ bench: install
 # Publishers with duplicates through a server SIGKILL and restart; exact counts at the end.
 soak: install
 	$(PY) -m bench.soak --duration $(DURATION)
+
+# Builds the images and runs the Compose stack in a real Docker engine (installs the engine,
+# Compose v2 and the stand-in base images when missing; see docker/standins/README.md).
+compose-test: install
+	scripts/compose-test
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
