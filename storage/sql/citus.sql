@@ -1,0 +1,21 @@
+-- Spreads the schema over a Citus cluster (distributed PostgreSQL). Run it once on the
+-- coordinator, after the server has created the schema there (its first start applies the
+-- migrations) and before the load grows:
+--     psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -f storage/sql/citus.sql
+-- Nothing in the write path changes: every key the server writes or looks up contains the
+-- distribution column, and later migrations' ALTER TABLEs are propagated by Citus.
+--
+-- Every table the migrations create is named below, distributed or reference, or as one
+-- that stays on the coordinator; tests/test_citus_sql.py fails when a migration adds a table
+-- that is not.
+CREATE EXTENSION IF NOT EXISTS citus;  -- needs citus in shared_preload_libraries
+
+-- Events are spread by event_id: the primary key (topic, event_id) contains it, so the
+-- INSERT ... ON CONFLICT (topic, event_id) that decides ACCEPTED/DUPLICATE stays one shard's
+-- unique check. ListEvents for a topic reads every shard (merged on the coordinator).
+SELECT create_distributed_table('events', 'event_id');
+
+-- Counters are small and updated in every flush transaction: a copy on every node.
+SELECT create_reference_table('topic_stats');
+
+-- Stays on the coordinator: schema_migrations (read and written by the server at start only)
