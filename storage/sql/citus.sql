@@ -18,4 +18,10 @@ SELECT create_distributed_table('events', 'event_id');
 -- Counters are small and updated in every flush transaction: a copy on every node.
 SELECT create_reference_table('topic_stats');
 
+-- The batch ledger is looked up by batch_id, which its primary key contains. Not yet run on
+-- Citus: its write is one statement with a data-modifying CTE (a multi-shard DELETE of
+-- answered batches beside the INSERT), which Citus may refuse; its advisory lock is the
+-- coordinator's, which holds while every server connects to the coordinator.
+SELECT create_distributed_table('batch_ledger', 'batch_id');
+
 -- Stays on the coordinator: schema_migrations (read and written by the server at start only)
