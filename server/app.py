@@ -1,4 +1,4 @@
-"""Wires the server together and runs it: database, batcher, gRPC, health, shutdown."""
+"""Wires the server together and runs it: database, batcher, gRPC, HTTP, health, shutdown."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 import storage
-from server import handlers, rpc, security
+from server import handlers, rest, rpc, security
 from server.batcher import Batcher
 from server.config import Config
 from server.health import DatabaseHealth
 from server.ingest import Ingest
 from server.metrics import Metrics
+from server.rest_server import HttpServer
 from server.servicer import AggregatorServicer
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ class Server:
         self._stop_metrics: Callable[[], None] | None = None
         self.metrics = Metrics()
         self.metrics_port: int | None = None
+        self._http: HttpServer | None = None
+        self.http_port: int | None = None
         self._stopped = threading.Event()
 
     def start(self) -> Server:
@@ -74,12 +77,13 @@ class Server:
             self.metrics.watch_pool(self._database.pool_stats)
             self.core = Ingest(config, self._database, self._batcher)
             self._servicer = AggregatorServicer(config, self.core)
+            tokens = security.load_tokens(config.auth_tokens, config.auth_tokens_file)
             self._grpc = grpc.server(
                 futures.ThreadPoolExecutor(
                     max_workers=config.max_concurrent_rpcs + 4, thread_name_prefix="grpc"
                 ),
                 maximum_concurrent_rpcs=config.max_concurrent_rpcs,
-                interceptors=self._interceptors(),
+                interceptors=self._interceptors(tokens),
                 options=[
                     ("grpc.max_receive_message_length", config.max_message_bytes),
                     ("grpc.max_send_message_length", config.max_message_bytes),
@@ -107,6 +111,8 @@ class Server:
                 raise OSError(f"cannot listen on {config.host}:{config.port}")
             self._grpc.start()
             self._health.start()
+            if config.http_port:
+                self._start_http(tokens)
             if config.metrics_port:
                 self._stop_metrics = self.metrics.serve(config.host, config.metrics_port)
                 self.metrics_port = config.metrics_port
@@ -123,9 +129,32 @@ class Server:
         )
         return self
 
-    def _interceptors(self) -> list[grpc.ServerInterceptor]:
+    def _start_http(self, tokens: frozenset[str]) -> None:
+        """The HTTP/JSON face on the same core, health, tokens and TLS settings."""
+        config = self.config
+        assert self.core is not None and self._health is not None
+        app = rest.create_app(
+            self.core,
+            config,
+            serving=lambda: self._health is not None and self._health.serving,
+            tokens=tokens,
+            metrics=self.metrics,
+        )
+        self._http = HttpServer(
+            app,
+            config.host,
+            config.http_port,
+            grace=config.shutdown_grace,
+            tls_cert=config.tls_cert,
+            tls_key=config.tls_key,
+            tls_client_ca=config.tls_client_ca,
+        )
+        self.http_port = self._http.start()
+        scheme = "https" if config.tls_cert else "http"
+        log.info("serving HTTP on %s://%s:%d (docs at /docs)", scheme, config.host, self.http_port)
+
+    def _interceptors(self, tokens: frozenset[str]) -> list[grpc.ServerInterceptor]:
         interceptors = [self.metrics.interceptor()]
-        tokens = security.load_tokens(self.config.auth_tokens, self.config.auth_tokens_file)
         if tokens:
             interceptors.append(security.BearerAuth(tokens))
             log.info("bearer-token authentication on (%d tokens)", len(tokens))
@@ -144,6 +173,8 @@ class Server:
         log.info("shutting down (grace %.1fs)", grace)
         if self._health is not None:
             self._health.shutting_down()
+        if self._http is not None:
+            self._http.begin_stop()  # answers what it has read, while the batcher still runs
         if self._grpc is not None:
             done = self._grpc.stop(grace)
             if not done.wait(grace / 2) and self._servicer is not None:
@@ -154,6 +185,8 @@ class Server:
         log.info("stopped")
 
     def _release(self) -> None:
+        if self._http is not None:
+            self._http.stop()
         if self._stop_metrics is not None:
             self._stop_metrics()
         if self._batcher is not None:

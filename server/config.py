@@ -14,6 +14,7 @@ MIB = 1024 * 1024
 class Config:
     host: str = "0.0.0.0"
     port: int = 50051
+    http_port: int = 8000
     database_url: str | None = None
     data_dir: Path = Path(".data")
     flush_workers: int = 2
@@ -42,6 +43,11 @@ class Config:
 _OPTIONS: dict[str, tuple[str, Callable[[str], object], str]] = {
     "host": ("AGGREGATOR_HOST", str, "address to listen on"),
     "port": ("AGGREGATOR_PORT", int, "gRPC port; 0 picks a free one"),
+    "http_port": (
+        "AGGREGATOR_HTTP_PORT",
+        int,
+        "HTTP/JSON port (POST /publish, GET /events, /stats, /health, /docs); 0 turns it off",
+    ),
     "database_url": (
         "DATABASE_URL",
         str,
@@ -184,6 +190,8 @@ def _check(parser: argparse.ArgumentParser, config: Config) -> None:
             parser.error(f"--{name.replace('_', '-')} {path}: no such file")
     if config.log_format not in {"text", "json"}:
         parser.error("--log-format must be text or json")
+    if not 0 <= config.http_port <= 65535:
+        parser.error("--http-port must be between 0 and 65535")
     if not 0 <= config.metrics_port <= 65535:
         parser.error("--metrics-port must be between 0 and 65535")
     if config.log_level.lower() not in {"debug", "info", "warning", "error"}:

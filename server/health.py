@@ -46,6 +46,12 @@ class DatabaseHealth:
         for name in ("", rpc.SERVICE_NAME):
             self.servicer.set(name, status)
 
+    @property
+    def serving(self) -> bool:
+        """What grpc.health.v1 reports: the database is reachable and no shutdown began."""
+        with self._lock:
+            return bool(self._healthy) and not self._stop.is_set()
+
     def shutting_down(self) -> None:
         """NOT_SERVING from now on, whatever the database does."""
         self._stop.set()

@@ -1,4 +1,4 @@
-"""Prometheus metrics: the standard gRPC server metrics plus the aggregator's own.
+"""Prometheus metrics: the standard gRPC server metrics, HTTP requests, the aggregator's own.
 
 The gRPC names follow go-grpc-prometheus (`grpc_server_started_total`, `…_handled_total`,
 `…_msg_received_total`, `…_msg_sent_total`, `…_handling_seconds`) for every RPC type,
@@ -73,12 +73,30 @@ class Metrics:
         self.queue_events = Gauge(
             "aggregator_queue_events", "Events waiting for a flush worker.", registry=r
         )
+        self.http_requests = Counter(
+            "http_server_requests_total",
+            "HTTP requests completed, by method, route template and status code.",
+            ("method", "route", "code"),
+            registry=r,
+        )
+        self.http_seconds = Histogram(
+            "http_server_request_duration_seconds",
+            "Time from an HTTP request's arrival to its response.",
+            ("method", "route"),
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60),
+            registry=r,
+        )
         self.pool_connections = Gauge(
             "aggregator_db_pool_connections",
             "Database pool connections by state.",
             ("state",),
             registry=r,
         )
+
+    def observe_http(self, method: str, route: str, code: int, seconds: float) -> None:
+        """One HTTP request: `route` is the route's template (bounded), never the raw path."""
+        self.http_requests.labels(method, route, str(code)).inc()
+        self.http_seconds.labels(method, route).observe(seconds)
 
     def watch_queue(self, pending: Callable[[], int]) -> None:
         self.queue_events.set_function(pending)

@@ -1,12 +1,13 @@
 """TLS credentials and bearer-token authentication.
 
 Health checks stay reachable without a token, so load balancers and orchestrators can probe.
+The HTTP face (server/rest.py) checks the same tokens with `authorization_valid`.
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,18 @@ def load_tokens(inline: str | None, file: Path | None) -> frozenset[str]:
     return frozenset(tokens)
 
 
+def authorization_valid(header: str | None, tokens: Sequence[bytes]) -> bool:
+    """Whether an `authorization` value is `Bearer <one of tokens>` (for gRPC and HTTP)."""
+    if header is None:
+        return False
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    given = token.strip().encode()
+    # Compare with every token, in constant time, so timing reveals nothing.
+    return any([hmac.compare_digest(given, t) for t in tokens])
+
+
 class BearerAuth(grpc.ServerInterceptor):  # type: ignore[misc]
     """Requires `authorization: Bearer <token>` with one of `tokens` on every other method."""
 
@@ -51,11 +64,7 @@ class BearerAuth(grpc.ServerInterceptor):  # type: ignore[misc]
     def _allowed(self, metadata: Iterable[tuple[str, Any]] | None) -> bool:
         for key, value in metadata or ():
             if key == "authorization" and isinstance(value, str):
-                scheme, _, token = value.partition(" ")
-                if scheme.lower() == "bearer":
-                    given = token.strip().encode()
-                    # Compare with every token, in constant time, so timing reveals nothing.
-                    return any([hmac.compare_digest(given, t) for t in self._tokens])
+                return authorization_valid(value, self._tokens)
         return False
 
     def intercept_service(

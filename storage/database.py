@@ -17,6 +17,7 @@ from storage.models import BatchResult, Counters, NewEvent, Stats, StoredEvent, 
 log = logging.getLogger(__name__)
 
 MAX_PAGE_SIZE = 1000
+MAX_FETCH = 10_001  # rows one list_events call may return: the HTTP limit, plus one to see more
 
 
 class Database:
@@ -132,8 +133,8 @@ class Database:
 
         `start_ns` (inclusive) and `end_ns` (exclusive) bound the event timestamp.
         """
-        if not 1 <= limit <= MAX_PAGE_SIZE + 1:
-            raise InvalidArgument(f"limit must be between 1 and {MAX_PAGE_SIZE + 1}")
+        if not 1 <= limit <= MAX_FETCH:
+            raise InvalidArgument(f"limit must be between 1 and {MAX_FETCH}")
         if after_seq < 0:
             raise InvalidArgument("after_seq must not be negative")
         params: dict[str, object] = {

@@ -67,6 +67,7 @@ def server_config(db_url: str, **overrides: object) -> Config:
     settings: dict[str, object] = {
         "host": "127.0.0.1",
         "port": 0,
+        "http_port": 0,  # off unless a test asks for it: never the shared default 8000
         "database_url": db_url,
         "shutdown_grace": 5.0,
     }

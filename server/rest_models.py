@@ -1,0 +1,190 @@
+"""The HTTP/JSON API's shapes: what POST /publish takes and what every route answers.
+
+They validate request bodies and document the API in /openapi.json (with examples).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
+
+from server import timestamps
+from server.validation import MAX_KEY_CHARS, MAX_SOURCE_CHARS
+
+MAX_EVENTS_LIMIT = 10_000  # GET /events?limit=
+
+
+def _rfc3339(value: str) -> str:
+    timestamps.parse_rfc3339(value)  # raises ValueError, which becomes a 422 entry
+    return value
+
+
+EXAMPLE_EVENT: dict[str, JsonValue] = {
+    "topic": "orders",
+    "event_id": "order-1001",
+    "timestamp": "2024-05-01T12:00:00.250Z",
+    "source": "checkout",
+    "payload": {"amount": 42, "currency": "EUR"},
+}
+
+
+class EventIn(BaseModel):
+    """One event to publish."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE_EVENT]})
+
+    topic: Annotated[str, Field(min_length=1, max_length=MAX_KEY_CHARS)]
+    event_id: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=MAX_KEY_CHARS,
+            description="unique within its topic: the same event sent again is a DUPLICATE",
+        ),
+    ]
+    timestamp: Annotated[
+        str,
+        AfterValidator(_rfc3339),
+        Field(
+            description="RFC 3339 with `Z` or an offset; fractional seconds up to nanoseconds",
+            examples=["2024-05-01T12:00:00Z", "2024-05-01T14:00:00.123456789+02:00"],
+        ),
+    ]
+    source: Annotated[str, Field(max_length=MAX_SOURCE_CHARS)] = ""
+    payload: Any = Field(default_factory=dict, description="any JSON value; omitted means {}")
+
+
+Status = Literal["ACCEPTED", "DUPLICATE", "REJECTED", "CONFLICT"]
+
+
+class EventResult(BaseModel):
+    status: Status = Field(
+        description="ACCEPTED: stored now. DUPLICATE: already stored with the same content. "
+        "CONFLICT: the key is stored with other content (not stored). REJECTED: invalid."
+    )
+    reason: str | None = Field(default=None, description="set for REJECTED and CONFLICT")
+
+
+class PublishResult(BaseModel):
+    """Sent after the events are committed. `received` is the count of events taken (what
+    the original service reported); the other counts split it by status."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "received": 3,
+                    "accepted": 1,
+                    "duplicates": 1,
+                    "rejected": 1,
+                    "conflicts": 0,
+                    "results": [
+                        {"status": "ACCEPTED"},
+                        {"status": "DUPLICATE"},
+                        {"status": "REJECTED", "reason": "source: must not contain NUL"},
+                    ],
+                }
+            ]
+        }
+    )
+
+    received: int = Field(description="events in the request, whatever became of them")
+    accepted: int
+    duplicates: int
+    rejected: int
+    conflicts: int
+    results: list[EventResult] = Field(description="one per event, in request order")
+
+
+class StoredEventOut(BaseModel):
+    topic: str
+    event_id: str
+    timestamp: str = Field(description="RFC 3339 in UTC, as precise as it was sent")
+    source: str
+    payload: Any
+    sequence: int = Field(description="storage order, increasing; pass the last as ?after=")
+    received_at: str
+
+
+class EventsPage(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "topic": "orders",
+                    "events": [
+                        {
+                            **EXAMPLE_EVENT,
+                            "sequence": 17,
+                            "received_at": "2024-05-01T12:00:00.312044Z",
+                        }
+                    ],
+                    "cursor": 17,
+                    "has_more": False,
+                }
+            ]
+        }
+    )
+
+    topic: str
+    events: list[StoredEventOut]
+    cursor: int = Field(description="the last sequence returned (or `after` if none): ?after=")
+    has_more: bool
+
+
+class Counters(BaseModel):
+    received: int
+    accepted: int
+    duplicates: int
+    rejected: int
+    conflicts: int
+
+
+class StatsOut(BaseModel):
+    """The original service's keys first, then ours. Persisted and exact:
+    received = accepted + duplicates + rejected + conflicts."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "received": 10,
+                    "unique_processed": 7,
+                    "duplicate_dropped": 3,
+                    "topics": ["orders"],
+                    "uptime_seconds": 12.5,
+                    "accepted": 7,
+                    "duplicates": 3,
+                    "rejected": 0,
+                    "conflicts": 0,
+                    "started_at": "2024-05-01T12:00:00Z",
+                    "per_topic": {
+                        "orders": {
+                            "received": 10,
+                            "accepted": 7,
+                            "duplicates": 3,
+                            "rejected": 0,
+                            "conflicts": 0,
+                        }
+                    },
+                }
+            ]
+        }
+    )
+
+    received: int
+    unique_processed: int = Field(description="events stored (= accepted)")
+    duplicate_dropped: int = Field(description="events already stored (= duplicates)")
+    topics: list[str]
+    uptime_seconds: float
+    accepted: int
+    duplicates: int
+    rejected: int
+    conflicts: int
+    started_at: str
+    per_topic: dict[str, Counters]
+
+
+class HealthOut(BaseModel):
+    status: Literal["SERVING", "NOT_SERVING"]
