@@ -26,7 +26,7 @@ ENV PATH=/opt/aggregator/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 
 WORKDIR /app
 USER aggregator
 
-EXPOSE 50051 9464
+EXPOSE 50051 8000 9464
 # grpc.health.v1 through the client CLI: SERVING means the database answers too.
 HEALTHCHECK --interval=5s --timeout=5s --start-period=10s --retries=5 \
     CMD ["python", "-m", "client", "--target", "127.0.0.1:50051", "health"]

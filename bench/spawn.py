@@ -69,6 +69,7 @@ class ServerProcess:
         database_url: str,
         *args: str,
         port: int = 0,
+        http: bool = False,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.database_url = database_url
@@ -77,6 +78,8 @@ class ServerProcess:
         self.credentials = credentials  # to probe health when the server speaks TLS
         self.output: list[str] = []
         self.port = 0
+        self.http = http  # serve HTTP too, on a free port (off otherwise: 8000 may be taken)
+        self.http_port = 0
         self._proc: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
 
@@ -84,6 +87,7 @@ class ServerProcess:
         """Start the server and wait until it serves; a port taken meanwhile is retried."""
         for _ in range(3 if not self.requested_port else 1):
             self.port = self.requested_port or free_port()
+            self.http_port = free_port() if self.http else 0
             self.output = []
             if self._start(timeout):
                 return self
@@ -100,6 +104,8 @@ class ServerProcess:
                 "127.0.0.1",
                 "--port",
                 str(self.port),
+                "--http-port",
+                str(self.http_port),
                 *self.args,
             ],
             stdout=subprocess.PIPE,
@@ -147,6 +153,11 @@ class ServerProcess:
     def pid(self) -> int:
         assert self._proc is not None
         return self._proc.pid
+
+    @property
+    def http_url(self) -> str:
+        assert self.http_port, "started without http=True"
+        return f"http://127.0.0.1:{self.http_port}"
 
     @property
     def target(self) -> str:

@@ -110,9 +110,9 @@ class Server:
             if not self.port:
                 raise OSError(f"cannot listen on {config.host}:{config.port}")
             self._grpc.start()
-            self._health.start()
             if config.http_port:
                 self._start_http(tokens)
+            self._health.start()  # SERVING once both faces listen
             if config.metrics_port:
                 self._stop_metrics = self.metrics.serve(config.host, config.metrics_port)
                 self.metrics_port = config.metrics_port

@@ -43,6 +43,7 @@ class Stack:
     """`docker compose` for this run's project, with the host ports it publishes."""
 
     grpc_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
 
     @property
@@ -50,6 +51,7 @@ class Stack:
         return {
             **os.environ,
             "HOST_GRPC_PORT": str(self.grpc_port),
+            "HOST_HTTP_PORT": str(self.http_port),
             "HOST_METRICS_PORT": str(self.metrics_port),
         }
 
