@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import os
 import shutil
 import tempfile
@@ -12,6 +14,10 @@ import grpc
 import psycopg
 import pytest
 from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 import storage
 from server import Config, Server
@@ -91,6 +97,53 @@ def channel(server: Server) -> Iterator[grpc.Channel]:
 @pytest.fixture
 def stub(channel: grpc.Channel) -> pb_grpc.AggregatorServiceStub:
     return pb_grpc.AggregatorServiceStub(channel)
+
+
+def _issue(name, key, issuer_name, issuer_key, *, ca=False, server=False):
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if server:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1/localhost and a client certificate."""
+    folder = tmp_path_factory.mktemp("pki")
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    ca = _issue("test CA", ca_key, ca_name, ca_key, ca=True)
+    files = {"ca": folder / "ca.pem"}
+    files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    for role in ("server", "client"):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = _issue(f"test {role}", key, ca_name, ca_key, server=role == "server")
+        files[f"{role}_cert"] = folder / f"{role}.pem"
+        files[f"{role}_key"] = folder / f"{role}.key"
+        files[f"{role}_cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        files[f"{role}_key"].write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    return files
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

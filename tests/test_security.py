@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
-from pathlib import Path
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client import AggregatorClient
@@ -21,53 +14,6 @@ from tests.conftest import server_config
 from tests.support import ACCEPTED, ServerProcess, event, run_cli
 
 pytestmark = pytest.mark.integration
-
-
-def _issue(name, key, issuer_name, issuer_key, *, ca=False, server=False):
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if server:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-@pytest.fixture(scope="session")
-def pki(tmp_path_factory) -> dict[str, Path]:
-    """A CA, a server certificate for 127.0.0.1/localhost and a client certificate."""
-    folder = tmp_path_factory.mktemp("pki")
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
-    ca = _issue("test CA", ca_key, ca_name, ca_key, ca=True)
-    files = {"ca": folder / "ca.pem"}
-    files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    for role in ("server", "client"):
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = _issue(f"test {role}", key, ca_name, ca_key, server=role == "server")
-        files[f"{role}_cert"] = folder / f"{role}.pem"
-        files[f"{role}_key"] = folder / f"{role}.key"
-        files[f"{role}_cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        files[f"{role}_key"].write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-    return files
 
 
 def publish_one(client: AggregatorClient, event_id: str) -> list[int]:
