@@ -7,6 +7,7 @@ The Swagger UI at /docs is served from the fastapi-offline package's files: no C
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any, TypeVar
@@ -298,17 +299,7 @@ def stats_result(stats: storage.Stats, core: Ingest) -> dict[str, Any]:
         "rejected": total.rejected,
         "conflicts": total.conflicts,
         "started_at": core.started_at.isoformat().replace("+00:00", "Z"),
-        "per_topic": {topic: _counters(c) for topic, c in sorted(stats.topics.items())},
-    }
-
-
-def _counters(c: storage.Counters) -> dict[str, int]:
-    return {
-        "received": c.received,
-        "accepted": c.accepted,
-        "duplicates": c.duplicates,
-        "rejected": c.rejected,
-        "conflicts": c.conflicts,
+        "per_topic": {topic: dataclasses.asdict(c) for topic, c in sorted(stats.topics.items())},
     }
 
 

@@ -6,43 +6,25 @@
 import grpc from 'k6/net/grpc';
 import exec from 'k6/execution';
 import { check } from 'k6';
+import { EVENTS, event, sharedIterations } from './scenario.js';
 
 const TARGET = __ENV.TARGET || '127.0.0.1:50051';
-const EVENTS = parseInt(__ENV.EVENTS || '20000', 10);
-const DUP_RATE = parseFloat(__ENV.DUP_RATE || '0.3');
-const VUS = parseInt(__ENV.VUS || '20', 10);
 const BATCH = parseInt(__ENV.BATCH || '100', 10);
 const REQUESTS = parseInt(__ENV.REQUESTS || '10', 10);
 const TOPIC = __ENV.TOPIC || `k6-grpc-${Date.now()}`;
-const DISTINCT = Math.round(EVENTS * (1 - DUP_RATE));
 const PER_STREAM = BATCH * REQUESTS;
 
-const ITERATIONS = Math.ceil(EVENTS / PER_STREAM);
-
-export const options = {
-  scenarios: {
-    publish: {
-      executor: 'shared-iterations',
-      vus: Math.min(VUS, ITERATIONS),
-      iterations: ITERATIONS,
-      maxDuration: __ENV.MAX_DURATION || '10m',
-    },
-  },
-  thresholds: { checks: ['rate>0.99'] },
-};
+export const options = sharedIterations(Math.ceil(EVENTS / PER_STREAM), {
+  checks: ['rate>0.99'],
+});
 
 const client = new grpc.Client();
 client.load([__ENV.PROTO_ROOT || '../../protos'], 'aggregator/v1/aggregator.proto');
 
-function event(n) {
-  const id = n % DISTINCT;
-  return {
-    topic: TOPIC,
-    eventId: `e-${id}`,
-    timestamp: new Date(Date.UTC(2024, 4, 1, 12, 0, 0) + id).toISOString(),
-    source: 'k6',
-    payload: JSON.stringify({ n: id, note: 'load test' }),
-  };
+// The protobuf JSON form of a scenario event: payload is a string holding the JSON.
+function message(n) {
+  const e = event(n, TOPIC);
+  return { ...e, eventId: e.event_id, event_id: undefined, payload: JSON.stringify(e.payload) };
 }
 
 export default function () {
@@ -73,7 +55,7 @@ export default function () {
   });
   for (let r = 0, sent = 0; sent < total; r++, sent += BATCH) {
     const events = [];
-    for (let i = sent; i < Math.min(sent + BATCH, total); i++) events.push(event(first + i));
+    for (let i = sent; i < Math.min(sent + BATCH, total); i++) events.push(message(first + i));
     stream.write({ sequence: r, events });
   }
   stream.end();
