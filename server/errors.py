@@ -8,6 +8,7 @@ ServerError                  INTERNAL            base; also what an unknown erro
 ├── Unavailable              UNAVAILABLE         retry later, elsewhere if need be
 │   ├── ShuttingDown         UNAVAILABLE         the server takes no new work
 │   └── DatabaseUnavailable  UNAVAILABLE         the database cannot be reached
+│       └── DatabaseFull     UNAVAILABLE         the database's disk is full
 ├── Unauthenticated          UNAUTHENTICATED     no valid bearer token
 └── Abandoned                CANCELLED           the caller's call ended while it waited
 
@@ -94,6 +95,16 @@ class DatabaseUnavailable(Unavailable):
     )
 
 
+class DatabaseFull(DatabaseUnavailable):
+    """The database has no disk space left for the writes; they succeed once it is freed."""
+
+    retry_after = 5.0
+    default_message = (
+        "the database's disk is full; nothing of the unanswered requests was acknowledged: "
+        "resend them later"
+    )
+
+
 class Unauthenticated(ServerError):
     """The call carries no valid bearer token."""
 
@@ -112,6 +123,8 @@ def classify(exc: BaseException) -> ServerError:
     """The ServerError to report for `exc`; unknown errors are logged, their text withheld."""
     if isinstance(exc, ServerError):
         return exc
+    if isinstance(exc, storage.DiskFull):
+        return DatabaseFull()
     if isinstance(exc, storage.Unavailable):
         return DatabaseUnavailable()
     if isinstance(exc, storage.InvalidArgument):

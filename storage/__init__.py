@@ -5,7 +5,7 @@ Never imports protobuf; takes and returns the plain values in `storage.models`.
 
 from storage.database import MAX_PAGE_SIZE, Database
 from storage.embedded import EmbeddedPostgres
-from storage.errors import EmbeddedError, InvalidArgument, StorageError, Unavailable
+from storage.errors import DiskFull, EmbeddedError, InvalidArgument, StorageError, Unavailable
 from storage.ledger import Ticket
 from storage.models import BatchResult, Counters, NewEvent, Outcome, Stats, Status, StoredEvent
 
@@ -14,6 +14,7 @@ __all__ = [
     "BatchResult",
     "Counters",
     "Database",
+    "DiskFull",
     "EmbeddedError",
     "EmbeddedPostgres",
     "InvalidArgument",

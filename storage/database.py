@@ -9,9 +9,10 @@ from types import TracebackType
 
 import psycopg
 import psycopg_pool
+from psycopg import errors as pg_errors
 
 from storage import ledger, queries, schema, writer
-from storage.errors import InvalidArgument, StorageError, Unavailable
+from storage.errors import DiskFull, InvalidArgument, StorageError, Unavailable
 from storage.models import BatchResult, Counters, NewEvent, Stats, StoredEvent, join_ns, split_ns
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,8 @@ class Database:
                 yield conn
         except psycopg_pool.PoolTimeout as exc:
             raise Unavailable("no database connection available") from exc
+        except pg_errors.DiskFull as exc:
+            raise DiskFull(f"the database's disk is full: {exc.diag.message_primary}") from exc
         except psycopg.OperationalError as exc:
             raise Unavailable(f"database unavailable: {exc}") from exc
         except psycopg.Error as exc:

@@ -69,7 +69,8 @@ class EmbeddedPostgres:
     """Initialise (once), start and stop a local cluster listening on 127.0.0.1 only.
 
     If the cluster in `data_dir` is already running, it is reused and left running.
-    `settings` are extra server settings (name → value). `standby()` makes a synchronous
+    `settings` are extra server settings (name → value); `wal_dir` puts pg_wal elsewhere
+    (its own volume). `standby()` makes a synchronous
     streaming-replication standby of a running cluster, for failover tests.
     """
 
@@ -82,6 +83,7 @@ class EmbeddedPostgres:
         throwaway: bool = False,
         os_user: str = "postgres",
         settings: Mapping[str, str] | None = None,
+        wal_dir: Path | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.database = database
@@ -89,6 +91,7 @@ class EmbeddedPostgres:
         self._throwaway = throwaway
         self._os_user = os_user
         self._settings = dict(settings or {})
+        self._wal_dir = None if wal_dir is None else Path(wal_dir).absolute()
         self._started_here = False
         self._bindir: Path | None = None
 
@@ -204,16 +207,19 @@ class EmbeddedPostgres:
         assert self._bindir is not None
         return str(self._bindir / name)
 
-    def _make_data_dir(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+    def _make_data_dir(self, path: Path | None = None) -> None:
+        path = path or self.data_dir
+        path.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
-            self._check_enterable()
+            self._check_enterable(path)
             user = self._user()
-            os.chown(self.data_dir, user.pw_uid, user.pw_gid)
-        os.chmod(self.data_dir, 0o700)
+            os.chown(path, user.pw_uid, user.pw_gid)
+        os.chmod(path, 0o700)
 
     def _initdb(self) -> None:
         self._make_data_dir()
+        if self._wal_dir:
+            self._make_data_dir(self._wal_dir)
         log.info("initialising a PostgreSQL cluster in %s", self.data_dir)
         self._run(
             [
@@ -225,6 +231,7 @@ class EmbeddedPostgres:
                 "--auth=trust",  # it only ever listens on 127.0.0.1
                 "--encoding=UTF8",
                 "--locale=C",
+                *([f"--waldir={self._wal_dir}"] if self._wal_dir else []),
             ]
         )
 
@@ -288,12 +295,12 @@ class EmbeddedPostgres:
                 f"{self._os_user}`) or set DATABASE_URL"
             ) from None
 
-    def _check_enterable(self) -> None:
-        for parent in self.data_dir.parents:
+    def _check_enterable(self, path: Path) -> None:
+        for parent in path.parents:
             if not parent.stat().st_mode & stat.S_IXOTH:
                 raise EmbeddedError(
-                    f"user {self._os_user!r} cannot enter {parent}, which holds the data "
-                    f"directory {self.data_dir}; run `chmod o+x {parent}`, choose another "
+                    f"user {self._os_user!r} cannot enter {parent}, which holds the cluster's "
+                    f"directory {path}; run `chmod o+x {parent}`, choose another "
                     "--data-dir, or set DATABASE_URL"
                 )
 

@@ -2,6 +2,7 @@
 
 StorageError
 ├── Unavailable      the database cannot be reached or refuses work now; retry later
+│   └── DiskFull     the database has no disk space left for our writes
 ├── InvalidArgument  a caller-supplied value the database cannot use
 └── EmbeddedError    the embedded PostgreSQL cluster could not be set up or started
 """
@@ -15,6 +16,10 @@ class StorageError(Exception):
 
 class Unavailable(StorageError):
     """The database is unreachable or shutting down; the same call may succeed later."""
+
+
+class DiskFull(Unavailable):
+    """The database ran out of disk space (SQLSTATE 53100); writes succeed once it is freed."""
 
 
 class InvalidArgument(StorageError):
