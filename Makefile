@@ -6,9 +6,10 @@ STAMP  := $(VENV)/.installed
 PROTO  := protos/aggregator/v1/aggregator.proto
 GEN    := protos/aggregator/v1
 
-.PHONY: install proto proto-check run test test-unit lint format bench soak compose-test k6 clean
+.PHONY: install proto proto-check run test test-unit lint format bench soak chaos compose-test k6 clean
 
 DURATION ?= 600
+SEED ?= 1
 
 install: $(STAMP)
 	@scripts/ensure-postgres
@@ -69,6 +70,11 @@ compose-test: install
 # Without HTTP/TARGET it starts a server of its own. K6_ARGS="--events 20000 --vus 50" etc.
 k6: install
 	$(PY) -m bench.k6run $(if $(HTTP),--http $(HTTP) --target $(TARGET)) $(K6_ARGS)
+
+# Publishers through seeded random faults (server kills, PostgreSQL restarts, connection cuts
+# at COMMIT, failover to a synchronous standby); every ack stored, counters exact.
+chaos: install
+	$(PY) -m bench.chaos --seed $(SEED) --duration $(DURATION)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -70,6 +70,11 @@ class PgProxy:
             self.commit_cut.clear()
             self._commit_cuts_armed += times
 
+    def disarm(self) -> None:
+        """Forget COMMIT cuts asked for and not done yet."""
+        with self._lock:
+            self._commit_cuts_armed = 0
+
     def cut_all(self) -> int:
         """Drop every open connection now; return how many."""
         with self._lock:

@@ -53,9 +53,10 @@ def replicated_postgres(
         primary.stop()
 
 
-def multi_host_url(clusters: Sequence[storage.EmbeddedPostgres], database: str) -> str:
-    """A libpq URL naming every cluster, connecting to whichever one takes writes."""
-    hosts = ",".join(f"127.0.0.1:{cluster.port}" for cluster in clusters)
+def multi_host_url(ports: Sequence[int | None], database: str) -> str:
+    """A libpq URL naming every server on 127.0.0.1 `ports`; it connects to the one that
+    takes writes (whichever is primary now)."""
+    hosts = ",".join(f"127.0.0.1:{port}" for port in ports)
     return f"postgresql://postgres@{hosts}/{database}?target_session_attrs=read-write"
 
 
