@@ -40,18 +40,21 @@ def pg_cluster() -> Iterator[storage.EmbeddedPostgres]:
 
 
 @pytest.fixture
-def own_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[storage.EmbeddedPostgres]:
+def own_cluster() -> Iterator[storage.EmbeddedPostgres]:
     """A cluster for this test alone, for tests that stop and restart PostgreSQL."""
-    base = tmp_path_factory.mktemp("own-pg")
-    for path in (base, *base.parents):
-        if str(path).startswith(tempfile.gettempdir() + "/"):
-            path.chmod(0o755)  # the unprivileged PostgreSQL user must be able to enter it
+    # Not under pytest's tmp_path: another pytest session on the machine resets the
+    # permissions of /tmp/pytest-of-<user>, and the PostgreSQL user must enter the directory.
+    base = Path(tempfile.mkdtemp(prefix="aggregator-own-pg-"))
+    base.chmod(0o755)
     cluster = storage.EmbeddedPostgres(base / "pg", database="aggregator_test", throwaway=True)
-    cluster.start()
-    with storage.Database(cluster.url, min_connections=1, max_connections=1) as db:
-        db.migrate()
-    yield cluster
-    cluster.stop()
+    try:
+        cluster.start()
+        with storage.Database(cluster.url, min_connections=1, max_connections=1) as db:
+            db.migrate()
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
