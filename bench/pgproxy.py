@@ -3,8 +3,10 @@
 Used by the fault tests and `make chaos` to lose the database connection at a chosen moment:
 `cut_all()` drops every connection now; `cut_at_commit()` lets the next COMMIT through to the
 server and drops that connection before the reply can come back, so the client cannot know
-whether its transaction committed (it did). Frontend messages are parsed only as far as
-needed to recognise a COMMIT (simple Query or Parse).
+whether its transaction committed (it did). `freeze()` turns it into a black hole: every
+connection, open or new, stays established and nothing is forwarded either way until
+`thaw()` (a dead peer behind a NAT or a stuck load balancer). Frontend messages are parsed
+only as far as needed to recognise a COMMIT (simple Query or Parse).
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class PgProxy:
         self.commit_cuts = 0  # COMMITs forwarded whose reply was never delivered
         self.cuts = 0  # connections dropped by cut_all()
         self.commit_cut = threading.Event()  # set by each cut at COMMIT
+        self._flowing = threading.Event()
+        self._flowing.set()
         self._closed = False
         self._acceptor = threading.Thread(target=self._accept, name="pgproxy", daemon=True)
         self._acceptor.start()
@@ -74,6 +78,20 @@ class PgProxy:
         """Forget COMMIT cuts asked for and not done yet."""
         with self._lock:
             self._commit_cuts_armed = 0
+
+    def freeze(self) -> None:
+        """Stop forwarding in both directions, closing nothing."""
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
+
+    def _forwarding(self, link: _Link) -> bool:
+        """Wait while frozen; False once the link is cut or the proxy closed."""
+        while not self._flowing.wait(0.2):
+            if link.cut.is_set() or self._closed:
+                return False
+        return not link.cut.is_set()
 
     def cut_all(self) -> int:
         """Drop every open connection now; return how many."""
@@ -129,7 +147,7 @@ class PgProxy:
         """Server → client, byte for byte, until the link is cut."""
         try:
             while data := link.upstream.recv(65536):
-                if link.cut.is_set():
+                if not self._forwarding(link):
                     break
                 link.client.sendall(data)
         except OSError:
@@ -142,6 +160,8 @@ class PgProxy:
         started = False  # past the untyped start-up messages
         try:
             while data := link.client.recv(65536):
+                if not self._forwarding(link):
+                    break
                 buffer += data
                 while True:
                     if not started:

@@ -13,6 +13,7 @@ from pythonjsonlogger.json import JsonFormatter
 
 import storage
 from server import config as config_module
+from server import security
 from server.app import Server
 
 
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         server = Server(config).start()
-    except (storage.StorageError, OSError) as exc:
+    except (storage.StorageError, OSError, security.NoTokens) as exc:
         log.error("cannot start: %s", exc)
         return 1
     try:

@@ -48,6 +48,8 @@ class Server:
     def start(self) -> Server:
         config = self.config
         try:
+            # First, so a server asked for authentication never runs without it.
+            tokens = security.load_tokens(config.auth_tokens, config.auth_tokens_file)
             url = config.database_url
             if not url:
                 self._embedded = storage.EmbeddedPostgres(config.data_dir / "postgres")
@@ -56,7 +58,9 @@ class Server:
             self._database = storage.Database(
                 url,
                 min_connections=config.flush_workers,
-                max_connections=config.flush_workers + 4,
+                max_connections=config.flush_workers + 1,  # one spare for health and migrations
+                read_connections=config.read_connections,
+                operation_timeout=config.db_retry_timeout,
             )
             self._database.open()
             applied = self._database.migrate()
@@ -77,7 +81,6 @@ class Server:
             self.metrics.watch_pool(self._database.pool_stats)
             self.core = Ingest(config, self._database, self._batcher)
             self._servicer = AggregatorServicer(config, self.core)
-            tokens = security.load_tokens(config.auth_tokens, config.auth_tokens_file)
             self._grpc = grpc.server(
                 futures.ThreadPoolExecutor(
                     max_workers=config.max_concurrent_rpcs + 4, thread_name_prefix="grpc"
@@ -114,9 +117,14 @@ class Server:
                 self._start_http(tokens)
             self._health.start()  # SERVING once both faces listen
             if config.metrics_port:
-                self._stop_metrics = self.metrics.serve(config.host, config.metrics_port)
+                metrics_host = config.metrics_host or config.host
+                self._stop_metrics = self.metrics.serve(metrics_host, config.metrics_port)
                 self.metrics_port = config.metrics_port
-                log.info("metrics on http://%s:%d/metrics", config.host, config.metrics_port)
+                log.info(
+                    "metrics on http://%s:%d/metrics (no authentication)",
+                    metrics_host,
+                    config.metrics_port,
+                )
         except BaseException:
             self._release()
             raise
@@ -154,7 +162,10 @@ class Server:
         log.info("serving HTTP on %s://%s:%d (docs at /docs)", scheme, config.host, self.http_port)
 
     def _interceptors(self, tokens: frozenset[str]) -> list[grpc.ServerInterceptor]:
-        interceptors = [self.metrics.interceptor()]
+        interceptors = [
+            self.metrics.interceptor(),
+            security.HealthWatchLimit(self.config.max_health_watchers, tokens),
+        ]
         if tokens:
             interceptors.append(security.BearerAuth(tokens))
             log.info("bearer-token authentication on (%d tokens)", len(tokens))

@@ -57,6 +57,11 @@ class Submission:
         self.error = error
         self._done.set()
 
+    def abandon(self) -> None:
+        """The call ended: release its waiter now; unless a worker took it, it is dropped."""
+        if not self.done:
+            self.fail(errors.Abandoned("the call ended before its events were committed"))
+
 
 class Batcher:
     """Queue submissions from any thread; flush workers commit them in batches."""
@@ -116,11 +121,11 @@ class Batcher:
             while True:
                 if self._closing:
                     raise errors.ShuttingDown()
+                if submission.done or (abandoned is not None and abandoned.is_set()):
+                    raise errors.Abandoned()
                 # A submission larger than the whole queue still goes in when it is empty.
                 if self._pending == 0 or self._pending + submission.weight <= self._max_pending:
                     break
-                if abandoned is not None and abandoned.is_set():
-                    raise errors.Abandoned()
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise errors.Overloaded(
@@ -157,19 +162,23 @@ class Batcher:
                 if self._closing:
                     return None
                 self._cond.wait()
-            batch = [self._queue.popleft()]
-            size = batch[0].weight
-            while self._queue and size + self._queue[0].weight <= self._max_batch:
+            batch: list[Submission] = []
+            size = 0
+            while self._queue and (not batch or size + self._queue[0].weight <= self._max_batch):
                 item = self._queue.popleft()
+                self._pending -= item.weight
+                if item.done:
+                    continue  # abandoned by its call: nobody waits for it, drop it
                 batch.append(item)
                 size += item.weight
-            self._pending -= size
             self._cond.notify_all()  # room for waiting submitters
             return batch
 
     def _run(self) -> None:
         finished: list[uuid.UUID] = []  # answered batches whose ledger rows can go
         while (batch := self._take()) is not None:
+            if not batch:
+                continue
             ticket = storage.Ticket(finished=finished)
             try:
                 self._flush(batch, ticket)
@@ -224,6 +233,7 @@ class Batcher:
         retry first asks the batch ledger what it did (`ticket.retry`).
         """
         deadline = time.monotonic() + self._retry_timeout
+        ticket.deadline = deadline  # an attempt hanging on a dead connection is cut then
         delay = 0.05
         while True:
             try:

@@ -18,6 +18,7 @@ class Config:
     database_url: str | None = None
     data_dir: Path = Path(".data")
     flush_workers: int = 2
+    read_connections: int = 4
     max_batch_events: int = 5000
     max_pending_events: int = 100_000
     max_events_per_request: int = 10_000
@@ -26,12 +27,14 @@ class Config:
     max_inflight_requests: int = 64
     max_streams: int = 100
     max_concurrent_rpcs: int = 200
+    max_health_watchers: int = 16
     enqueue_timeout: float = 5.0
     db_retry_timeout: float = 30.0
     shutdown_grace: float = 15.0
     log_level: str = "info"
     log_format: str = "text"
     metrics_port: int = 0
+    metrics_host: str | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
@@ -58,6 +61,11 @@ _OPTIONS: dict[str, tuple[str, Callable[[str], object], str]] = {
         "AGGREGATOR_FLUSH_WORKERS",
         int,
         "batches written in parallel, one database connection each",
+    ),
+    "read_connections": (
+        "AGGREGATOR_READ_CONNECTIONS",
+        int,
+        "database connections for ListEvents and GetStats, never used by the flush workers",
     ),
     "max_batch_events": ("AGGREGATOR_MAX_BATCH_EVENTS", int, "most events in one transaction"),
     "max_pending_events": (
@@ -90,6 +98,11 @@ _OPTIONS: dict[str, tuple[str, Callable[[str], object], str]] = {
         "AGGREGATOR_MAX_CONCURRENT_RPCS",
         int,
         "calls (streams included) served at once; more get RESOURCE_EXHAUSTED",
+    ),
+    "max_health_watchers": (
+        "AGGREGATOR_MAX_HEALTH_WATCHERS",
+        int,
+        "open Health.Watch streams without a valid token; more get RESOURCE_EXHAUSTED",
     ),
     "enqueue_timeout": (
         "AGGREGATOR_ENQUEUE_TIMEOUT",
@@ -128,12 +141,18 @@ _OPTIONS: dict[str, tuple[str, Callable[[str], object], str]] = {
     "auth_tokens_file": (
         "AGGREGATOR_AUTH_TOKENS_FILE",
         Path,
-        "file of bearer tokens, one per line (# comments)",
+        "file of bearer tokens, one per line (lines starting with # are comments)",
     ),
     "metrics_port": (
         "AGGREGATOR_METRICS_PORT",
         int,
-        "serve Prometheus metrics on http://HOST:PORT/metrics; 0 turns them off",
+        "serve Prometheus metrics on http://METRICS-HOST:PORT/metrics (no authentication); "
+        "0 turns them off",
+    ),
+    "metrics_host": (
+        "AGGREGATOR_METRICS_HOST",
+        str,
+        "address the metrics endpoint listens on; unset means --host",
     ),
 }
 
@@ -166,6 +185,7 @@ def load(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Config:
 def _check(parser: argparse.ArgumentParser, config: Config) -> None:
     positive = [
         "flush_workers",
+        "read_connections",
         "max_batch_events",
         "max_pending_events",
         "max_events_per_request",
@@ -174,6 +194,7 @@ def _check(parser: argparse.ArgumentParser, config: Config) -> None:
         "max_inflight_requests",
         "max_streams",
         "max_concurrent_rpcs",
+        "max_health_watchers",
     ]
     for name in positive:
         if getattr(config, name) < 1:

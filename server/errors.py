@@ -113,10 +113,10 @@ class Unauthenticated(ServerError):
 
 
 class Abandoned(ServerError):
-    """The caller gave up (its call ended) while waiting for queue room: not a fault."""
+    """The caller's call ended before its events were taken for writing: they are dropped."""
 
     code = grpc.StatusCode.CANCELLED
-    default_message = "the call ended while waiting for queue room"
+    default_message = "the call ended before its events were committed"
 
 
 def classify(exc: BaseException) -> ServerError:
@@ -127,6 +127,8 @@ def classify(exc: BaseException) -> ServerError:
         return DatabaseFull()
     if isinstance(exc, storage.Unavailable):
         return DatabaseUnavailable()
+    if isinstance(exc, storage.Busy):
+        return Overloaded(str(exc))
     if isinstance(exc, storage.InvalidArgument):
         return RequestInvalid(str(exc))
     log.error("internal error", exc_info=exc)

@@ -11,10 +11,12 @@ from typing import NamedTuple
 import grpc
 from aggregator.v1 import aggregator_pb2 as pb
 from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
+from google.protobuf import timestamp_pb2
 
 import storage
-from server import convert, errors, ingest
+from server import convert, errors, ingest, timestamps
 from server.config import Config
+from server.validation import check_topic
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,7 @@ class _Stream:
         self._cond = threading.Condition()
         self._items: collections.deque[_Item] = collections.deque()
         self._closed = False  # no more items will be accepted
+        self._current: _Item = None  # the item being answered
         self.ended = threading.Event()  # the call is over, for whatever reason
 
     def push(self, prepared: _Prepared) -> bool:
@@ -66,13 +69,25 @@ class _Stream:
             while not self._items:
                 self._cond.wait()
             item = self._items.popleft()
+            self._current = item
             self._cond.notify_all()
             return item
 
     def end(self) -> None:
+        """The call is over: drop its unanswered requests unless a flush worker has them."""
         with self._cond:
             self.ended.set()
+            for item in (self._current, *self._items):
+                if isinstance(item, _Prepared):
+                    item.pending.submission.abandon()
             self._cond.notify_all()
+
+
+def _time_bound(field: str, value: timestamp_pb2.Timestamp) -> int:
+    reason = timestamps.check(value.seconds, value.nanos, field)
+    if reason:
+        raise errors.RequestInvalid(reason)
+    return convert.timestamp_ns(value)
 
 
 class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
@@ -105,7 +120,19 @@ class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
         self, request_iterator: Iterator[pb.PublishRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.PublishResponse]:
         stream = _Stream(self._config.max_inflight_requests)
+
+        def on_end() -> None:
+            stream.end()
+            self._core.wake_waiters()
+            with self._streams_lock:
+                self._streams.discard(stream)
+
+        # Registered before the slot is taken: whenever the call ends, the slot is freed.
+        if not context.add_callback(on_end):
+            return  # the call already ended: take nothing
         with self._streams_lock:
+            if stream.ended.is_set():
+                return  # ended in between: on_end has run
             if len(self._streams) >= self._config.max_streams:
                 raise errors.TooManyStreams(
                     f"the server already has {len(self._streams)} open Publish streams "
@@ -114,14 +141,6 @@ class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
             self._streams.add(stream)
             if self._draining:
                 stream.close(errors.ShuttingDown())
-
-        def on_end() -> None:
-            stream.end()
-            self._core.wake_waiters()
-            with self._streams_lock:
-                self._streams.discard(stream)
-
-        context.add_callback(on_end)
         reader = threading.Thread(
             target=self._read_stream,
             args=(request_iterator, stream),
@@ -167,6 +186,9 @@ class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
         self, request: pb.PublishRequest, context: grpc.ServicerContext
     ) -> pb.PublishResponse:
         pending = self._prepare(request)
+        # When the call ends (deadline, cancel), release this thread and drop the work.
+        if not context.add_callback(pending.submission.abandon):
+            pending.submission.abandon()
         self._core.submit(pending, timeout=self._config.enqueue_timeout)
         return convert.publish_response(request.sequence, self._core.outcomes(pending))
 
@@ -175,8 +197,9 @@ class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
     def ListEvents(
         self, request: pb.ListEventsRequest, context: grpc.ServicerContext
     ) -> pb.ListEventsResponse:
-        if not request.topic:
-            raise errors.RequestInvalid("topic: required")
+        reason = check_topic(request.topic)
+        if reason:
+            raise errors.RequestInvalid(reason)
         if request.page_size < 0:
             raise errors.RequestInvalid("page_size: must not be negative")
         page_size = min(request.page_size or ingest.DEFAULT_PAGE_SIZE, storage.MAX_PAGE_SIZE)
@@ -186,9 +209,13 @@ class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
             after_seq=after_seq,
             limit=page_size + 1,
             start_ns=(
-                convert.timestamp_ns(request.start_time) if request.HasField("start_time") else None
+                _time_bound("start_time", request.start_time)
+                if request.HasField("start_time")
+                else None
             ),
-            end_ns=convert.timestamp_ns(request.end_time) if request.HasField("end_time") else None,
+            end_ns=(
+                _time_bound("end_time", request.end_time) if request.HasField("end_time") else None
+            ),
         )
         next_token = ""
         if len(rows) > page_size:

@@ -24,12 +24,12 @@ def from_ns(ns: int) -> tuple[int, int]:
     return divmod(ns, NS)
 
 
-def check(seconds: int, nanos: int) -> str | None:
-    """Why (seconds, nanos) is not a valid timestamp, or None."""
+def check(seconds: int, nanos: int, field: str = "timestamp") -> str | None:
+    """Why (seconds, nanos) is not a valid timestamp, naming `field`; or None."""
     if not MIN_SECONDS <= seconds <= MAX_SECONDS:
-        return f"timestamp: outside {RANGE}"
+        return f"{field}: outside {RANGE}"
     if not 0 <= nanos <= NS - 1:
-        return "timestamp: nanos must be between 0 and 999999999"
+        return f"{field}: nanos must be between 0 and 999999999"
     return None
 
 

@@ -39,13 +39,18 @@ class Rejected(NamedTuple):
 def check_event(event: Incoming, max_payload_bytes: int) -> NewEvent | Rejected:
     """The event ready to store, or why it is rejected."""
     topic = event.topic
-    reason = _check_text("topic", topic, MAX_KEY_CHARS, required=True)
+    reason = check_topic(topic)
     if reason:
         return Rejected(reason, NO_TOPIC)
     checked = _check(event, max_payload_bytes)
     if isinstance(checked, str):
         return Rejected(checked, topic)
     return checked
+
+
+def check_topic(topic: str) -> str | None:
+    """Why `topic` is not a valid topic (naming the field), or None."""
+    return _check_text("topic", topic, MAX_KEY_CHARS, required=True)
 
 
 def _check(event: Incoming, max_payload_bytes: int) -> NewEvent | str:

@@ -5,13 +5,21 @@ Never imports protobuf; takes and returns the plain values in `storage.models`.
 
 from storage.database import MAX_PAGE_SIZE, Database
 from storage.embedded import EmbeddedPostgres
-from storage.errors import DiskFull, EmbeddedError, InvalidArgument, StorageError, Unavailable
+from storage.errors import (
+    Busy,
+    DiskFull,
+    EmbeddedError,
+    InvalidArgument,
+    StorageError,
+    Unavailable,
+)
 from storage.ledger import Ticket
 from storage.models import BatchResult, Counters, NewEvent, Outcome, Stats, Status, StoredEvent
 
 __all__ = [
     "MAX_PAGE_SIZE",
     "BatchResult",
+    "Busy",
     "Counters",
     "Database",
     "DiskFull",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import TracebackType
@@ -12,8 +13,9 @@ import psycopg_pool
 from psycopg import errors as pg_errors
 
 from storage import ledger, queries, schema, writer
-from storage.errors import DiskFull, InvalidArgument, StorageError, Unavailable
+from storage.errors import Busy, DiskFull, InvalidArgument, StorageError, Unavailable
 from storage.models import BatchResult, Counters, NewEvent, Stats, StoredEvent, join_ns, split_ns
+from storage.watchdog import Conn, Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +24,13 @@ MAX_FETCH = 10_001  # rows one list_events call may return: the HTTP limit, plus
 
 
 class Database:
-    """Pooled access to the events database. Open it, use it from any thread, close it."""
+    """Pooled access to the events database. Open it, use it from any thread, close it.
+
+    Writes and reads have separate pools, so readers can never take the connections the
+    flush workers need. Every wait is bounded: connect, checkout, each statement (server
+    side by `statement_timeout`/`lock_timeout`, client side by the watchdog), and the
+    socket itself (keepalives, `tcp_user_timeout`).
+    """
 
     def __init__(
         self,
@@ -30,31 +38,71 @@ class Database:
         *,
         min_connections: int = 2,
         max_connections: int = 8,
+        read_connections: int = 2,
         connect_timeout: float = 5.0,
         checkout_timeout: float = 5.0,
+        operation_timeout: float = 30.0,
     ) -> None:
         self._checkout_timeout = checkout_timeout
+        self._operation_timeout = operation_timeout
+        self._watchdog = Watchdog()
+        self._failed_at = -1.0  # when a connection last failed its check
+        timeout_ms = max(1, round(operation_timeout * 1000))
+        kwargs: dict[str, object] = {
+            "autocommit": True,
+            "connect_timeout": max(1, round(connect_timeout)),
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+            "tcp_user_timeout": timeout_ms,
+            "options": f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}",
+        }
         self._pool = psycopg_pool.ConnectionPool(
             url,
             min_size=min_connections,
             max_size=max_connections,
-            kwargs={"autocommit": True, "connect_timeout": max(1, round(connect_timeout))},
-            configure=writer.create_staging,
-            check=psycopg_pool.ConnectionPool.check_connection,
+            kwargs=kwargs,
+            configure=self._configure,
+            check=self._check,
             open=False,
             name="aggregator",
         )
+        self._read_pool = psycopg_pool.ConnectionPool(
+            url,
+            min_size=1,
+            max_size=read_connections,
+            kwargs=kwargs,
+            check=self._check,
+            open=False,
+            name="aggregator-read",
+        )
+
+    def _configure(self, conn: Conn) -> None:
+        with self._watchdog.guard(conn, self._operation_timeout):
+            writer.create_staging(conn)
+
+    def _check(self, conn: Conn) -> None:
+        try:
+            with self._watchdog.guard(conn, self._checkout_timeout):
+                psycopg_pool.ConnectionPool.check_connection(conn)
+        except psycopg.Error:
+            self._failed_at = time.monotonic()
+            raise
 
     def open(self, *, timeout: float = 30.0) -> None:
         """Connect; raise Unavailable if the database cannot be reached within `timeout`."""
         try:
             self._pool.open(wait=True, timeout=timeout)
+            self._read_pool.open(wait=True, timeout=timeout)
         except psycopg_pool.PoolTimeout as exc:
-            self._pool.close()
+            self.close()
             raise Unavailable(f"could not connect to the database within {timeout:g}s") from exc
 
-    def close(self) -> None:
-        self._pool.close()
+    def close(self, timeout: float = 5.0) -> None:
+        self._read_pool.close(timeout)
+        self._pool.close(timeout)
+        self._watchdog.close()
 
     def __enter__(self) -> Database:
         self.open()
@@ -69,12 +117,31 @@ class Database:
         self.close()
 
     @contextmanager
-    def _connection(self) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
-        """A pooled connection, with psycopg's errors translated to ours."""
+    def _connection(self, timeout: float | None = None, *, read: bool = False) -> Iterator[Conn]:
+        """A pooled connection, with psycopg's errors translated to ours.
+
+        The block must finish within `timeout` seconds (default: the operation timeout) or
+        its connection is cut. A read that finds no free connection while the database
+        answers is Busy (overload); otherwise a missing connection means it is unreachable.
+        """
+        pool = self._read_pool if read else self._pool
+        started = time.monotonic()
+        errors_before = pool.get_stats().get("connections_errors", 0)
         try:
-            with self._pool.connection(timeout=self._checkout_timeout) as conn:
+            with (
+                pool.connection(timeout=self._checkout_timeout) as conn,
+                self._watchdog.guard(conn, timeout or self._operation_timeout),
+            ):
                 yield conn
         except psycopg_pool.PoolTimeout as exc:
+            failing = self._failed_at >= started or (
+                pool.get_stats().get("connections_errors", 0) > errors_before
+            )
+            if read and not failing:
+                raise Busy(
+                    f"all {pool.max_size} read connections stayed busy for "
+                    f"{self._checkout_timeout:g}s; retry later"
+                ) from exc
             raise Unavailable("no database connection available") from exc
         except pg_errors.DiskFull as exc:
             raise DiskFull(f"the database's disk is full: {exc.diag.message_primary}") from exc
@@ -96,7 +163,7 @@ class Database:
 
     def ping(self) -> None:
         """Raise Unavailable unless the database answers a query."""
-        with self._connection() as conn:
+        with self._connection(self._checkout_timeout) as conn:
             conn.execute(queries.get("ping"))
 
     def write_batch(
@@ -109,8 +176,12 @@ class Database:
 
         With a `ticket` the transaction is recorded in the batch ledger, and a retry
         (`ticket.retry`) first learns what an earlier attempt committed (storage.ledger).
+        Past `ticket.deadline` (monotonic seconds) the attempt is cut: Unavailable.
         """
-        with self._connection() as conn:
+        timeout = None
+        if ticket is not None and ticket.deadline is not None:
+            timeout = max(0.1, ticket.deadline - time.monotonic())
+        with self._connection(timeout) as conn:
             if ticket is not None and ticket.retry:
                 return ledger.resume(
                     conn,
@@ -153,7 +224,7 @@ class Database:
             params["start_ts"], params["start_nanos"] = split_ns(start_ns)
         if end_ns is not None:
             params["end_ts"], params["end_nanos"] = split_ns(end_ns)
-        with self._connection() as conn:
+        with self._connection(read=True) as conn:
             rows = conn.execute(queries.get("list_events"), params).fetchall()
         return [
             StoredEvent(
@@ -170,7 +241,7 @@ class Database:
 
     def stats(self) -> Stats:
         """Counters per topic and in total, summed over their shards."""
-        with self._connection() as conn:
+        with self._connection(read=True) as conn:
             rows = conn.execute(queries.get("topic_stats")).fetchall()
         topics: dict[str, Counters] = {}
         total = [0, 0, 0, 0, 0]

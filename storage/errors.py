@@ -3,6 +3,7 @@
 StorageError
 ├── Unavailable      the database cannot be reached or refuses work now; retry later
 │   └── DiskFull     the database has no disk space left for our writes
+├── Busy             every connection for this kind of work is in use; retry later
 ├── InvalidArgument  a caller-supplied value the database cannot use
 └── EmbeddedError    the embedded PostgreSQL cluster could not be set up or started
 """
@@ -20,6 +21,10 @@ class Unavailable(StorageError):
 
 class DiskFull(Unavailable):
     """The database ran out of disk space (SQLSTATE 53100); writes succeed once it is freed."""
+
+
+class Busy(StorageError):
+    """The database is up but every connection for this kind of work stayed in use."""
 
 
 class InvalidArgument(StorageError):

@@ -45,12 +45,14 @@ class Ticket:
 
     `finished`: batches this worker has answered; the next transaction deletes their rows,
     which no retry can need any more. `retry`: an earlier attempt failed, so its outcome
-    may be unknown and the ledger must be read before writing again.
+    may be unknown and the ledger must be read before writing again. `deadline`: when the
+    batcher stops retrying; an attempt still running then is cut.
     """
 
     batch_id: uuid.UUID = field(default_factory=uuid.uuid4)
     finished: list[uuid.UUID] = field(default_factory=list)
     retry: bool = False
+    deadline: float | None = None  # time.monotonic() by which an attempt must have finished
 
     @property
     def lock(self) -> int:
