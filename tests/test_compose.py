@@ -73,6 +73,11 @@ class Stack:
         )
         return done.stdout
 
+    def get(self, port: int, path: str) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            body: str = response.read().decode()
+            return body
+
     def container(self, service: str) -> dict[str, Any]:
         """`docker inspect` of the service's container (running or not)."""
         container_id = self.compose("ps", "--all", "--quiet", service).strip()
@@ -154,7 +159,7 @@ def test_postgres_then_aggregator_become_healthy_and_the_server_is_not_root(stac
 
     bindings = aggregator["NetworkSettings"]["Ports"]
     published = {port: {b["HostIp"] for b in hosts or []} for port, hosts in bindings.items()}
-    assert published == {"50051/tcp": {"127.0.0.1"}, "9464/tcp": {"127.0.0.1"}}
+    assert published == {port: {"127.0.0.1"} for port in ("50051/tcp", "8000/tcp", "9464/tcp")}
     assert not any(stack.container("postgres")["NetworkSettings"]["Ports"].values())
 
 
@@ -168,9 +173,13 @@ def test_the_publisher_service_stores_14000_of_its_20000_events(stack: Stack):
     )
     assert stack.snapshot() == (14_000, 20_000, 14_000, 6_000)
 
-    url = f"http://127.0.0.1:{stack.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        families = text_string_to_metric_families(response.read().decode())
+    stats = json.loads(stack.get(stack.http_port, "/stats"))
+    assert (stats["received"], stats["unique_processed"], stats["duplicate_dropped"]) == (
+        20_000,
+        14_000,
+        6_000,
+    )
+    families = text_string_to_metric_families(stack.get(stack.metrics_port, "/metrics"))
     accepted = sum(
         sample.value
         for family in families
