@@ -26,6 +26,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from client import tail
 from client.client import AggregatorClient
 from client.errors import ClientError
 from client.events import make_event, new_event_id
@@ -110,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument("--limit", type=int, default=100, help="at most this many (0 = all)")
     events.add_argument("--json", action="store_true", help="print JSON lines")
     events.set_defaults(run=_events)
+    tail.register(commands, _client)
     return parser
 
 

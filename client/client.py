@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client import retry
 from client.channel import open_channel
-from client.errors import PublishError
+from client.errors import PublishError, SubscribeError
 from client.publisher import Publisher
 
 
@@ -117,6 +117,53 @@ class AggregatorClient:
             if not page.next_page_token:
                 return
             request.page_token = page.next_page_token
+
+    def subscribe(
+        self,
+        topic: str,
+        *,
+        after: str = "",
+        from_now: bool = False,
+        reconnect_timeout: float | None = 300.0,
+    ) -> Iterator[pb.SubscribeResponse]:
+        """`topic`'s events in gap-free order from `after` (a cursor; empty = the beginning,
+        or only new commits with `from_now`), then live, forever.
+
+        Each response carries `events` and the `cursor` after them; persist the cursor once
+        you have handled the events and pass it as `after` to resume there. On UNAVAILABLE
+        (server restart or shutdown) and other retryable failures it reconnects with backoff
+        (or the server's RetryInfo) and resumes from the last cursor it yielded, so nothing
+        is skipped or repeated. Closing the iterator cancels the call.
+
+        Raises:
+            SubscribeError: a non-retryable failure, or no progress for `reconnect_timeout`.
+        """
+        cursor = after
+        attempt = 0
+        progress = time.monotonic()
+        while True:
+            request = pb.SubscribeRequest(topic=topic, after=cursor, from_now=from_now)
+            call = self._stub.Subscribe(request)
+            try:
+                for response in call:
+                    cursor, from_now, attempt = response.cursor, False, 0
+                    progress = time.monotonic()
+                    yield response
+                code, details = grpc.StatusCode.UNAVAILABLE, "the server ended the stream"
+                pause = retry.delay(Exception(), attempt)
+            except grpc.RpcError as exc:
+                code, details = exc.code(), exc.details() or ""
+                if code not in retry.RETRYABLE:
+                    raise SubscribeError(code, details, cursor) from exc
+                pause = retry.delay(exc, attempt)
+            finally:
+                call.cancel()
+            attempt += 1
+            if reconnect_timeout is not None and (
+                time.monotonic() + pause - progress > reconnect_timeout
+            ):
+                raise SubscribeError(code, details, cursor)
+            time.sleep(pause)
 
     def stats(self) -> pb.GetStatsResponse:
         response: pb.GetStatsResponse = self._stub.GetStats(

@@ -2,6 +2,7 @@
 
 ClientError
 ├── PublishError      a call failed in a way retrying cannot fix (or retries ran out)
+├── SubscribeError    a subscription failed for good (or reconnecting ran out of time)
 └── PublisherClosed   publish() after close()
 """
 
@@ -25,3 +26,13 @@ class PublishError(ClientError):
 
 class PublisherClosed(ClientError):
     """The publisher was closed; create a new one."""
+
+
+class SubscribeError(ClientError):
+    """A subscription ended for good; `code` is the gRPC status, `cursor` where to resume."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, cursor: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+        self.cursor = cursor

@@ -21,6 +21,7 @@ from server.ingest import Ingest
 from server.metrics import Metrics
 from server.rest_server import HttpServer
 from server.servicer import AggregatorServicer
+from server.subscriptions import Hub
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ class Server:
         self._health: DatabaseHealth | None = None
         self.core: Ingest | None = None
         self._servicer: AggregatorServicer | None = None
+        self._hub = Hub(config.max_subscribers)
+        self._listener: storage.Listener | None = None
         self._grpc: grpc.Server | None = None
         self._stop_metrics: Callable[[], None] | None = None
         self.metrics = Metrics()
@@ -44,6 +47,11 @@ class Server:
         self._http: HttpServer | None = None
         self.http_port: int | None = None
         self._stopped = threading.Event()
+
+    @property
+    def hub(self) -> Hub:
+        """This server's subscribers."""
+        return self._hub
 
     def start(self) -> Server:
         config = self.config
@@ -79,7 +87,8 @@ class Server:
             )
             self.metrics.watch_queue(lambda: self._batcher.pending_events if self._batcher else 0)
             self.metrics.watch_pool(self._database.pool_stats)
-            self.core = Ingest(config, self._database, self._batcher)
+            self._listener = storage.Listener(url, self._hub.news).start()
+            self.core = Ingest(config, self._database, self._batcher, self._hub)
             self._servicer = AggregatorServicer(config, self.core)
             self._grpc = grpc.server(
                 futures.ThreadPoolExecutor(
@@ -184,6 +193,7 @@ class Server:
         log.info("shutting down (grace %.1fs)", grace)
         if self._health is not None:
             self._health.shutting_down()
+        self._hub.close()  # subscribers get UNAVAILABLE now: they only read
         if self._http is not None:
             self._http.begin_stop()  # answers what it has read, while the batcher still runs
         if self._grpc is not None:
@@ -204,6 +214,8 @@ class Server:
             self._batcher.close()  # commits whatever is still queued
         if self._health is not None:
             self._health.stop()
+        if self._listener is not None:
+            self._listener.close()
         if self._database is not None:
             self._database.close()
         if self._embedded is not None:

@@ -26,6 +26,7 @@ class Config:
     max_message_bytes: int = 64 * MIB
     max_inflight_requests: int = 64
     max_streams: int = 100
+    max_subscribers: int = 100
     max_concurrent_rpcs: int = 200
     max_health_watchers: int = 16
     enqueue_timeout: float = 5.0
@@ -93,6 +94,11 @@ _OPTIONS: dict[str, tuple[str, Callable[[str], object], str]] = {
         "AGGREGATOR_MAX_STREAMS",
         int,
         "open Publish streams at once; more get RESOURCE_EXHAUSTED",
+    ),
+    "max_subscribers": (
+        "AGGREGATOR_MAX_SUBSCRIBERS",
+        int,
+        "open Subscribe calls at once; more get RESOURCE_EXHAUSTED",
     ),
     "max_concurrent_rpcs": (
         "AGGREGATOR_MAX_CONCURRENT_RPCS",
@@ -193,6 +199,7 @@ def _check(parser: argparse.ArgumentParser, config: Config) -> None:
         "max_message_bytes",
         "max_inflight_requests",
         "max_streams",
+        "max_subscribers",
         "max_concurrent_rpcs",
         "max_health_watchers",
     ]

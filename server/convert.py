@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Sequence
 from datetime import datetime
 
 from aggregator.v1 import aggregator_pb2 as pb
 from google.protobuf import timestamp_pb2
 
-from server import errors, timestamps
+from server import timestamps
 from server.validation import Incoming
 from storage import Counters, Outcome, Stats, Status, StoredEvent
 
@@ -73,28 +71,6 @@ def stored_event(row: StoredEvent) -> pb.StoredEvent:
         sequence=row.seq,
         received_at=timestamp_from_datetime(row.received_at),
     )
-
-
-def encode_page_token(topic: str, after_seq: int) -> str:
-    raw = f"1:{after_seq}:{topic}".encode()
-    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
-
-
-def decode_page_token(token: str, topic: str) -> int:
-    """The seq after which the page starts; 0 for an empty token."""
-    if not token:
-        return 0
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        version, seq, token_topic = raw.split(":", 2)
-        after = int(seq)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise errors.BadPageToken("page_token: not a token this server issued") from None
-    if version != "1" or after < 0:
-        raise errors.BadPageToken("page_token: not a token this server issued")
-    if token_topic != topic:
-        raise errors.BadPageToken("page_token: issued for another topic")
-    return after
 
 
 def stats_response(stats: Stats, started_at: datetime, uptime: float) -> pb.GetStatsResponse:

@@ -2,9 +2,10 @@
 
 ServerError                  INTERNAL            base; also what an unknown error becomes
 ├── RequestInvalid           INVALID_ARGUMENT    a request breaks the API's rules or limits
-│   └── BadPageToken         INVALID_ARGUMENT    a page token this server did not issue
+│   └── BadPageToken         INVALID_ARGUMENT    a cursor this server did not issue
 ├── Overloaded               RESOURCE_EXHAUSTED  the write queue stayed full; retry later
-│   └── TooManyStreams       RESOURCE_EXHAUSTED  every Publish stream slot is taken
+│   ├── TooManyStreams       RESOURCE_EXHAUSTED  every Publish stream slot is taken
+│   └── TooManySubscribers   RESOURCE_EXHAUSTED  every Subscribe slot is taken
 ├── Unavailable              UNAVAILABLE         retry later, elsewhere if need be
 │   ├── ShuttingDown         UNAVAILABLE         the server takes no new work
 │   └── DatabaseUnavailable  UNAVAILABLE         the database cannot be reached
@@ -57,7 +58,7 @@ class RequestInvalid(ServerError):
 
 
 class BadPageToken(RequestInvalid):
-    """A page_token this server did not issue for this topic."""
+    """A cursor or page_token this server did not issue for this topic."""
 
 
 class Overloaded(ServerError):
@@ -70,6 +71,10 @@ class Overloaded(ServerError):
 
 class TooManyStreams(Overloaded):
     """The server already serves its maximum of Publish streams."""
+
+
+class TooManySubscribers(Overloaded):
+    """The server already serves its maximum of Subscribe calls."""
 
 
 class Unavailable(ServerError):

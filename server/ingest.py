@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import storage
-from server import batcher, errors
+from server import batcher, errors, subscriptions
 from server.config import Config
 from server.validation import Incoming, Rejected, check_event
 
@@ -42,10 +42,17 @@ class Pending:
 class Ingest:
     """Publishing and reading, whatever the transport."""
 
-    def __init__(self, config: Config, database: storage.Database, queue: batcher.Batcher) -> None:
+    def __init__(
+        self,
+        config: Config,
+        database: storage.Database,
+        queue: batcher.Batcher,
+        hub: subscriptions.Hub,
+    ) -> None:
         self._config = config
         self._database = database
         self._batcher = queue
+        self._hub = hub
         self.started_at = datetime.now(UTC)
         self._started_monotonic = time.monotonic()
 
@@ -127,17 +134,31 @@ class Ingest:
         self,
         topic: str,
         *,
-        after_seq: int,
+        after: storage.Position,
         limit: int,
         start_ns: int | None = None,
         end_ns: int | None = None,
-    ) -> list[storage.StoredEvent]:
-        """Up to `limit` stored events of `topic` after `after_seq`, oldest first."""
+    ) -> storage.Page:
+        """Up to `limit` settled events of `topic` after `after`, in delivery order."""
         if not topic:
             raise errors.RequestInvalid("topic: required")
         return self._database.list_events(
-            topic, after_seq=after_seq, limit=limit, start_ns=start_ns, end_ns=end_ns
+            topic, after=after, limit=limit, start_ns=start_ns, end_ns=end_ns
         )
+
+    def subscribe(
+        self, topic: str, *, after: storage.Position | None
+    ) -> subscriptions.Subscription:
+        """Follow `topic` from `after` (None: from now, skipping what is stored).
+
+        Raises:
+            errors.RequestInvalid, errors.TooManySubscribers, errors.ShuttingDown.
+        """
+        if not topic:
+            raise errors.RequestInvalid("topic: required")
+        if after is None:
+            after = self._database.settled_position()
+        return subscriptions.Subscription(self._hub, self._database, topic, after)
 
     def stats(self) -> storage.Stats:
         return self._database.stats()

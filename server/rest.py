@@ -23,7 +23,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi_offline import FastAPIOffline
 
 import storage
-from server import errors, rest_models, security, timestamps
+from server import cursors, errors, rest_models, security, timestamps
 from server.config import Config
 from server.ingest import Ingest
 from server.metrics import Metrics
@@ -168,19 +168,20 @@ def create_app(
     )
     async def events(
         topic: str = Query(min_length=1, description="the topic to read"),
-        after: int = Query(0, ge=0, description="the last sequence seen (the previous cursor)"),
+        after: str = Query(
+            "", description="the previous page's cursor (empty: the topic's beginning)"
+        ),
         limit: int = Query(100, ge=1, le=rest_models.MAX_EVENTS_LIMIT),
     ) -> Response:
-        rows = await run(lambda: core.list_events(topic, after_seq=after, limit=limit + 1))
-        more = len(rows) > limit
-        rows = rows[:limit]
+        position = cursors.decode(after, topic, field="after")
+        page = await run(lambda: core.list_events(topic, after=position, limit=limit))
         return _json(
             200,
             {
                 "topic": topic,
-                "events": [_stored(row) for row in rows],
-                "cursor": rows[-1].seq if rows else after,
-                "has_more": more,
+                "events": [_stored(row) for row in page.events],
+                "cursor": cursors.encode(topic, page.position),
+                "has_more": page.more,
             },
         )
 

@@ -103,7 +103,9 @@ class StoredEventOut(BaseModel):
     timestamp: str = Field(description="RFC 3339 in UTC, as precise as it was sent")
     source: str
     payload: Any
-    sequence: int = Field(description="storage order, increasing; pass the last as ?after=")
+    sequence: int = Field(
+        description="unique storage id (not the delivery order: page with `cursor`)"
+    )
     received_at: str
 
 
@@ -120,7 +122,7 @@ class EventsPage(BaseModel):
                             "received_at": "2024-05-01T12:00:00.312044Z",
                         }
                     ],
-                    "cursor": 17,
+                    "cursor": "MjoxMjM0OjE3Om9yZGVycw",
                     "has_more": False,
                 }
             ]
@@ -129,7 +131,10 @@ class EventsPage(BaseModel):
 
     topic: str
     events: list[StoredEventOut]
-    cursor: int = Field(description="the last sequence returned (or `after` if none): ?after=")
+    cursor: str = Field(
+        description="opaque position after this page (or `after` if it is empty): pass it as "
+        "?after= to continue; no event ever commits behind it"
+    )
     has_more: bool
 
 

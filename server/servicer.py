@@ -14,7 +14,7 @@ from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
 from google.protobuf import timestamp_pb2
 
 import storage
-from server import convert, errors, ingest, timestamps
+from server import convert, cursors, errors, ingest, timestamps
 from server.config import Config
 from server.validation import check_topic
 
@@ -203,11 +203,10 @@ class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
         if request.page_size < 0:
             raise errors.RequestInvalid("page_size: must not be negative")
         page_size = min(request.page_size or ingest.DEFAULT_PAGE_SIZE, storage.MAX_PAGE_SIZE)
-        after_seq = convert.decode_page_token(request.page_token, request.topic)
-        rows = self._core.list_events(
+        page = self._core.list_events(
             request.topic,
-            after_seq=after_seq,
-            limit=page_size + 1,
+            after=cursors.decode(request.page_token, request.topic, field="page_token"),
+            limit=page_size,
             start_ns=(
                 _time_bound("start_time", request.start_time)
                 if request.HasField("start_time")
@@ -217,13 +216,28 @@ class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
                 _time_bound("end_time", request.end_time) if request.HasField("end_time") else None
             ),
         )
-        next_token = ""
-        if len(rows) > page_size:
-            rows = rows[:page_size]
-            next_token = convert.encode_page_token(request.topic, rows[-1].seq)
+        cursor = cursors.encode(request.topic, page.position)
         return pb.ListEventsResponse(
-            events=[convert.stored_event(row) for row in rows], next_page_token=next_token
+            events=[convert.stored_event(row) for row in page.events],
+            next_page_token=cursor if page.more else "",
+            cursor=cursor,
         )
+
+    def Subscribe(
+        self, request: pb.SubscribeRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.SubscribeResponse]:
+        """Stored events after the cursor, then live ones. Each response is sent only when
+        the client has room for it (HTTP/2 flow control): a slow reader holds one page."""
+        topic = request.topic
+        after = None if request.from_now else cursors.decode(request.after, topic, field="after")
+        with self._core.subscribe(topic, after=after) as subscription:
+            context.add_callback(subscription.cancel)  # cancelled or expired: stop at once
+            yield pb.SubscribeResponse(cursor=cursors.encode(topic, subscription.position))
+            for page in subscription.pages():
+                yield pb.SubscribeResponse(
+                    events=[convert.stored_event(row) for row in page.events],
+                    cursor=cursors.encode(topic, page.position),
+                )
 
     def GetStats(
         self, request: pb.GetStatsRequest, context: grpc.ServicerContext

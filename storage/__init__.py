@@ -14,7 +14,18 @@ from storage.errors import (
     Unavailable,
 )
 from storage.ledger import Ticket
-from storage.models import BatchResult, Counters, NewEvent, Outcome, Stats, Status, StoredEvent
+from storage.listener import Listener
+from storage.models import (
+    BatchResult,
+    Counters,
+    NewEvent,
+    Outcome,
+    Page,
+    Position,
+    Stats,
+    Status,
+    StoredEvent,
+)
 
 __all__ = [
     "MAX_PAGE_SIZE",
@@ -26,8 +37,11 @@ __all__ = [
     "EmbeddedError",
     "EmbeddedPostgres",
     "InvalidArgument",
+    "Listener",
     "NewEvent",
     "Outcome",
+    "Page",
+    "Position",
     "Stats",
     "Status",
     "StorageError",

@@ -14,13 +14,24 @@ from psycopg import errors as pg_errors
 
 from storage import ledger, queries, schema, writer
 from storage.errors import Busy, DiskFull, InvalidArgument, StorageError, Unavailable
-from storage.models import BatchResult, Counters, NewEvent, Stats, StoredEvent, join_ns, split_ns
+from storage.models import (
+    BatchResult,
+    Counters,
+    NewEvent,
+    Page,
+    Position,
+    Stats,
+    StoredEvent,
+    join_ns,
+    split_ns,
+)
 from storage.watchdog import Conn, Watchdog
 
 log = logging.getLogger(__name__)
 
 MAX_PAGE_SIZE = 1000
-MAX_FETCH = 10_001  # rows one list_events call may return: the HTTP limit, plus one to see more
+MAX_FETCH = 10_000  # events one list_events call may return (the HTTP limit)
+_START = Position()
 
 
 class Database:
@@ -198,23 +209,24 @@ class Database:
         self,
         topic: str,
         *,
-        after_seq: int = 0,
+        after: Position = _START,
         limit: int = 100,
         start_ns: int | None = None,
         end_ns: int | None = None,
-    ) -> list[StoredEvent]:
-        """Up to `limit` events of `topic` with seq > after_seq, in seq order.
+    ) -> Page:
+        """Up to `limit` settled events of `topic` after `after`, in delivery order.
 
         `start_ns` (inclusive) and `end_ns` (exclusive) bound the event timestamp.
         """
         if not 1 <= limit <= MAX_FETCH:
             raise InvalidArgument(f"limit must be between 1 and {MAX_FETCH}")
-        if after_seq < 0:
-            raise InvalidArgument("after_seq must not be negative")
+        if after.tx < 0 or after.seq < 0:
+            raise InvalidArgument("position must not be negative")
         params: dict[str, object] = {
             "topic": topic,
-            "after_seq": after_seq,
-            "limit": limit,
+            "after_tx": after.tx,
+            "after_seq": after.seq,
+            "limit": limit + 1,  # one more tells whether another page follows
             "start_ts": None,
             "start_nanos": 0,
             "end_ts": None,
@@ -225,19 +237,42 @@ class Database:
         if end_ns is not None:
             params["end_ts"], params["end_nanos"] = split_ns(end_ns)
         with self._connection(read=True) as conn:
-            rows = conn.execute(queries.get("list_events"), params).fetchall()
-        return [
-            StoredEvent(
-                topic=row[0],  # type: ignore[arg-type]
-                event_id=row[1],  # type: ignore[arg-type]
-                timestamp_ns=join_ns(row[2], row[3]),  # type: ignore[arg-type]
-                source=row[4],  # type: ignore[arg-type]
-                payload=row[5],  # type: ignore[arg-type]
-                seq=row[6],  # type: ignore[arg-type]
-                received_at=row[7],  # type: ignore[arg-type]
+            rows = conn.execute(queries.get("read_after"), params).fetchall()
+        events = []
+        waiting = False
+        for row in rows:
+            if not row[9]:
+                waiting = True  # settled rows sort first: the rest are not settled either
+                break
+            events.append(
+                StoredEvent(
+                    topic=row[0],  # type: ignore[arg-type]
+                    event_id=row[1],  # type: ignore[arg-type]
+                    timestamp_ns=join_ns(row[2], row[3]),  # type: ignore[arg-type]
+                    source=row[4],  # type: ignore[arg-type]
+                    payload=row[5],  # type: ignore[arg-type]
+                    seq=row[6],  # type: ignore[arg-type]
+                    received_at=row[7],  # type: ignore[arg-type]
+                    tx=row[8],  # type: ignore[arg-type]
+                )
             )
-            for row in rows
-        ]
+        more = len(events) > limit
+        del events[limit:]
+        return Page(
+            events=events,
+            position=events[-1].position if events else after,
+            more=more,
+            waiting=waiting,
+        )
+
+    def settled_position(self) -> Position:
+        """A position before everything that may still commit (for reading "from now")."""
+        with self._connection(read=True) as conn:
+            row = conn.execute(queries.get("settled_horizon")).fetchone()
+        assert row is not None
+        # Every transaction below xmin has finished, so nothing can commit at or before
+        # (xmin - 1, any seq): the largest seq there is as good as infinity.
+        return Position(int(row[0]) - 1, 2**63 - 1)  # type: ignore[call-overload]
 
     def stats(self) -> Stats:
         """Counters per topic and in total, summed over their shards."""

@@ -70,6 +70,14 @@ class BatchResult:
         return {i: o.reason for i, o in enumerate(self.outcomes) if o.reason}
 
 
+class Position(NamedTuple):
+    """A place in one topic's delivery order: after the event written by transaction `tx`
+    with storage sequence `seq`. (0, 0) is the topic's beginning."""
+
+    tx: int = 0
+    seq: int = 0
+
+
 class StoredEvent(NamedTuple):
     topic: str
     event_id: str
@@ -78,6 +86,26 @@ class StoredEvent(NamedTuple):
     payload: str
     seq: int
     received_at: datetime
+    tx: int = 0  # the writing transaction's id: (tx, seq) is the delivery order
+
+    @property
+    def position(self) -> Position:
+        return Position(self.tx, self.seq)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """Settled events after a position, oldest first, and where the next read starts.
+
+    `more` is true when settled events beyond the page exist; `waiting` when events are
+    stored but not yet settled (an older transaction is still running), so a reader that
+    wants them should look again once a transaction finishes.
+    """
+
+    events: list[StoredEvent]
+    position: Position
+    more: bool
+    waiting: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -135,6 +135,7 @@ def _write_once(
         rows.append((i, is_first, topic, event_id, ts, nanos, source, payload))
 
     counts: dict[str, list[int]] = {}  # topic → events per Status (value - 1)
+    stored_topics: set[str] = set()
     with conn.transaction(), conn.cursor() as cur:
         if rows:
             with cur.copy(queries.get("copy_staging")) as copy:
@@ -145,6 +146,7 @@ def _write_once(
             inserted = {first[(t, e)] for t, e in cur.fetchall()}  # type: ignore[index]
             for i in inserted:
                 outcomes[i] = ACCEPTED
+                stored_topics.add(events[i].topic)
             _classify_not_inserted(cur, [i for i in idxs if i not in inserted], result)
 
         for i in idxs:
@@ -166,6 +168,11 @@ def _write_once(
             )
         if ticket is not None:
             ledger.record(cur, ticket, idxs if refused is None else [refused], result, counts)
+        if rows:
+            # Subscribers (on every server) look again after the commit: those of the
+            # topics stored here, and those waiting for older transactions to finish
+            # ("" when nothing new was stored: only this transaction's end matters).
+            cur.execute(queries.get("notify_topics"), {"topics": sorted(stored_topics) or [""]})
     # Committed: what this transaction counted is now part of the batch's result.
     for topic, per_status in counts.items():
         for status, n in zip(Status, per_status, strict=True):

@@ -189,7 +189,10 @@ def test_read_your_write_then_page_by_cursor(http):
     rest = http.get("/events", params={"topic": "orders", "after": first["cursor"]}).json()
     assert [e["event_id"] for e in rest["events"]] == ["3", "4"]
     assert rest["has_more"] is False
-    assert rest["cursor"] == rest["events"][-1]["sequence"]
+    again = http.get("/events", params={"topic": "orders", "after": rest["cursor"]}).json()
+    assert again["events"] == [] and again["cursor"] == rest["cursor"]
+    other = http.get("/events", params={"topic": "other", "after": rest["cursor"]})
+    assert other.status_code in (400, 422)  # a cursor is bound to its topic
     assert http.get("/events", params={"topic": "orders", "limit": 10_000}).status_code == 200
     assert http.get("/events", params={"topic": "orders", "limit": 10_001}).status_code == 422
     assert http.get("/events").status_code == 422  # a topic is required

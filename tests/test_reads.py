@@ -168,7 +168,7 @@ def test_reflection_lists_and_describes_the_service(channel):
         described.file_descriptor_response.file_descriptor_proto[0]
     )
     methods = {m.name for m in proto.service[0].method}
-    assert methods == {"Publish", "PublishBatch", "ListEvents", "GetStats"}
+    assert methods == {"Publish", "PublishBatch", "ListEvents", "GetStats", "Subscribe"}
 
 
 def test_unknown_status_values_never_appear(stub):

@@ -15,6 +15,7 @@ from google.rpc import error_details_pb2, status_pb2
 import storage
 from server import batcher, errors, handlers, ingest, rpc
 from server.servicer import AggregatorServicer
+from server.subscriptions import Hub
 from storage import Database
 from tests.conftest import server_config
 from tests.support import ACCEPTED, DUPLICATE, REJECTED, event, request
@@ -27,7 +28,9 @@ def harness(db_url):
     config = server_config(db_url, max_events_per_request=5)
     with Database(db_url) as database:
         queue = batcher.Batcher(database.write_batch, workers=1)
-        servicer = AggregatorServicer(config, ingest.Ingest(config, database, queue))
+        servicer = AggregatorServicer(
+            config, ingest.Ingest(config, database, queue, Hub(config.max_subscribers))
+        )
         # The methods as server/handlers.py registers them: errors translated there, once.
         methods = SimpleNamespace(**handlers.translated(servicer))
         yield grpc_testing.server_from_dictionary(

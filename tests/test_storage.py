@@ -112,7 +112,7 @@ def test_timestamps_keep_nanoseconds_and_extremes(database):
         "year-9999": 253_402_300_799 * 10**9 + 999_999_999,
     }
     database.write_batch([new(name, ts_ns=ns) for name, ns in cases.items()])
-    stored = {e.event_id: e.timestamp_ns for e in database.list_events("t")}
+    stored = {e.event_id: e.timestamp_ns for e in database.list_events("t").events}
     assert stored == cases
 
 

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 import storage
-from server import batcher, config, convert, errors, validation
+from server import batcher, config, convert, cursors, errors, validation
 from tests.support import event
 
 
@@ -44,14 +44,18 @@ def test_rejected_event_counts_under_its_topic_only_when_the_topic_is_valid():
     assert stats_topic(event(topic="x" * 256)) == ""
 
 
-def test_page_token_round_trips_and_is_bound_to_its_topic():
-    token = convert.encode_page_token("orders", 42)
-    assert convert.decode_page_token(token, "orders") == 42
-    assert convert.decode_page_token("", "orders") == 0
-    with pytest.raises(errors.BadPageToken):
-        convert.decode_page_token(token, "other")
-    with pytest.raises(errors.BadPageToken):
-        convert.decode_page_token("bm90LWEtdG9rZW4", "orders")
+def test_cursor_round_trips_and_is_bound_to_its_topic():
+    position = storage.Position(tx=12345678901, seq=42)
+    cursor = cursors.encode("orders:eu", position)
+    assert cursors.decode(cursor, "orders:eu") == position
+    assert cursors.decode("", "orders") == storage.Position()
+    with pytest.raises(errors.BadPageToken, match="another topic"):
+        cursors.decode(cursor, "orders")
+    with pytest.raises(errors.BadPageToken, match="not a cursor"):
+        cursors.decode("bm90LWEtdG9rZW4", "orders")
+    old_style = "MTo0MjpvcmRlcnM"  # "1:42:orders", a sequence-order token of older servers
+    with pytest.raises(errors.BadPageToken, match="older server"):
+        cursors.decode(old_style, "orders")
 
 
 def test_config_reads_flag_then_environment_then_default():

@@ -57,15 +57,28 @@ ON CONFLICT (topic, shard) DO UPDATE SET
     rejected   = t.rejected + excluded.rejected,
     conflicts  = t.conflicts + excluded.conflicts
 
--- name: list_events
-SELECT topic, event_id, ts, ts_nanos, source, payload::text, seq, received_at
-FROM events
+-- name: read_after
+-- One topic in delivery order after a position, for ListEvents and Subscribe. Only rows
+-- written by transactions older than every transaction still running are settled: none
+-- can commit behind them any more. Unsettled rows come back too (settled = false), so a
+-- reader knows something is waiting; it delivers only the settled ones, which come first.
+SELECT topic, event_id, ts, ts_nanos, source, payload::text, seq, received_at,
+       tx::text::bigint, tx < horizon.xmin AS settled
+FROM events, (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) AS horizon
 WHERE topic = %(topic)s
-  AND seq > %(after_seq)s
+  AND (tx, seq) > (%(after_tx)s::text::xid8, %(after_seq)s::bigint)
   AND (%(start_ts)s::timestamptz IS NULL OR (ts, ts_nanos) >= (%(start_ts)s, %(start_nanos)s))
   AND (%(end_ts)s::timestamptz IS NULL OR (ts, ts_nanos) < (%(end_ts)s, %(end_nanos)s))
-ORDER BY seq
+ORDER BY tx, seq
 LIMIT %(limit)s
+
+-- name: settled_horizon
+-- Every transaction with an id below this one has finished: the position "now".
+SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+
+-- name: notify_topics
+-- Delivered at commit (never for a rollback) to every server's listener.
+SELECT pg_notify('aggregator_events', topic) FROM unnest(%(topics)s::text[]) AS topic
 
 -- name: topic_stats
 SELECT topic, sum(received)::bigint, sum(accepted)::bigint, sum(duplicates)::bigint,

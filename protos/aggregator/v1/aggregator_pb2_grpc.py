@@ -55,6 +55,11 @@ class AggregatorServiceStub:
                 request_serializer=aggregator_dot_v1_dot_aggregator__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=aggregator_dot_v1_dot_aggregator__pb2.GetStatsResponse.FromString,
                 _registered_method=True)
+        self.Subscribe = channel.unary_stream(
+                '/aggregator.v1.AggregatorService/Subscribe',
+                request_serializer=aggregator_dot_v1_dot_aggregator__pb2.SubscribeRequest.SerializeToString,
+                response_deserializer=aggregator_dot_v1_dot_aggregator__pb2.SubscribeResponse.FromString,
+                _registered_method=True)
 
 
 class AggregatorServiceServicer:
@@ -90,6 +95,14 @@ class AggregatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Subscribe(self, request, context):
+        """A topic's stored events in gap-free order, then new ones as they commit, until the
+        client cancels. Resume by passing the last response's cursor as `after`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AggregatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -112,6 +125,11 @@ def add_AggregatorServiceServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=aggregator_dot_v1_dot_aggregator__pb2.GetStatsRequest.FromString,
                     response_serializer=aggregator_dot_v1_dot_aggregator__pb2.GetStatsResponse.SerializeToString,
+            ),
+            'Subscribe': grpc.unary_stream_rpc_method_handler(
+                    servicer.Subscribe,
+                    request_deserializer=aggregator_dot_v1_dot_aggregator__pb2.SubscribeRequest.FromString,
+                    response_serializer=aggregator_dot_v1_dot_aggregator__pb2.SubscribeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -223,6 +241,33 @@ class AggregatorService:
             '/aggregator.v1.AggregatorService/GetStats',
             aggregator_dot_v1_dot_aggregator__pb2.GetStatsRequest.SerializeToString,
             aggregator_dot_v1_dot_aggregator__pb2.GetStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Subscribe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/aggregator.v1.AggregatorService/Subscribe',
+            aggregator_dot_v1_dot_aggregator__pb2.SubscribeRequest.SerializeToString,
+            aggregator_dot_v1_dot_aggregator__pb2.SubscribeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,10 @@ class AggregatorServiceStub:
     """Stored events of one topic, oldest first, keyset-paged."""
     GetStats: _grpc.UnaryUnaryMultiCallable[_aggregator_pb2.GetStatsRequest, _aggregator_pb2.GetStatsResponse]
     """Persistent counters, per topic and in total."""
+    Subscribe: _grpc.UnaryStreamMultiCallable[_aggregator_pb2.SubscribeRequest, _aggregator_pb2.SubscribeResponse]
+    """A topic's stored events in gap-free order, then new ones as they commit, until the
+    client cancels. Resume by passing the last response's cursor as `after`.
+    """
 
 @_typing.type_check_only
 class AggregatorServiceAsyncStub(AggregatorServiceStub):
@@ -61,6 +65,10 @@ class AggregatorServiceAsyncStub(AggregatorServiceStub):
     """Stored events of one topic, oldest first, keyset-paged."""
     GetStats: _aio.UnaryUnaryMultiCallable[_aggregator_pb2.GetStatsRequest, _aggregator_pb2.GetStatsResponse]  # type: ignore[assignment]
     """Persistent counters, per topic and in total."""
+    Subscribe: _aio.UnaryStreamMultiCallable[_aggregator_pb2.SubscribeRequest, _aggregator_pb2.SubscribeResponse]  # type: ignore[assignment]
+    """A topic's stored events in gap-free order, then new ones as they commit, until the
+    client cancels. Resume by passing the last response's cursor as `after`.
+    """
 
 class AggregatorServiceServicer(metaclass=_abc_1.ABCMeta):
     """AggregatorService ingests events exactly once and reads them back."""
@@ -98,5 +106,15 @@ class AggregatorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_aggregator_pb2.GetStatsResponse, _abc.Awaitable[_aggregator_pb2.GetStatsResponse]]:
         """Persistent counters, per topic and in total."""
+
+    @_abc_1.abstractmethod
+    def Subscribe(
+        self,
+        request: _aggregator_pb2.SubscribeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_aggregator_pb2.SubscribeResponse], _abc.AsyncIterator[_aggregator_pb2.SubscribeResponse]]:
+        """A topic's stored events in gap-free order, then new ones as they commit, until the
+        client cancels. Resume by passing the last response's cursor as `after`.
+        """
 
 def add_AggregatorServiceServicer_to_server(servicer: AggregatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
