@@ -53,8 +53,11 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# Big requests against every baseline, then small requests against the gRPC ceiling.
 bench: install
 	$(PY) -m bench --spawn --baselines -n 1200 -c 4 --batch-size 500
+	$(PY) -m bench --spawn --ceiling -n 8000 -c 4 --batch-size 1
+	$(PY) -m bench --spawn --ceiling -n 4000 -c 4 --batch-size 1 --call publish-batch
 
 # Publishers with duplicates through a server SIGKILL and restart; exact counts at the end.
 soak: install

@@ -22,6 +22,8 @@ from typing import Any
 from bench import baselines, cpu, load, report, spawn
 from storage.embedded import free_port
 
+CEILING = "gRPC ceiling (a no-work servicer of the same proto, same load)"
+
 
 def _duration(text: str) -> float:
     match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)?", text.strip())
@@ -53,9 +55,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=500, help="events per request")
     p.add_argument("--duplicate-rate", type=float, default=0.3)
     p.add_argument("--topics", type=int, default=8)
-    p.add_argument("--payload-bytes", type=int, default=100)
+    p.add_argument("--payload-bytes", type=int, default=200)
     p.add_argument("--workers", type=int, default=0, help="load processes (default: cores)")
     p.add_argument("--baselines", action="store_true", help="measure the baselines too")
+    p.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="also run the same load against a no-work servicer of the same proto",
+    )
     p.add_argument("--database-url", help="the server's database, for --baselines with --target")
     p.add_argument(
         "--baseline-events", type=int, default=0, help="events per baseline (default: as sent)"
@@ -103,8 +110,17 @@ def run(args: argparse.Namespace, in_process: bool = False) -> report.Report:
             results, options, skip_first=args.skipFirst, count_errors=args.count_errors
         )
         built.cpu = cpu_shares
+        if args.ceiling:
+            ceiling = spawn.ServerProcess("", port=free_port(), module="bench.ceiling").start()
+            try:
+                top, _ = _load(args, ceiling.target, ceiling.pid, in_process)
+            finally:
+                ceiling.stop()
+            built.baselines[CEILING] = report.build(
+                top, options, skip_first=args.skipFirst, count_errors=args.count_errors
+            ).events_per_second
         if args.baselines and database_url:
-            built.baselines = baselines.measure(
+            built.baselines |= baselines.measure(
                 database_url,
                 batch_size=args.max_batch_events,
                 connections=args.flush_workers,

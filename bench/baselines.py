@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 
 import storage
@@ -12,14 +13,19 @@ from storage import NewEvent
 from storage import baselines as sql_paths
 
 NAIVE_EVENTS = 10_000  # the naive path is slow; this many is plenty for a stable rate
+BARE = (
+    "bare design path (COPY to TEMP staging, INSERT … ON CONFLICT DO NOTHING RETURNING; "
+    "{connections} conn, {batch_size}/txn; no classification, no counters)"
+)
+BARE_UNORDERED = "bare design path without the delivery-order column (tx) and its index"
 
 
 def dataset(
     count: int, *, duplicate_rate: float, topics: int, payload_bytes: int
 ) -> list[NewEvent]:
-    """Events like the load generator's: `duplicate_rate` of them repeat an earlier one."""
-    rng = random.Random(count)
-    run = f"base-{time.time_ns():x}"
+    """Events like the load generator's (random UUIDv4 ids): `duplicate_rate` of them repeat
+    an earlier one."""
+    rng = random.Random(time.time_ns())
     filler = "x" * max(0, payload_bytes - 20)
     now = time.time_ns()
     made: list[NewEvent] = []
@@ -32,7 +38,7 @@ def dataset(
             made.append(
                 NewEvent(
                     f"bench-{k % topics}",
-                    f"{run}-{k}",
+                    str(uuid.UUID(int=rng.getrandbits(128), version=4)),
                     now,
                     "bench",
                     f'{{"n": {k}, "pad": "{filler}"}}',
@@ -99,6 +105,25 @@ def measure(
     rates[f"less the batch ledger's time ({shape})"] = len(data) / (
         elapsed - sum(recording) / connections
     )
+
+    # The design's bare path, with and without the delivery-order column, into fresh
+    # tables; two rounds in alternating order, averaged, as the machine is shared.
+    bare: dict[bool, list[float]] = {True: [], False: []}
+    try:
+        for round_ in range(2):
+            sql_paths.prepare_bare(url)
+            for ordered in (True, False) if round_ == 0 else (False, True):
+
+                def bare_part(
+                    mine: Sequence[Sequence[NewEvent]], ordered: bool = ordered
+                ) -> Callable[[], None]:
+                    return lambda: sql_paths.bare_path(url, mine, ordered=ordered)
+
+                bare[ordered].append(len(data) / _parallel([bare_part(m) for m in shares]))
+    finally:
+        sql_paths.drop_bare(url)
+    rates[BARE.format(connections=connections, batch_size=batch_size)] = sum(bare[True]) / 2
+    rates[BARE_UNORDERED] = sum(bare[False]) / 2
 
     sql_paths.prepare_raw_copy(url)
     try:

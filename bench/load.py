@@ -13,6 +13,7 @@ import os
 import random
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -65,8 +66,9 @@ class _Events:
 
     def __init__(self, plan: WorkerPlan) -> None:
         self._plan = plan
-        self._rng = random.Random(f"{plan.run_id}-{plan.worker}")
+        self._rng = random.Random(f"{plan.run_id}-{plan.worker}")  # ids differ per run
         self._made = 0
+        self._ids: list[str] = []  # random UUIDv4s, as most publishers send
         self._timestamp = timestamp_pb2.Timestamp(seconds=int(time.time()))
         filler = "x" * max(0, plan.payload_bytes - 20)
         self._payload = '{"n": %d, "pad": "' + filler + '"}'
@@ -76,7 +78,7 @@ class _Events:
         plan = self._plan
         return pb.Event(
             topic=f"bench-{k % plan.topics}",
-            event_id=f"{plan.run_id}-{plan.worker}-{k}",
+            event_id=self._ids[k],
             timestamp=self._timestamp,
             source="bench",
             payload=self._payload % k,
@@ -91,6 +93,7 @@ class _Events:
                 else:
                     chosen.append(self._made)
                     self._made += 1
+                    self._ids.append(str(uuid.UUID(int=self._rng.getrandbits(128), version=4)))
         events = [self._event(k) for k in chosen]
         return pb.PublishRequest(sequence=sequence, events=events).SerializeToString()
 

@@ -72,9 +72,11 @@ class ServerProcess:
         port: int = 0,
         http: bool = False,
         credentials: grpc.ChannelCredentials | None = None,
+        module: str = "server",
     ) -> None:
         self.database_url = database_url
         self.args = args
+        self.module = module  # another program with the same flags (bench.ceiling)
         self.requested_port = port
         self.credentials = credentials  # to probe health when the server speaks TLS
         self.output: list[str] = []
@@ -100,7 +102,7 @@ class ServerProcess:
             [
                 sys.executable,
                 "-m",
-                "server",
+                self.module,
                 "--host",
                 "127.0.0.1",
                 "--port",

@@ -12,6 +12,7 @@ from storage import queries
 from storage.models import NewEvent, split_ns
 
 _RAW_TYPES = ["text", "text", "timestamptz", "int2", "text", "jsonb"]
+_BARE_TYPES = ["text", "text", "timestamptz", "int2", "text", "text"]
 
 
 def _row(e: NewEvent) -> tuple[str, str, datetime, int, str, str]:
@@ -52,3 +53,31 @@ def raw_copy(url: str, batches: Sequence[Sequence[NewEvent]]) -> None:
 def drop_raw_copy(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(queries.get("drop_raw_copy_table"))
+
+
+def prepare_bare(url: str) -> None:
+    """Fresh, empty tables for the bare path (see create_bare_tables)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(queries.get("create_bare_tables").encode())
+
+
+def bare_path(url: str, batches: Sequence[Sequence[NewEvent]], *, ordered: bool = True) -> None:
+    """The design's bare path, one transaction per batch: COPY into a TEMP staging table,
+    INSERT … SELECT … ON CONFLICT DO NOTHING RETURNING. No classification, no counters.
+    `ordered=False` writes to the table without the delivery-order column."""
+    insert = queries.get("insert_bare" if ordered else "insert_bare_unordered")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(queries.get("create_bare_staging"))
+        for batch in batches:
+            with conn.transaction(), conn.cursor() as cur:
+                with cur.copy(queries.get("copy_bare_staging")) as copy:
+                    copy.set_types(_BARE_TYPES)
+                    for event in batch:
+                        copy.write_row(_row(event))
+                cur.execute(insert)
+                cur.fetchall()
+
+
+def drop_bare(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(queries.get("drop_bare_tables"))

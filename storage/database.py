@@ -213,10 +213,13 @@ class Database:
         limit: int = 100,
         start_ns: int | None = None,
         end_ns: int | None = None,
+        max_bytes: int | None = None,
     ) -> Page:
         """Up to `limit` settled events of `topic` after `after`, in delivery order.
 
-        `start_ns` (inclusive) and `end_ns` (exclusive) bound the event timestamp.
+        `start_ns` (inclusive) and `end_ns` (exclusive) bound the event timestamp;
+        `max_bytes` ends the page early once its payloads add up to that much (one event
+        always fits).
         """
         if not 1 <= limit <= MAX_FETCH:
             raise InvalidArgument(f"limit must be between 1 and {MAX_FETCH}")
@@ -258,6 +261,14 @@ class Database:
             )
         more = len(events) > limit
         del events[limit:]
+        if max_bytes is not None:
+            size = 0
+            for n, event in enumerate(events):
+                size += len(event.payload)
+                if size > max_bytes and n:
+                    del events[n:]
+                    more = True
+                    break
         return Page(
             events=events,
             position=events[-1].position if events else after,

@@ -65,7 +65,7 @@ def test_tiny_bench_produces_a_ghz_json_report_with_event_metrics(server, db_url
     assert events["count"] == 120
     assert sum(events["statusDistribution"].values()) == 120
     assert events["intendedDuplicateRate"] == 0.3
-    assert len(events["baselines"]) == 4  # naive, storage with and without ledger, COPY
+    assert len(events["baselines"]) == 6  # naive, storage ±ledger, bare path twice, COPY
     assert all(b["eventsPerSecond"] > 0 for b in events["baselines"].values())
     assert {"load generator", "PostgreSQL"} <= set(events["cpu"])
     text = report.render(built, "summary")
@@ -78,3 +78,23 @@ def test_percentiles_weight_each_event():
     assert report.percentile([1, 2, 3, 4], 50) == 2
     # one request of 1 event at 10 ns, one of 99 events at 20 ns: the event p50 is 20 ns
     assert report.weighted_percentile([(10, 1), (20, 99)], 50) == 20
+
+
+def test_ceiling_answers_every_event_accepted_in_order():
+    import grpc
+    from aggregator.v1 import aggregator_pb2 as pb
+    from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
+
+    from bench import ceiling
+    from tests.support import event, request
+
+    server, port = ceiling.serve("127.0.0.1", 0, max_workers=4)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as chan:
+            stub = pb_grpc.AggregatorServiceStub(chan)
+            answers = list(stub.Publish(iter([request([event()] * n, n) for n in (1, 3)])))
+            assert [(a.sequence, len(a.statuses)) for a in answers] == [(1, 1), (3, 3)]
+            one = stub.PublishBatch(request([event()], 9))
+            assert list(one.statuses) == [pb.EVENT_STATUS_ACCEPTED]
+    finally:
+        server.stop(0)

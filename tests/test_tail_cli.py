@@ -37,8 +37,10 @@ def test_tail_prints_what_is_stored_and_continues_after_its_cursor(server, stub)
 def test_tail_follow_prints_new_events_until_interrupted(server, stub):
     stub.PublishBatch(request([event("before")]))
     tail = subprocess.Popen(
-        [sys.executable, "-m", "client", "--target", f"127.0.0.1:{server.port}"]
-        + ["tail", "--topic", "orders", "--follow"],
+        [
+            *(sys.executable, "-m", "client", "--target", f"127.0.0.1:{server.port}"),
+            *("tail", "--topic", "orders", "--follow"),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
