@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PROTO  := protos/aggregator/v1/aggregator.proto
 GEN    := protos/aggregator/v1
 
-.PHONY: install proto proto-check run test test-unit lint format bench soak chaos compose-test k6 clean
+.PHONY: install proto proto-check run test test-unit lint format bench bench-growth soak chaos compose-test k6 clean
 
 DURATION ?= 600
 SEED ?= 1
@@ -55,9 +55,14 @@ format: $(STAMP)
 
 # Big requests against every baseline, then small requests against the gRPC ceiling.
 bench: install
-	$(PY) -m bench --spawn --baselines -n 1200 -c 4 --batch-size 500
+	$(PY) -m bench --spawn --baselines --delivery -n 1200 -c 4 --batch-size 500
 	$(PY) -m bench --spawn --ceiling -n 8000 -c 4 --batch-size 1
 	$(PY) -m bench --spawn --ceiling -n 4000 -c 4 --batch-size 1 --call publish-batch
+
+# The rate as the table grows: GROWTH_EVENTS (default 20M) in rounds of 1M.
+GROWTH_EVENTS ?= 20000000
+bench-growth: install
+	$(PY) -m bench.growth --events $(GROWTH_EVENTS)
 
 # Publishers with duplicates through a server SIGKILL and restart; exact counts at the end.
 soak: install

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import baselines, cpu, load, report, spawn
+from bench import delivery as bench_delivery
 from storage.embedded import free_port
 
 CEILING = "gRPC ceiling (a no-work servicer of the same proto, same load)"
@@ -59,6 +60,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=0, help="load processes (default: cores)")
     p.add_argument("--baselines", action="store_true", help="measure the baselines too")
     p.add_argument(
+        "--delivery",
+        action="store_true",
+        help="measure commit → subscriber latency, idle and under the load (Subscribe)",
+    )
+    p.add_argument(
         "--ceiling",
         action="store_true",
         help="also run the same load against a no-work servicer of the same proto",
@@ -92,7 +98,15 @@ def run(args: argparse.Namespace, in_process: bool = False) -> report.Report:
             ).start()
             stack.callback(server.stop)
             target, server_pid = server.target, server.pid
+        delivery: dict[str, dict[str, float]] = {}
+        if args.delivery:
+            idle = bench_delivery.Probe(target).start()
+            time.sleep(3.0)  # ~60 probes with nothing else running
+            delivery["idle"] = idle.stop().summary()
+            loaded = bench_delivery.Probe(target).start()
         results, cpu_shares = _load(args, target, server_pid, in_process)
+        if args.delivery:
+            delivery["under the load"] = loaded.stop().summary()
         options = {
             "call": args.call,
             "total": args.total,
@@ -110,6 +124,7 @@ def run(args: argparse.Namespace, in_process: bool = False) -> report.Report:
             results, options, skip_first=args.skipFirst, count_errors=args.count_errors
         )
         built.cpu = cpu_shares
+        built.delivery = delivery
         if args.ceiling:
             ceiling = spawn.ServerProcess("", port=free_port(), module="bench.ceiling").start()
             try:

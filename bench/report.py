@@ -33,6 +33,7 @@ class Report:
     details: list[tuple[float, int, str, str]]  # (unix time, latency ns, error, status)
     cpu: dict[str, float] = field(default_factory=dict)  # name → share of one core
     baselines: dict[str, float] = field(default_factory=dict)  # name → events/s
+    delivery: dict[str, dict[str, float]] = field(default_factory=dict)  # when → figures
 
     @property
     def events_per_second(self) -> float:
@@ -124,6 +125,7 @@ def _event_block(report: Report) -> dict[str, Any]:
             for p in EVENT_PERCENTAGES
         ],
         "cpu": report.cpu,
+        "delivery": report.delivery,
         "baselines": {
             name: {"eventsPerSecond": rate, "ratio": report.events_per_second / rate}
             for name, rate in report.baselines.items()
@@ -211,6 +213,11 @@ def summary(report: Report) -> str:
         w("\nCPU (share of one core during the run):\n")
         for name, share in report.cpu.items():
             w(f"  {name}:\t{share:.0%}\n")
+    if report.delivery:
+        w("\nCommit → subscriber latency (probe events, one at a time):\n")
+        for when, figures in report.delivery.items():
+            text = ", ".join(f"{name} {value:,.1f}" for name, value in figures.items())
+            w(f"  {when}:\t{text}\n")
     if report.baselines:
         w("\nBaselines (same run, same database, same data):\n")
         for name, item in events["baselines"].items():

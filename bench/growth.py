@@ -1,0 +1,70 @@
+"""`python -m bench.growth` (`make bench-growth`): does the rate hold as the table grows?
+
+Starts a fresh embedded PostgreSQL (sized for ingestion, durable) and a server, then
+publishes --events events (random UUIDv4 ids, ~200-byte payloads, 30% re-sends, 4 streams
+of 500-event requests, like `make bench`) in rounds of --round events, printing each
+round's rate and the table's size. Target: the last round at least 0.8 times the first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import psycopg
+
+from bench import __main__ as bench_main
+from bench import report, spawn
+from storage.embedded import free_port
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.growth", description=__doc__)
+    parser.add_argument("--events", type=int, default=20_000_000, help="events in total")
+    parser.add_argument("--round", type=int, default=1_000_000, help="events per round")
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("-c", "--concurrency", type=int, default=4)
+    args = parser.parse_args(argv)
+    rounds = max(1, args.events // args.round)
+    load_args = bench_main.parse(
+        ["-c", str(args.concurrency), "--batch-size", str(args.batch_size), "-n", "1"]
+    )
+    load_args.total = max(1, args.round // args.batch_size)
+    with (
+        tempfile.TemporaryDirectory(prefix="aggregator-growth-") as tmp,
+        spawn.embedded_postgres(Path(tmp)) as url,
+    ):
+        server = spawn.ServerProcess(url, port=free_port()).start()
+        try:
+            first = 0.0
+            print("round\trows\tevents/s\tvs first\theap MB\tindexes MB", flush=True)
+            for n in range(1, rounds + 1):
+                results, _ = bench_main._load(load_args, server.target, server.pid, False)
+                built = report.build(results, {}, skip_first=0, count_errors=False)
+                rate = built.events_per_second
+                first = first or rate
+                rows, heap, indexes = _size(url)
+                print(
+                    f"{n}\t{rows:,}\t{rate:,.0f}\t{rate / first:.2f}x\t"
+                    f"{heap / 2**20:,.0f}\t{indexes / 2**20:,.0f}",
+                    flush=True,
+                )
+        finally:
+            server.stop()
+    return 0
+
+
+def _size(url: str) -> tuple[int, int, int]:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT (SELECT coalesce(sum(accepted), 0) FROM topic_stats)::bigint,"
+            " pg_relation_size('events'), pg_indexes_size('events')"
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
