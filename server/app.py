@@ -25,6 +25,8 @@ from server.subscriptions import Hub
 
 log = logging.getLogger(__name__)
 
+MAX_SEND_BYTES = 64 * 1024 * 1024
+
 
 class Server:
     """One running aggregator: start() it, stop() it (gracefully), or use it as a context."""
@@ -80,6 +82,7 @@ class Server:
                 workers=config.flush_workers,
                 max_batch_events=config.max_batch_events,
                 max_pending_events=config.max_pending_events,
+                max_pending_bytes=config.max_pending_bytes,
                 retry_timeout=config.db_retry_timeout,
                 on_database_state=self._health.report,
                 on_flush=self.metrics.record_batch,
@@ -98,7 +101,8 @@ class Server:
                 interceptors=self._interceptors(tokens),
                 options=[
                     ("grpc.max_receive_message_length", config.max_message_bytes),
-                    ("grpc.max_send_message_length", config.max_message_bytes),
+                    # Replies are ours (pages are bounded); only requests need the tighter cap.
+                    ("grpc.max_send_message_length", max(config.max_message_bytes, MAX_SEND_BYTES)),
                 ],
             )
             handlers.register(self._grpc, self._servicer)

@@ -24,6 +24,8 @@ WriteBatch = Callable[
 ]
 # (seconds, events written, result) of each committed batch
 FlushObserver = Callable[[float, int, storage.BatchResult], None]
+MIB = 1024 * 1024
+EVENT_OVERHEAD_BYTES = 200  # what one event costs in memory besides its payload, roughly
 
 
 class Submission:
@@ -32,12 +34,14 @@ class Submission:
     `outcomes` (one per event, in order) is set once the events are committed.
     """
 
-    __slots__ = ("_done", "error", "events", "outcomes", "rejected", "weight")
+    __slots__ = ("_done", "error", "events", "nbytes", "outcomes", "rejected", "weight")
 
     def __init__(self, events: list[storage.NewEvent], rejected: dict[str, int]) -> None:
         self.events = events
         self.rejected = rejected  # topic → events rejected before the batcher, to count
         self.weight = max(1, len(events))
+        # Memory held while queued: payloads plus a fixed cost per event.
+        self.nbytes = sum(len(e.payload) for e in events) + EVENT_OVERHEAD_BYTES * self.weight
         self.outcomes: list[storage.Outcome] | None = None
         self.error: BaseException | None = None
         self._done = threading.Event()
@@ -73,6 +77,8 @@ class Batcher:
         workers: int = 2,
         max_batch_events: int = 5000,
         max_pending_events: int = 100_000,
+        max_pending_bytes: int = 256 * MIB,
+        max_batch_bytes: int = 64 * MIB,
         retry_timeout: float = 30.0,
         on_database_state: Callable[[bool], None] = lambda ok: None,
         on_flush: FlushObserver | None = None,
@@ -81,6 +87,8 @@ class Batcher:
         self._write = write
         self._max_batch = max_batch_events
         self._max_pending = max_pending_events
+        self._max_pending_bytes = max_pending_bytes
+        self._max_batch_bytes = max_batch_bytes
         self._retry_timeout = retry_timeout
         self._on_database_state = on_database_state
         self._on_flush = on_flush
@@ -88,6 +96,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._queue: collections.deque[Submission] = collections.deque()
         self._pending = 0  # events (weights) queued, not yet taken by a worker
+        self._pending_bytes = 0  # and their bytes (Submission.nbytes)
         self._closing = False
         self._stop_retrying = threading.Event()
         self._workers = [
@@ -124,17 +133,22 @@ class Batcher:
                 if submission.done or (abandoned is not None and abandoned.is_set()):
                     raise errors.Abandoned()
                 # A submission larger than the whole queue still goes in when it is empty.
-                if self._pending == 0 or self._pending + submission.weight <= self._max_pending:
+                if self._pending == 0 or (
+                    self._pending + submission.weight <= self._max_pending
+                    and self._pending_bytes + submission.nbytes <= self._max_pending_bytes
+                ):
                     break
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise errors.Overloaded(
-                        f"the write queue is full ({self._pending} events pending); retry later"
+                        f"the write queue is full ({self._pending} events, "
+                        f"{self._pending_bytes // MIB} MiB pending); retry later"
                     )
                 # Bounded wait so that `abandoned` is noticed; wake_all() shortens it.
                 self._cond.wait(0.5 if remaining is None else min(remaining, 0.5))
             self._queue.append(submission)
             self._pending += submission.weight
+            self._pending_bytes += submission.nbytes
             self._cond.notify_all()
 
     def wake_all(self) -> None:
@@ -163,14 +177,22 @@ class Batcher:
                     return None
                 self._cond.wait()
             batch: list[Submission] = []
-            size = 0
-            while self._queue and (not batch or size + self._queue[0].weight <= self._max_batch):
+            size = nbytes = 0
+            while self._queue and (
+                not batch
+                or (
+                    size + self._queue[0].weight <= self._max_batch
+                    and nbytes + self._queue[0].nbytes <= self._max_batch_bytes
+                )
+            ):
                 item = self._queue.popleft()
                 self._pending -= item.weight
+                self._pending_bytes -= item.nbytes
                 if item.done:
                     continue  # abandoned by its call: nobody waits for it, drop it
                 batch.append(item)
                 size += item.weight
+                nbytes += item.nbytes
             self._cond.notify_all()  # room for waiting submitters
             return batch
 

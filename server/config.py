@@ -21,10 +21,12 @@ class Config:
     read_connections: int = 4
     max_batch_events: int = 5000
     max_pending_events: int = 100_000
+    max_pending_bytes: int = 256 * MIB
     max_events_per_request: int = 10_000
     max_payload_bytes: int = 1 * MIB
-    max_message_bytes: int = 64 * MIB
+    max_message_bytes: int = 16 * MIB
     max_inflight_requests: int = 64
+    max_inflight_bytes: int = 64 * MIB
     max_streams: int = 100
     max_subscribers: int = 100
     max_concurrent_rpcs: int = 200
@@ -74,6 +76,12 @@ _OPTIONS: dict[str, tuple[str, Callable[[str], object], str]] = {
         int,
         "events queued for writing before publishers are pushed back",
     ),
+    "max_pending_bytes": (
+        "AGGREGATOR_MAX_PENDING_BYTES",
+        int,
+        "bytes of events (payload plus ~200 bytes each) queued for writing before publishers "
+        "are pushed back",
+    ),
     "max_events_per_request": (
         "AGGREGATOR_MAX_EVENTS_PER_REQUEST",
         int,
@@ -85,6 +93,11 @@ _OPTIONS: dict[str, tuple[str, Callable[[str], object], str]] = {
         "an event whose payload is larger (UTF-8 bytes) is REJECTED",
     ),
     "max_message_bytes": ("AGGREGATOR_MAX_MESSAGE_BYTES", int, "largest gRPC message accepted"),
+    "max_inflight_bytes": (
+        "AGGREGATOR_MAX_INFLIGHT_BYTES",
+        int,
+        "bytes of events in unanswered requests per stream before the server stops reading it",
+    ),
     "max_inflight_requests": (
         "AGGREGATOR_MAX_INFLIGHT_REQUESTS",
         int,
@@ -198,6 +211,8 @@ def _check(parser: argparse.ArgumentParser, config: Config) -> None:
         "max_payload_bytes",
         "max_message_bytes",
         "max_inflight_requests",
+        "max_inflight_bytes",
+        "max_pending_bytes",
         "max_streams",
         "max_subscribers",
         "max_concurrent_rpcs",

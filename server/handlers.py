@@ -41,8 +41,14 @@ def _translated(behavior: Behavior, response_streaming: bool) -> Behavior:
     return unary
 
 
-def _decoding(kind: type[message.Message], behavior: Behavior, request_streaming: bool) -> Behavior:
+def _decoding(
+    kind: type[message.Message],
+    behavior: Behavior,
+    request_streaming: bool,
+    precheck: Callable[[type[message.Message], bytes], None],
+) -> Behavior:
     def decode(raw: bytes) -> message.Message:
+        precheck(kind, raw)
         try:
             return kind.FromString(raw)
         except message.DecodeError as exc:
@@ -68,7 +74,10 @@ def register(server: grpc.Server, servicer: AggregatorServicer) -> None:
             (m.client_streaming, m.server_streaming),
             _translated(
                 _decoding(
-                    rpc.message_class(m.input_type), getattr(servicer, m.name), m.client_streaming
+                    rpc.message_class(m.input_type),
+                    getattr(servicer, m.name),
+                    m.client_streaming,
+                    servicer.precheck,
                 ),
                 m.server_streaming,
             ),

@@ -11,14 +11,16 @@ from typing import NamedTuple
 import grpc
 from aggregator.v1 import aggregator_pb2 as pb
 from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
-from google.protobuf import timestamp_pb2
+from google.protobuf import message, timestamp_pb2
 
 import storage
-from server import convert, cursors, errors, ingest, timestamps
+from server import convert, cursors, errors, ingest, timestamps, wire
 from server.config import Config
 from server.validation import check_topic
 
 log = logging.getLogger(__name__)
+
+_EVENTS_FIELD = pb.PublishRequest.DESCRIPTOR.fields_by_name["events"].number
 
 
 class _Prepared(NamedTuple):
@@ -35,8 +37,10 @@ _Item = _Prepared | BaseException | None
 class _Stream:
     """The unanswered requests of one Publish stream, in arrival order, bounded."""
 
-    def __init__(self, max_inflight: int) -> None:
+    def __init__(self, max_inflight: int, max_bytes: int) -> None:
         self._max_inflight = max_inflight
+        self._max_bytes = max_bytes
+        self._bytes = 0  # of the queued requests' events
         self._cond = threading.Condition()
         self._items: collections.deque[_Item] = collections.deque()
         self._closed = False  # no more items will be accepted
@@ -44,15 +48,24 @@ class _Stream:
         self.ended = threading.Event()  # the call is over, for whatever reason
 
     def push(self, prepared: _Prepared) -> bool:
-        """Append a request, waiting while too many are unanswered; False if closed."""
+        """Append a request, waiting while too many (or too many bytes) are unanswered.
+
+        False if the stream is closed. One request larger than the byte bound still goes
+        in when nothing else is queued.
+        """
+        nbytes = prepared.pending.submission.nbytes
         with self._cond:
-            while len(self._items) >= self._max_inflight and not self._closed:
+            while (
+                len(self._items) >= self._max_inflight
+                or (self._items and self._bytes + nbytes > self._max_bytes)
+            ) and not self._closed:
                 if self.ended.is_set():
                     return False
                 self._cond.wait()
             if self._closed or self.ended.is_set():
                 return False
             self._items.append(prepared)
+            self._bytes += nbytes
             self._cond.notify_all()
             return True
 
@@ -69,6 +82,8 @@ class _Stream:
             while not self._items:
                 self._cond.wait()
             item = self._items.popleft()
+            if isinstance(item, _Prepared):
+                self._bytes -= item.pending.submission.nbytes
             self._current = item
             self._cond.notify_all()
             return item
@@ -119,7 +134,7 @@ class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
     def Publish(
         self, request_iterator: Iterator[pb.PublishRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.PublishResponse]:
-        stream = _Stream(self._config.max_inflight_requests)
+        stream = _Stream(self._config.max_inflight_requests, self._config.max_inflight_bytes)
 
         def on_end() -> None:
             stream.end()
@@ -247,6 +262,14 @@ class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
         )
 
     # -- helpers ----------------------------------------------------------------------
+
+    def precheck(self, kind: type[message.Message], raw: bytes) -> None:
+        """Refuse a request over the events limit before it is parsed (and materialised)."""
+        limit = self._config.max_events_per_request
+        if kind is pb.PublishRequest and wire.occurs_more_than(raw, _EVENTS_FIELD, limit):
+            raise errors.RequestInvalid(
+                f"the request has more than {limit} events; the limit is {limit} per request"
+            )
 
     def _prepare(self, request: pb.PublishRequest) -> ingest.Pending:
         return self._core.prepare(

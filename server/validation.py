@@ -76,12 +76,33 @@ def _check(event: Incoming, max_payload_bytes: int) -> NewEvent | str:
             if size > max_payload_bytes:
                 return f"payload: {size} bytes is over the limit of {max_payload_bytes} bytes"
         try:
-            orjson.loads(payload)
+            document = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
+            if str(exc).startswith("number is infinity"):
+                # PostgreSQL would store it, but most JSON readers cannot read it back.
+                return f"payload: a number is out of the range of a 64-bit float: {exc}"
             return f"payload: not valid JSON: {exc}"
+        if "\\u0000" in payload and _holds_nul(document):
+            return "payload: a JSON string holds \\u0000 (NUL), which PostgreSQL cannot store"
     else:
         payload = "{}"
     return NewEvent(event.topic, event_id, timestamps.to_ns(seconds, event.nanos), source, payload)
+
+
+def _holds_nul(document: object) -> bool:
+    """Whether any string or key in a parsed JSON document contains NUL."""
+    stack = [document]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                return True
+        elif isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False
 
 
 def _check_text(name: str, value: str, max_chars: int, *, required: bool) -> str | None:

@@ -85,9 +85,8 @@ def _write_isolating(
 def _refusal_reason(exc: psycopg.Error) -> str:
     diag = exc.diag
     text = " ".join(filter(None, (diag.message_primary, diag.message_detail)))
-    where = f"{diag.context or ''} {diag.message_primary or ''}".lower()
-    field = "payload" if "json" in where or "unicode" in where else "event"
-    return f"{field}: refused by the database: {text}"
+    # Every other field is checked before the database sees it: the payload is the culprit.
+    return f"payload: refused by the database: {text}"
 
 
 def _write_retrying(
