@@ -165,9 +165,13 @@ class AggregatorClient:
                 raise SubscribeError(code, details, cursor)
             time.sleep(pause)
 
-    def stats(self) -> pb.GetStatsResponse:
+    def stats(
+        self, *, page_size: int = 0, page_token: str = "", topic: str = ""
+    ) -> pb.GetStatsResponse:
+        """Exact totals and one page of per-topic counters (next_page_token for the rest)."""
         response: pb.GetStatsResponse = self._stub.GetStats(
-            pb.GetStatsRequest(), timeout=self._timeout
+            pb.GetStatsRequest(page_size=page_size, page_token=page_token, topic=topic),
+            timeout=self._timeout,
         )
         return response
 

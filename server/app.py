@@ -44,7 +44,7 @@ class Server:
         self._listener: storage.Listener | None = None
         self._grpc: grpc.Server | None = None
         self._stop_metrics: Callable[[], None] | None = None
-        self.metrics = Metrics()
+        self.metrics = Metrics(max_topics=config.metrics_topics)
         self.metrics_port: int | None = None
         self._http: HttpServer | None = None
         self.http_port: int | None = None

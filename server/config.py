@@ -38,6 +38,7 @@ class Config:
     log_format: str = "text"
     metrics_port: int = 0
     metrics_host: str | None = None
+    metrics_topics: int = 100
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
@@ -167,6 +168,11 @@ _OPTIONS: dict[str, tuple[str, Callable[[str], object], str]] = {
         int,
         "serve Prometheus metrics on http://METRICS-HOST:PORT/metrics (no authentication); "
         "0 turns them off",
+    ),
+    "metrics_topics": (
+        "AGGREGATOR_METRICS_TOPICS",
+        int,
+        "topics with their own label in aggregator_events_total; the rest share '~other'",
     ),
     "metrics_host": (
         "AGGREGATOR_METRICS_HOST",

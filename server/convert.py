@@ -73,12 +73,19 @@ def stored_event(row: StoredEvent) -> pb.StoredEvent:
     )
 
 
-def stats_response(stats: Stats, started_at: datetime, uptime: float) -> pb.GetStatsResponse:
+def stats_response(
+    stats: Stats, started_at: datetime, uptime: float, next_page_token: str = ""
+) -> pb.GetStatsResponse:
     return pb.GetStatsResponse(
-        **_counters(stats.total),
+        received=stats.total.received,
+        accepted=stats.total.accepted,
+        duplicates=stats.total.duplicates,
+        rejected=stats.total.rejected,
+        conflicts=stats.total.conflicts,
         topics=[pb.TopicStats(topic=t, **_counters(c)) for t, c in stats.topics.items()],
         uptime_seconds=uptime,
         started_at=timestamp_from_datetime(started_at),
+        next_page_token=next_page_token,
     )
 
 

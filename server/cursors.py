@@ -46,3 +46,22 @@ def decode(cursor: str, topic: str, *, field: str = "cursor") -> Position:
     if cursor_topic != topic:
         raise errors.BadPageToken(f"{field}: issued for another topic")
     return position
+
+
+def encode_stats(last_topic: str) -> str:
+    """A GetStats page token: the page after `last_topic` in topic order."""
+    return base64.urlsafe_b64encode(f"s1:{last_topic}".encode()).decode("ascii").rstrip("=")
+
+
+def decode_stats(token: str) -> str:
+    """The topic after which a GetStats page starts; '' for an empty token."""
+    if not token:
+        return ""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raw = ""
+    version, _, topic = raw.partition(":")
+    if version != "s1" or not topic:
+        raise errors.BadPageToken("page_token: not a GetStats token this server issued")
+    return topic

@@ -160,5 +160,8 @@ class Ingest:
             after = self._database.settled_position()
         return subscriptions.Subscription(self._hub, self._database, topic, after)
 
-    def stats(self) -> storage.Stats:
-        return self._database.stats()
+    def stats(
+        self, *, after: str = "", limit: int | None = None, topic: str | None = None
+    ) -> storage.Stats:
+        """Exact totals, and per-topic counters in topic order (see Database.stats)."""
+        return self._database.stats(after=after, limit=limit, topic=topic)

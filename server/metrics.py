@@ -18,10 +18,15 @@ import storage
 from server import rpc
 
 _LABELS = ("grpc_type", "grpc_service", "grpc_method")
+OTHER_TOPICS = "~other"  # the topic label of every topic past the first `max_topics`
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, *, max_topics: int = 100) -> None:
+        # A label per topic would let publishers grow every scrape without bound: the first
+        # `max_topics` topics seen get their own, the rest share OTHER_TOPICS.
+        self._max_topics = max_topics
+        self._topics: set[str] = set()
         self.registry = CollectorRegistry()
         r = self.registry
         self.started = Counter(
@@ -48,7 +53,8 @@ class Metrics:
         )
         self.events = Counter(
             "aggregator_events_total",
-            "Events by final status and topic ('' when the topic was invalid).",
+            "Events by final status and topic ('' when the topic was invalid or holds no stored "
+            f"event, {OTHER_TOPICS!r} past the first --metrics-topics topics).",
             ("topic", "status"),
             registry=r,
         )
@@ -115,7 +121,15 @@ class Metrics:
         self.batch_events.observe(events)
         self.flush_seconds.observe(seconds)
         for (topic, status), n in result.counts.items():
-            self.events.labels(topic, status.name).inc(n)
+            self.events.labels(self._topic_label(topic), status.name).inc(n)
+
+    def _topic_label(self, topic: str) -> str:
+        if topic in self._topics or not topic:
+            return topic
+        if len(self._topics) < self._max_topics:
+            self._topics.add(topic)  # flush workers call this; set.add is atomic
+            return topic
+        return OTHER_TOPICS
 
     def serve(self, host: str, port: int) -> Callable[[], None]:
         """Expose /metrics over HTTP; returns the function that stops it."""

@@ -20,6 +20,7 @@ from server.validation import check_topic
 
 log = logging.getLogger(__name__)
 
+STATS_PAGE_SIZE = 1000  # topics per GetStats page, default and most
 _EVENTS_FIELD = pb.PublishRequest.DESCRIPTOR.fields_by_name["events"].number
 
 
@@ -257,8 +258,25 @@ class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
     def GetStats(
         self, request: pb.GetStatsRequest, context: grpc.ServicerContext
     ) -> pb.GetStatsResponse:
+        if request.page_size < 0:
+            raise errors.RequestInvalid("page_size: must not be negative")
+        if request.topic:
+            reason = check_topic(request.topic)
+            if reason:
+                raise errors.RequestInvalid(reason)
+        page_size = min(request.page_size or STATS_PAGE_SIZE, STATS_PAGE_SIZE)
+        stats = self._core.stats(
+            after=cursors.decode_stats(request.page_token),
+            limit=page_size + 1,
+            topic=request.topic or None,
+        )
+        next_token = ""
+        if len(stats.topics) > page_size:
+            names = list(stats.topics)[:page_size]
+            stats = storage.Stats(stats.total, {name: stats.topics[name] for name in names})
+            next_token = cursors.encode_stats(names[-1])
         return convert.stats_response(
-            self._core.stats(), self._core.started_at, self._core.uptime_seconds
+            stats, self._core.started_at, self._core.uptime_seconds, next_token
         )
 
     # -- helpers ----------------------------------------------------------------------

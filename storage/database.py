@@ -285,15 +285,22 @@ class Database:
         # (xmin - 1, any seq): the largest seq there is as good as infinity.
         return Position(int(row[0]) - 1, 2**63 - 1)  # type: ignore[call-overload]
 
-    def stats(self) -> Stats:
-        """Counters per topic and in total, summed over their shards."""
+    def stats(
+        self, *, after: str = "", limit: int | None = None, topic: str | None = None
+    ) -> Stats:
+        """Counters in total (always every topic) and per topic, summed over their shards.
+
+        Per-topic counters come in topic order: those after `after`, at most `limit` of
+        them (all when None), only `topic`'s when it is given.
+        """
         with self._connection(read=True) as conn:
-            rows = conn.execute(queries.get("topic_stats")).fetchall()
-        topics: dict[str, Counters] = {}
-        total = [0, 0, 0, 0, 0]
-        for topic, *values in rows:
-            numbers = [int(v) for v in values]  # type: ignore[call-overload]
-            total = [a + b for a, b in zip(total, numbers, strict=True)]
-            if topic:
-                topics[str(topic)] = Counters(*numbers)
-        return Stats(total=Counters(*total), topics=topics)
+            totals = conn.execute(queries.get("stats_totals")).fetchone()
+            rows = conn.execute(
+                queries.get("topic_stats_page"), {"after": after, "limit": limit, "topic": topic}
+            ).fetchall()
+        assert totals is not None
+        topics = {
+            str(name): Counters(*(int(v) for v in values))  # type: ignore[call-overload]
+            for name, *values in rows
+        }
+        return Stats(total=Counters(*(int(v) for v in totals)), topics=topics)  # type: ignore[call-overload]

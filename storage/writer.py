@@ -153,6 +153,7 @@ def _write_once(
             slot[outcomes[i].status - 1] += 1
         for topic, n in rejected.items():
             counts.setdefault(topic, [0, 0, 0, 0])[Status.REJECTED - 1] += n
+        _fold_topics_without_events(cur, counts)
         if counts:
             topics = sorted(counts)
             cur.execute(
@@ -177,6 +178,25 @@ def _write_once(
         for status, n in zip(Status, per_status, strict=True):
             if n:
                 result.counts[topic, status] = result.counts.get((topic, status), 0) + n
+
+
+def _fold_topics_without_events(
+    cur: psycopg.Cursor[tuple[object, ...]], counts: dict[str, list[int]]
+) -> None:
+    """Count rejections of topics that hold no stored event under '' (totals only).
+
+    Otherwise anyone could create a per-topic row (and a metrics label) per made-up topic
+    with events that are never stored.
+    """
+    bare = [t for t, c in counts.items() if t and c[0] == c[1] == c[3] == 0]
+    if not bare:
+        return
+    cur.execute(queries.get("topics_with_events"), {"topic": bare})
+    stored = {row[0] for row in cur.fetchall()}
+    for topic in bare:
+        if topic not in stored:
+            rejected = counts.pop(topic)[Status.REJECTED - 1]
+            counts.setdefault("", [0, 0, 0, 0])[Status.REJECTED - 1] += rejected
 
 
 def _classify_not_inserted(

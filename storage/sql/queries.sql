@@ -80,12 +80,26 @@ SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint
 -- Delivered at commit (never for a rollback) to every server's listener.
 SELECT pg_notify('aggregator_events', topic) FROM unnest(%(topics)s::text[]) AS topic
 
--- name: topic_stats
+-- name: stats_totals
+SELECT coalesce(sum(received), 0)::bigint, coalesce(sum(accepted), 0)::bigint,
+       coalesce(sum(duplicates), 0)::bigint, coalesce(sum(rejected), 0)::bigint,
+       coalesce(sum(conflicts), 0)::bigint
+FROM topic_stats
+
+-- name: topic_stats_page
+-- Per-topic counters in topic order after %(after)s; one topic only when %(topic)s is set.
 SELECT topic, sum(received)::bigint, sum(accepted)::bigint, sum(duplicates)::bigint,
        sum(rejected)::bigint, sum(conflicts)::bigint
 FROM topic_stats
+WHERE topic > %(after)s AND (%(topic)s::text IS NULL OR topic = %(topic)s)
 GROUP BY topic
 ORDER BY topic
+LIMIT %(limit)s
+
+-- name: topics_with_events
+-- Which of %(topic)s hold at least one stored event.
+SELECT t FROM unnest(%(topic)s::text[]) AS t
+WHERE EXISTS (SELECT 1 FROM events e WHERE e.topic = t)
 
 -- name: ping
 SELECT 1

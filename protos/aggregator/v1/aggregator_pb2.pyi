@@ -331,14 +331,29 @@ Global___SubscribeResponse: _TypeAlias = SubscribeResponse  # noqa: Y015
 
 @_typing.final
 class GetStatsRequest(_message.Message):
+    """Per-topic counters come in pages, in topic order; the totals always cover every topic."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Topics per page: default 1000, at most 1000."""
+    page_token: _builtins.str
+    """next_page_token of the previous page; empty for the first page."""
+    topic: _builtins.str
+    """When set, only this topic's counters (empty topics list if it has none)."""
     def __init__(
         self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        topic: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "topic", b"topic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -392,12 +407,15 @@ class GetStatsResponse(_message.Message):
     TOPICS_FIELD_NUMBER: _builtins.int
     UPTIME_SECONDS_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     received: _builtins.int
     accepted: _builtins.int
     duplicates: _builtins.int
     rejected: _builtins.int
     conflicts: _builtins.int
     uptime_seconds: _builtins.float
+    next_page_token: _builtins.str
+    """Empty on the last page of topics."""
     @_builtins.property
     def topics(self) -> _containers.RepeatedCompositeFieldContainer[Global___TopicStats]: ...
     @_builtins.property
@@ -413,10 +431,11 @@ class GetStatsResponse(_message.Message):
         topics: _abc.Iterable[Global___TopicStats] | None = ...,
         uptime_seconds: _builtins.float = ...,
         started_at: _timestamp_pb2.Timestamp | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "conflicts", b"conflicts", "duplicates", b"duplicates", "received", b"received", "rejected", b"rejected", "started_at", b"started_at", "topics", b"topics", "uptime_seconds", b"uptime_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "conflicts", b"conflicts", "duplicates", b"duplicates", "next_page_token", b"next_page_token", "received", b"received", "rejected", b"rejected", "started_at", b"started_at", "topics", b"topics", "uptime_seconds", b"uptime_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
