@@ -17,19 +17,24 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	# The flat layout is deliberate (see pyproject.toml); setuptools' note about it is noise.
+	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-proto: $(STAMP)
+# The one protoc command: $(call protoc,OUT_DIR). Besides the Python code it writes the
+# descriptor set with the .proto comments that server reflection serves (aggregator.binpb).
+protoc = mkdir -p $(1)/aggregator/v1 && \
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc -I protos \
-	  --python_out=protos --grpc_python_out=protos \
-	  --mypy_out=protos --mypy_grpc_out=protos $(PROTO)
+	  --python_out=$(1) --grpc_python_out=$(1) --mypy_out=$(1) --mypy_grpc_out=$(1) \
+	  --include_source_info --descriptor_set_out=$(1)/aggregator/v1/aggregator.binpb $(PROTO)
+
+proto: $(STAMP)
+	$(call protoc,protos)
 
 # Fails when the checked-in generated code differs from what `make proto` produces.
 proto-check: $(STAMP)
 	@tmp=$$(mktemp -d) && \
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc -I protos --python_out=$$tmp --grpc_python_out=$$tmp \
-	  --mypy_out=$$tmp --mypy_grpc_out=$$tmp $(PROTO) && \
+	$(call protoc,$$tmp) && \
 	for f in $$tmp/aggregator/v1/*; do \
 	  cmp -s $$f $(GEN)/$$(basename $$f) || { echo "stale generated code: $(GEN)/$$(basename $$f); run 'make proto'"; rm -rf $$tmp; exit 1; }; \
 	done; rm -rf $$tmp; echo "generated code is up to date"

@@ -10,10 +10,9 @@ from types import TracebackType
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 import storage
-from server import handlers, rest, rpc, security
+from server import handlers, listen, reflection, rest, rpc, security
 from server.batcher import Batcher
 from server.config import Config
 from server.health import DatabaseHealth
@@ -60,11 +59,13 @@ class Server:
         try:
             # First, so a server asked for authentication never runs without it.
             tokens = security.load_tokens(config.auth_tokens, config.auth_tokens_file)
+            if not config.reuse_port:  # before anything else starts: fail fast
+                listen.check_free(config.host, config.port)
             url = config.database_url
             if not url:
                 self._embedded = storage.EmbeddedPostgres(config.data_dir / "postgres")
                 url = self._embedded.start()
-                log.info("embedded PostgreSQL at %s", url)
+                log.info("embedded PostgreSQL at %s", self._embedded.display_url)
             self._database = storage.Database(
                 url,
                 min_connections=config.flush_workers,
@@ -103,28 +104,24 @@ class Server:
                     ("grpc.max_receive_message_length", config.max_message_bytes),
                     # Replies are ours (pages are bounded); only requests need the tighter cap.
                     ("grpc.max_send_message_length", max(config.max_message_bytes, MAX_SEND_BYTES)),
+                    *listen.grpc_options(config.reuse_port),
                 ],
             )
             handlers.register(self._grpc, self._servicer)
             health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, self._grpc)
-            reflection.enable_server_reflection(
+            reflection.enable(
+                self._grpc,
                 (
                     rpc.SERVICE_NAME,
                     health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                    reflection.SERVICE_NAME,
                 ),
-                self._grpc,
             )
-            address = f"{config.host}:{config.port}"
+            credentials = None
             if config.tls_cert and config.tls_key:
                 credentials = security.server_credentials(
                     config.tls_cert, config.tls_key, config.tls_client_ca
                 )
-                self.port = self._grpc.add_secure_port(address, credentials)
-            else:
-                self.port = self._grpc.add_insecure_port(address)
-            if not self.port:
-                raise OSError(f"cannot listen on {config.host}:{config.port}")
+            self.port = listen.add_port(self._grpc, f"{config.host}:{config.port}", credentials)
             self._grpc.start()
             if config.http_port:
                 self._start_http(tokens)

@@ -12,9 +12,10 @@ MIB = 1024 * 1024
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
     port: int = 50051
     http_port: int = 8000
+    reuse_port: bool = False
     database_url: str | None = None
     data_dir: Path = Path(".data")
     flush_workers: int = 2
@@ -46,14 +47,34 @@ class Config:
     auth_tokens_file: Path | None = None
 
 
+def _flag(text: str) -> bool:
+    """An on/off environment value: 1/true/yes/on or 0/false/no/off."""
+    value = text.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
 # name → (environment variable, parser, help). Every field of Config has one.
 _OPTIONS: dict[str, tuple[str, Callable[[str], object], str]] = {
-    "host": ("AGGREGATOR_HOST", str, "address to listen on"),
+    "host": (
+        "AGGREGATOR_HOST",
+        str,
+        "address to listen on; 0.0.0.0 (or ::) for every interface",
+    ),
     "port": ("AGGREGATOR_PORT", int, "gRPC port; 0 picks a free one"),
     "http_port": (
         "AGGREGATOR_HTTP_PORT",
         int,
         "HTTP/JSON port (POST /publish, GET /events, /stats, /health, /docs); 0 turns it off",
+    ),
+    "reuse_port": (
+        "AGGREGATOR_REUSE_PORT",
+        _flag,
+        "let several servers share --port (SO_REUSEPORT: the kernel splits clients "
+        "between them); off, a taken port is an error",
     ),
     "database_url": (
         "DATABASE_URL",
@@ -194,13 +215,20 @@ def load(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Config:
         env_name, parse, text = _OPTIONS[f.name]
         default = getattr(defaults, f.name)
         if env_name in environ:
-            default = parse(environ[env_name])
-        parser.add_argument(
-            "--" + f.name.replace("_", "-"),
-            type=parse,
-            default=default,
-            help=f"{text} [env {env_name}]",
-        )
+            try:
+                default = parse(environ[env_name])
+            except ValueError as exc:
+                parser.error(f"{env_name}: {exc}")
+        flag = "--" + f.name.replace("_", "-")
+        if parse is _flag:
+            parser.add_argument(
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=default,
+                help=f"{text} [env {env_name}]",
+            )
+            continue
+        parser.add_argument(flag, type=parse, default=default, help=f"{text} [env {env_name}]")
     args = parser.parse_args(argv)
     config = Config(**vars(args))
     _check(parser, config)

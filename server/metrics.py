@@ -170,6 +170,8 @@ class _Interceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
         def finish(context: grpc.ServicerContext, started: float, failed: bool) -> None:
             code = context.code() if hasattr(context, "code") else None
+            if code is None and not context.is_active():
+                code = grpc.StatusCode.CANCELLED  # the client went away, we did not fail
             if code is None:
                 code = grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
             m.handled.labels(*labels, code.name).inc()

@@ -12,6 +12,7 @@ from storage.errors import (
     InvalidArgument,
     StorageError,
     Unavailable,
+    Unsupported,
 )
 from storage.ledger import Ticket
 from storage.listener import Listener
@@ -48,4 +49,5 @@ __all__ = [
     "StoredEvent",
     "Ticket",
     "Unavailable",
+    "Unsupported",
 ]

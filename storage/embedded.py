@@ -2,6 +2,10 @@
 
 PostgreSQL refuses to run as root, so when we are root every PostgreSQL binary runs as
 an unprivileged user (`postgres` by default) that owns the data directory.
+
+The cluster listens on 127.0.0.1 only (no Unix socket) and asks for a password
+(scram-sha-256): a random one, generated at initdb and kept beside the data directory
+in `<data dir>.password` (mode 0600), e.g. `.data/postgres.password` for `make run`.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import glob
 import logging
 import os
 import pwd
+import secrets
 import shutil
 import socket
 import stat
@@ -18,6 +23,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
@@ -131,8 +137,20 @@ class EmbeddedPostgres:
             raise EmbeddedError("the cluster has not been started")
         return self.url_for(self.database)
 
+    @property
+    def password_file(self) -> Path:
+        return self.data_dir.with_name(self.data_dir.name + ".password")
+
     def url_for(self, database: str) -> str:
-        return f"postgresql://{_SUPERUSER}@127.0.0.1:{self.port}/{database}"
+        password = self.password_file.read_text().strip()
+        return (
+            f"postgresql://{_SUPERUSER}:{quote(password, safe='')}@127.0.0.1:{self.port}/{database}"
+        )
+
+    @property
+    def display_url(self) -> str:
+        """The URL without its password, for logs."""
+        return f"postgresql://{_SUPERUSER}@127.0.0.1:{self.port}/{self.database}"
 
     def start(self) -> str:
         """Start the cluster (initialising it if new) and create the database; return its URL."""
@@ -147,6 +165,8 @@ class EmbeddedPostgres:
             self.port = self.port or free_port()
             self._pg_ctl_start()
             self._started_here = True
+        if not self.password_file.exists():
+            self._require_password()
         self._create_database()
         return self.url
 
@@ -182,17 +202,14 @@ class EmbeddedPostgres:
         )
         copy._bindir = find_bindir()
         copy._make_data_dir()
+        copy._write_password_file(self.password_file.read_text().strip())  # the same roles
         copy._run(
             [
                 copy._bin("pg_basebackup"),
                 "-D",
                 str(copy.data_dir),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-U",
-                _SUPERUSER,
+                "-d",  # with the password, which -R also writes into primary_conninfo
+                self.url_for("postgres"),
                 "-X",
                 "stream",
                 "--checkpoint=fast",
@@ -250,6 +267,7 @@ class EmbeddedPostgres:
         self._make_data_dir()
         if self._wal_dir:
             self._make_data_dir(self._wal_dir)
+        self._write_password_file()
         log.info("initialising a PostgreSQL cluster in %s", self.data_dir)
         self._run(
             [
@@ -258,7 +276,8 @@ class EmbeddedPostgres:
                 str(self.data_dir),
                 "-U",
                 _SUPERUSER,
-                "--auth=trust",  # it only ever listens on 127.0.0.1
+                "--auth=scram-sha-256",
+                f"--pwfile={self.password_file}",
                 "--encoding=UTF8",
                 "--locale=C",
                 *([f"--waldir={self._wal_dir}"] if self._wal_dir else []),
@@ -305,6 +324,40 @@ class EmbeddedPostgres:
             return None  # a stale pid file; pg_ctl start copes with it
         lines = pid_file.read_text().splitlines()
         return int(lines[3]) if len(lines) > 3 else None
+
+    def _write_password_file(self, password: str | None = None) -> str:
+        password = password or secrets.token_urlsafe(24)
+        fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(password + "\n")
+        if os.geteuid() == 0:  # initdb, run as the PostgreSQL user, reads it
+            user = self._user()
+            os.chown(self.password_file, user.pw_uid, user.pw_gid)
+        return password
+
+    def _require_password(self) -> None:
+        """A cluster made before passwords (trust auth): give it one and stop trusting."""
+        log.info("securing %s: password authentication from now on", self.data_dir)
+        trusting = f"postgresql://{_SUPERUSER}@127.0.0.1:{self.port}/postgres"
+        password = self._write_password_file()
+        with psycopg.connect(trusting, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                    sql.Identifier(_SUPERUSER), sql.Literal(password)
+                )
+            )
+            hba = self.data_dir / "pg_hba.conf"
+            lines = hba.read_text().splitlines()
+            hba.write_text(
+                "\n".join(
+                    line
+                    if line.lstrip().startswith("#")
+                    else line.replace("trust", "scram-sha-256")
+                    for line in lines
+                )
+                + "\n"
+            )
+            conn.execute("SELECT pg_reload_conf()")
 
     def _create_database(self) -> None:
         with psycopg.connect(self.url_for("postgres"), autocommit=True) as conn:

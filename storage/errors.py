@@ -5,7 +5,8 @@ StorageError
 │   └── DiskFull     the database has no disk space left for our writes
 ├── Busy             every connection for this kind of work is in use; retry later
 ├── InvalidArgument  a caller-supplied value the database cannot use
-└── EmbeddedError    the embedded PostgreSQL cluster could not be set up or started
+├── EmbeddedError    the embedded PostgreSQL cluster could not be set up or started
+└── Unsupported      the database lacks what the schema relies on (encoding, version)
 """
 
 from __future__ import annotations
@@ -33,3 +34,7 @@ class InvalidArgument(StorageError):
 
 class EmbeddedError(StorageError):
     """The embedded PostgreSQL cluster could not be prepared, started or stopped."""
+
+
+class Unsupported(StorageError):
+    """The database cannot hold our data as it is configured; fix the database, then restart."""

@@ -104,6 +104,10 @@ WHERE EXISTS (SELECT 1 FROM events e WHERE e.topic = t)
 -- name: ping
 SELECT 1
 
+-- name: server_requirements
+SELECT current_setting('server_encoding'), current_setting('server_version_num')::int,
+       current_database()
+
 -- Baselines measured by `python -m bench --baselines` against the same database.
 
 -- name: naive_insert
