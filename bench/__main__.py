@@ -19,7 +19,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from bench import baselines, cpu, load, report, spawn
+from bench import baselines, load, proc, report, spawn
 from bench import delivery as bench_delivery
 from storage.embedded import free_port
 
@@ -176,7 +176,7 @@ def _load(
                 start_at=start_at,
             )
         )
-    before = (cpu.process_seconds(server_pid) if server_pid else 0.0, cpu.postgres_seconds())
+    before = (proc.cpu_seconds(server_pid) if server_pid else 0.0, proc.postgres_cpu_seconds())
     if in_process:
         results = [load.run_worker(plan) for plan in plans]
     else:
@@ -185,10 +185,10 @@ def _load(
     elapsed = max(r.ended for r in results) - min(r.started for r in results)
     shares: dict[str, Any] = {
         "load generator": sum(r.cpu_seconds for r in results) / elapsed,
-        "PostgreSQL": (cpu.postgres_seconds() - before[1]) / elapsed,
+        "PostgreSQL": (proc.postgres_cpu_seconds() - before[1]) / elapsed,
     }
     if server_pid:
-        shares["server"] = (cpu.process_seconds(server_pid) - before[0]) / elapsed
+        shares["server"] = (proc.cpu_seconds(server_pid) - before[0]) / elapsed
     return results, shares
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import random
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 
 import storage
+from client import workload
 from storage import NewEvent
 from storage import baselines as sql_paths
 
@@ -25,27 +24,16 @@ def dataset(
 ) -> list[NewEvent]:
     """Events like the load generator's (random UUIDv4 ids): `duplicate_rate` of them repeat
     an earlier one."""
-    rng = random.Random(time.time_ns())
-    filler = "x" * max(0, payload_bytes - 20)
-    now = time.time_ns()
-    made: list[NewEvent] = []
-    out = []
-    for _ in range(count):
-        if made and rng.random() < duplicate_rate:
-            out.append(rng.choice(made))
-        else:
-            k = len(made)
-            made.append(
-                NewEvent(
-                    f"bench-{k % topics}",
-                    str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-                    now,
-                    "bench",
-                    f'{{"n": {k}, "pad": "{filler}"}}',
-                )
-            )
-            out.append(made[-1])
-    return out
+    events = workload.Workload(
+        f"base-{time.time_ns():x}",
+        duplicate_rate=duplicate_rate,
+        topics=[f"bench-{i}" for i in range(topics)],
+        sources=("bench",),
+        payload_bytes=payload_bytes,
+        seed=count,
+        uuid_ids=True,
+    )
+    return [NewEvent(*events.fields(k)) for k in events.draw(count)]
 
 
 def _parallel(parts: Sequence[Callable[[], None]]) -> float:

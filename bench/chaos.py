@@ -40,7 +40,7 @@ import grpc
 import psycopg
 
 import storage
-from bench import spawn
+from bench import proc, spawn
 from bench.pgproxy import PgProxy
 from client import AggregatorClient, EventResult, Publisher, make_event
 
@@ -220,7 +220,7 @@ class _Chaos:
 
     def _sample_memory(self) -> None:
         age = time.monotonic() - self.server_started
-        self.memory.append((age, spawn.rss_kb(self.server.pid)))
+        self.memory.append((age, proc.rss_kb(self.server.pid)))
         warm = [kb for t, kb in self.memory if t >= 5]
         if len(warm) > 1:
             growth = (max(warm) - warm[0]) / 1024

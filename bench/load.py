@@ -10,16 +10,15 @@ from __future__ import annotations
 import array
 import collections
 import os
-import random
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import grpc
 from aggregator.v1 import aggregator_pb2 as pb
-from google.protobuf import timestamp_pb2
+
+from client import workload
 
 PUBLISH = "/aggregator.v1.AggregatorService/Publish"
 PUBLISH_BATCH = "/aggregator.v1.AggregatorService/PublishBatch"
@@ -61,53 +60,34 @@ class WorkerResult:
     cpu_seconds: float = 0.0
 
 
-class _Events:
+def _events(plan: WorkerPlan) -> workload.Workload:
     """This worker's events: new ones and `duplicate_rate` repeats of earlier ones."""
-
-    def __init__(self, plan: WorkerPlan) -> None:
-        self._plan = plan
-        self._rng = random.Random(f"{plan.run_id}-{plan.worker}")  # ids differ per run
-        self._made = 0
-        self._ids: list[str] = []  # random UUIDv4s, as most publishers send
-        self._timestamp = timestamp_pb2.Timestamp(seconds=int(time.time()))
-        filler = "x" * max(0, plan.payload_bytes - 20)
-        self._payload = '{"n": %d, "pad": "' + filler + '"}'
-        self._lock = threading.Lock()
-
-    def _event(self, k: int) -> pb.Event:
-        plan = self._plan
-        return pb.Event(
-            topic=f"bench-{k % plan.topics}",
-            event_id=self._ids[k],
-            timestamp=self._timestamp,
-            source="bench",
-            payload=self._payload % k,
-        )
-
-    def request(self, sequence: int) -> bytes:
-        with self._lock:
-            chosen = []
-            for _ in range(self._plan.batch_size):
-                if self._made and self._rng.random() < self._plan.duplicate_rate:
-                    chosen.append(self._rng.randrange(self._made))
-                else:
-                    chosen.append(self._made)
-                    self._made += 1
-                    self._ids.append(str(uuid.UUID(int=self._rng.getrandbits(128), version=4)))
-        events = [self._event(k) for k in chosen]
-        return pb.PublishRequest(sequence=sequence, events=events).SerializeToString()
+    return workload.Workload(
+        f"{plan.run_id}-{plan.worker}",
+        duplicate_rate=plan.duplicate_rate,
+        topics=[f"bench-{i}" for i in range(plan.topics)],
+        sources=("bench",),
+        payload_bytes=plan.payload_bytes,
+        seed=f"{plan.run_id}-{plan.worker}",
+        uuid_ids=True,  # random UUIDv4s, as most publishers send
+    )
 
 
-def _request_source(plan: WorkerPlan, events: _Events) -> Iterator[bytes]:
+def _request(events: workload.Workload, size: int, sequence: int) -> bytes:
+    batch = [events.event(k) for k in events.draw(size)]
+    return pb.PublishRequest(sequence=sequence, events=batch).SerializeToString()
+
+
+def _request_source(plan: WorkerPlan, events: workload.Workload) -> Iterator[bytes]:
     if plan.requests is not None:  # built now, before the clock starts
-        return iter([events.request(n) for n in range(plan.requests)])
-    return (events.request(n) for n in range(2**62))
+        return iter([_request(events, plan.batch_size, n) for n in range(plan.requests)])
+    return (_request(events, plan.batch_size, n) for n in range(2**62))
 
 
 def run_worker(plan: WorkerPlan) -> WorkerResult:
     """Entry point of a worker process."""
     result = WorkerResult()
-    events = _Events(plan)
+    events = _events(plan)
     source = _request_source(plan, events)
     lock = threading.Lock()
     channels = [grpc.insecure_channel(plan.target) for _ in range(plan.connections)]

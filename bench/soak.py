@@ -9,23 +9,19 @@ memory must have stayed steady. Exit status 0 when all of that holds.
 from __future__ import annotations
 
 import argparse
-import random
 import signal
 import sys
 import tempfile
 import threading
 import time
 from concurrent.futures import Future
-from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 import psycopg
 
-from bench import spawn
-from client import AggregatorClient, EventResult, Publisher, make_event
-
-_BASE = datetime(2026, 1, 1, tzinfo=UTC)
+from bench import proc, spawn
+from client import AggregatorClient, EventResult, Publisher, workload
 
 
 class _Load:
@@ -34,8 +30,9 @@ class _Load:
     def __init__(self, name: str, target: str, rate: float, duplicate_rate: float) -> None:
         self.name = name
         self.rate = rate
-        self.duplicate_rate = duplicate_rate
-        self.sent_ids: list[str] = []
+        self.events = workload.Workload(
+            name, duplicate_rate=duplicate_rate, topics=("soak",), sources=(name,), seed=name
+        )
         self.results: list[Future[EventResult]] = []
         self.stop = threading.Event()
         self.channel = grpc.insecure_channel(target)
@@ -43,29 +40,11 @@ class _Load:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        rng = random.Random(self.name)
         started = time.monotonic()
         n = 0
-        while not self.stop.is_set():
-            ahead = started + n / self.rate - time.monotonic()
-            if ahead > 0:
-                time.sleep(ahead)
-            if self.sent_ids and rng.random() < self.duplicate_rate:
-                k = int(rng.choice(self.sent_ids).rsplit("-", 1)[1])
-            else:
-                k = len(self.sent_ids)
-                self.sent_ids.append(f"{self.name}-{k}")
-            self.results.append(
-                self.publisher.publish(
-                    make_event(
-                        "soak",
-                        {"k": k, "by": self.name},
-                        event_id=f"{self.name}-{k}",
-                        timestamp=_BASE,
-                        source=self.name,
-                    )
-                )
-            )
+        while not self.stop.wait(max(0.0, started + n / self.rate - time.monotonic())):
+            [k] = self.events.draw()
+            self.results.append(self.publisher.publish(self.events.event(k)))
             n += 1
 
     def finish(self) -> None:
@@ -105,7 +84,7 @@ def main() -> int:
                 server.stop(sig)
                 server = spawn.ServerProcess(url, port=server.port).start()
                 memory.clear()
-            memory.append((elapsed, spawn.rss_kb(server.pid)))
+            memory.append((elapsed, proc.rss_kb(server.pid)))
             time.sleep(1)
         for load in loads:
             load.finish()
@@ -116,7 +95,7 @@ def main() -> int:
             row = conn.execute("SELECT count(*) FROM events").fetchone()
             rows = int(row[0]) if row else -1
 
-    distinct = sum(len(load.sent_ids) for load in loads)
+    distinct = sum(load.events.distinct for load in loads)
     sent = sum(len(load.results) for load in loads)
     statuses = [f.result().name for load in loads for f in load.results]
     warm = [kb for t, kb in memory if t - memory[0][0] >= 5] or [kb for _, kb in memory]

@@ -20,8 +20,10 @@ def open_channel(
 ) -> grpc.Channel:
     """A channel to `target`. TLS when `tls` or any file is given (system roots unless
     `ca_file`); `cert_file`+`key_file` present a client certificate; `token` is sent as
-    `authorization: Bearer <token>` on every call."""
-    if tls or ca_file or cert_file or key_file:
+    `authorization: Bearer <token>` on every call. `http://host:port` means plaintext and
+    `https://host:port` TLS; gRPC's own target names (`dns:///…`, `unix:…`) pass unchanged."""
+    target, scheme_tls = parse_target(target)
+    if tls or scheme_tls or ca_file or cert_file or key_file:
         credentials = grpc.ssl_channel_credentials(
             root_certificates=Path(ca_file).read_bytes() if ca_file else None,
             private_key=Path(key_file).read_bytes() if key_file else None,
@@ -33,6 +35,23 @@ def open_channel(
     if token:
         channel = grpc.intercept_channel(channel, _Bearer(token))
     return channel
+
+
+# Target schemes gRPC itself resolves (https://grpc.github.io/grpc/core/md_doc_naming.html).
+_GRPC_SCHEMES = {"dns", "unix", "unix-abstract", "ipv4", "ipv6", "vsock", "xds"}
+
+
+def parse_target(target: str) -> tuple[str, bool]:
+    """(gRPC target, whether the scheme asks for TLS); ValueError for a URL gRPC cannot use."""
+    scheme, sep, rest = target.partition("://")
+    if not sep or scheme in _GRPC_SCHEMES:
+        return target, False
+    if scheme in ("http", "https") and rest:
+        return rest.rstrip("/"), scheme == "https"
+    raise ValueError(
+        f"target {target!r}: give host:port (http://host:port and https://host:port "
+        "are understood too)"
+    )
 
 
 class _Bearer(

@@ -2,9 +2,10 @@
 
 grpcio-reflection implements only `grpc.reflection.v1alpha`; `grpc.reflection.v1` has the
 same messages under another package name (identical on the wire), so the same servicer
-answers both. Descriptors compiled into `aggregator_pb2` carry no comments; `make proto`
-also writes `aggregator.binpb` with them (`--include_source_info`), and that is what is
-served for our files, so `grpcurl describe` shows the limits and statuses.
+answers both, and the v1 file is derived from v1alpha's so clients can resolve it too.
+Descriptors compiled into `aggregator_pb2` carry no comments; `make proto` also writes
+`aggregator.binpb` with them (`--include_source_info`), and that is what is served for
+our files, so `grpcurl describe` shows the limits and statuses.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from importlib import resources
 from typing import Any
 
 import grpc
-from google.protobuf import descriptor_pb2
+from google.protobuf import descriptor_pb2, descriptor_pool, text_format
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 V1_SERVICE_NAME = "grpc.reflection.v1.ServerReflection"
+V1_FILE = "grpc/reflection/v1/reflection.proto"
 SERVICE_NAMES = (reflection.SERVICE_NAME, V1_SERVICE_NAME)
 
 
@@ -26,6 +28,22 @@ def documented_files() -> dict[str, bytes]:
     raw = resources.files("aggregator.v1").joinpath("aggregator.binpb").read_bytes()
     files = descriptor_pb2.FileDescriptorSet.FromString(raw).file
     return {f.name: f.SerializeToString() for f in files}
+
+
+def _add_v1_file(pool: descriptor_pool.DescriptorPool) -> None:
+    """Put grpc.reflection.v1's descriptor in `pool`: v1alpha's, renamed (once per process)."""
+    try:
+        pool.FindFileContainingSymbol(V1_SERVICE_NAME)
+        return
+    except KeyError:
+        pass
+    alpha = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(alpha)
+    text = text_format.MessageToString(alpha).replace("v1alpha", "v1")
+    v1 = text_format.Parse(text, descriptor_pb2.FileDescriptorProto())
+    v1.name = V1_FILE
+    v1.options.ClearField("deprecated")
+    pool.Add(v1)
 
 
 class _Servicer(reflection.ReflectionServicer):  # type: ignore[misc]
@@ -47,6 +65,7 @@ class _Servicer(reflection.ReflectionServicer):  # type: ignore[misc]
 
 def enable(server: grpc.Server, service_names: Iterable[str]) -> None:
     """Serve reflection (both versions) for `service_names` and for reflection itself."""
+    _add_v1_file(descriptor_pool.Default())
     servicer = _Servicer((*service_names, *SERVICE_NAMES), documented_files())
     handler = grpc.stream_stream_rpc_method_handler(
         servicer.ServerReflectionInfo,

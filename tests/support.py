@@ -10,9 +10,10 @@ from aggregator.v1 import aggregator_pb2 as pb
 from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
 from google.protobuf import timestamp_pb2
 
+from bench.proc import status as process_status
 from bench.spawn import ServerProcess
 
-__all__ = ["ServerProcess"]  # re-exported: the tests start servers as the bench does
+__all__ = ["ServerProcess", "process_status"]  # re-exported: the tests use the bench's
 
 ACCEPTED = pb.EVENT_STATUS_ACCEPTED
 DUPLICATE = pb.EVENT_STATUS_DUPLICATE
@@ -67,17 +68,6 @@ def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess
         text=True,
         timeout=300,
     )
-
-
-def process_status(pid: int) -> dict[str, int]:
-    """Resident memory (kB) and thread count of a process, from /proc."""
-    fields = {}
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "Threads"):
-                fields[key] = int(value.split()[0])
-    return fields
 
 
 def wait_until(condition, timeout: float = 60.0, interval: float = 0.02, what: str = "") -> None:

@@ -13,21 +13,19 @@ import json
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC
-from typing import Any
 
 from aggregator.v1 import aggregator_pb2 as pb
 from google.protobuf import json_format
 
 from client.client import AggregatorClient
 
-Connect = Callable[[argparse.Namespace], AggregatorClient]
+Connect = Callable[[], AggregatorClient]
+
+HELP = "a topic's events in delivery order; --follow for new ones as they commit"
 
 
-def register(commands: Any, connect: Connect) -> None:
-    """Add the `tail` command to the CLI's subcommands."""
-    tail = commands.add_parser(
-        "tail", help="a topic's events in delivery order; --follow for new ones as they commit"
-    )
+def add_arguments(tail: argparse.ArgumentParser) -> None:
+    """The `tail` command's own options."""
     tail.add_argument("--topic", required=True)
     tail.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     start = tail.add_mutually_exclusive_group()
@@ -38,12 +36,11 @@ def register(commands: Any, connect: Connect) -> None:
     )
     start.add_argument("--after", default="", help="continue after this cursor")
     tail.add_argument("--json", action="store_true", help="print JSON lines")
-    tail.set_defaults(run=lambda args: _tail(args, connect))
 
 
-def _tail(args: argparse.Namespace, connect: Connect) -> int:
+def run(args: argparse.Namespace, connect: Connect) -> int:
     cursor = args.after
-    with connect(args) as agg:
+    with connect() as agg:
         try:
             if args.follow:
                 from_now = not (args.from_start or args.after)

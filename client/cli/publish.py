@@ -1,0 +1,265 @@
+"""`publish`: simulated publishers or a JSON-lines file over parallel Publish streams.
+
+Live progress on stderr; at the end (or at Ctrl-C) a summary of what was acknowledged and
+what was not, checked against what was sent: every distinct event stored exactly once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from aggregator.v1 import aggregator_pb2 as pb
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from client import workload
+from client.cli import jsonlines
+from client.client import AggregatorClient
+from client.errors import ClientError
+from client.events import new_event_id
+from client.publisher import ACCEPTED, CONFLICT, DUPLICATE, REJECTED, EventResult, Publisher
+
+INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
+
+Source = Iterator[tuple[str, pb.Event]]  # (where it came from, the event)
+
+
+@dataclass
+class Tally:
+    """Results as they arrive, from many threads."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    counts: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(
+            ("ACCEPTED", "DUPLICATE", "REJECTED", "CONFLICT", "FAILED"), 0
+        )
+    )
+    published: int = 0
+    sent_keys: set[tuple[str, str]] = field(default_factory=set)
+    stored_keys: set[tuple[str, str]] = field(default_factory=set)
+    accepted_twice: int = 0
+    accepted_keys: set[tuple[str, str]] = field(default_factory=set)
+    problems: list[str] = field(default_factory=list)
+    skipped_lines: int = 0
+
+    @property
+    def done(self) -> int:
+        return sum(self.counts.values())
+
+    def sent(self, key: tuple[str, str]) -> None:
+        with self.lock:
+            self.published += 1
+            self.sent_keys.add(key)
+
+    def skipped(self, problem: str) -> None:
+        with self.lock:
+            self.skipped_lines += 1
+            self.problems.append(problem)
+
+    def record(self, key: tuple[str, str], where: str, future: Future[EventResult]) -> None:
+        error = None if future.cancelled() else future.exception()
+        with self.lock:
+            if error is not None:
+                self.counts["FAILED"] += 1
+                self.problems.append(f"{where}: {error}")
+                return
+            result = future.result()
+            self.counts[result.name] += 1
+            if result.status in (ACCEPTED, DUPLICATE):
+                self.stored_keys.add(key)
+            if result.status == ACCEPTED:
+                if key in self.accepted_keys:
+                    self.accepted_twice += 1
+                self.accepted_keys.add(key)
+            if result.status in (REJECTED, CONFLICT):
+                self.problems.append(f"{where}: {result.name}: {result.reason}")
+
+
+def run(args: argparse.Namespace, connect: Callable[[], AggregatorClient]) -> int:
+    tally = Tally()
+    console = Console(stderr=True)
+    total: int | None = None
+    if args.file:
+        sources: list[Source] = [_file_source(args, tally)]
+    else:
+        if not 0 <= args.duplicate_rate < 1 or args.count < 1:
+            raise SystemExit("error: --count must be positive and --duplicate-rate in [0, 1)")
+        sources = _simulated(args)
+        total = args.count
+    stop = threading.Event()
+    started = time.perf_counter()
+    interrupted = False
+    with connect() as agg:
+        publishers = [
+            agg.publisher(max_batch_events=args.batch_size, reconnect_timeout=args.retry_for)
+            for _ in sources
+        ]
+        pumps = [
+            threading.Thread(
+                target=_pump, args=(p, events, args.rate / len(sources), tally, stop), daemon=True
+            )
+            for p, events in zip(publishers, sources, strict=True)
+        ]
+        try:
+            for pump in pumps:
+                pump.start()
+            _show_progress(console, pumps, tally, total)
+            for publisher in publishers:
+                _close(publisher, None)
+        except KeyboardInterrupt:
+            interrupted = True
+            stop.set()
+            console.print("[yellow]interrupted: summary of what was acknowledged so far[/]")
+            for publisher in publishers:
+                _close(publisher, 0.5)  # answers already on their way still count
+    return _summary(args, tally, time.perf_counter() - started, console, interrupted)
+
+
+def _close(publisher: Publisher, timeout: float | None) -> None:
+    # A failure is already counted: the events concerned are failed or unacknowledged.
+    with contextlib.suppress(ClientError, TimeoutError):
+        publisher.close(timeout)
+
+
+def _file_source(args: argparse.Namespace, tally: Tally) -> Source:
+    if args.file == "-":
+        return jsonlines.read(sys.stdin.buffer, args.topic, args.source, tally.skipped)
+    try:
+        handle = open(args.file, "rb")  # noqa: SIM115 (closed when the lines run out)
+    except OSError as exc:
+        raise SystemExit(f"error: cannot read --file {args.file}: {exc.strerror}") from None
+    return _closing(handle, jsonlines.read(handle, args.topic, args.source, tally.skipped))
+
+
+def _closing(handle: BinaryIO, events: Source) -> Source:
+    with handle:
+        yield from events
+
+
+def _simulated(args: argparse.Namespace) -> list[Source]:
+    """One source per stream, each a share of one plan; a repeat equals its original."""
+    load = workload.Workload(
+        new_event_id()[:18],
+        duplicate_rate=args.duplicate_rate,
+        topics=workload.names(args.topics, "topic"),
+        sources=workload.names(args.sources, "source"),
+        seed=args.seed,
+    )
+    plan = load.plan(args.count)
+    args.distinct = load.distinct
+    streams = max(1, args.streams)
+
+    def share(stream: int) -> Source:
+        for position in range(stream, len(plan), streams):
+            k = plan[position]
+            yield f"simulated #{k}", load.event(k)
+
+    return [share(s) for s in range(streams)]
+
+
+def _pump(
+    publisher: Publisher, events: Source, rate: float, tally: Tally, stop: threading.Event
+) -> None:
+    """Publish one source over its own stream, paced to `rate` events/s (0: no limit)."""
+    interval = 1 / rate if rate > 0 else 0.0
+    started = time.monotonic()
+    try:
+        for n, (where, event) in enumerate(events):
+            if interval and stop.wait(max(0.0, started + n * interval - time.monotonic())):
+                return
+            if stop.is_set():
+                return
+            key = (event.topic, event.event_id)
+            future = publisher.publish(event)
+            tally.sent(key)
+            future.add_done_callback(functools.partial(tally.record, key, where))
+    except ClientError:
+        return  # the publisher failed or was closed: its events are counted as such
+
+
+def _show_progress(
+    console: Console, pumps: list[threading.Thread], tally: Tally, total: int | None
+) -> None:
+    columns = [
+        TextColumn("[bold]publishing"),
+        BarColumn(),
+        TextColumn(
+            "{task.completed:>9,.0f}/{task.total:,.0f}" if total else "{task.completed:,.0f}"
+        ),
+        TextColumn("{task.fields[counts]}"),
+        TextColumn("{task.fields[rate]:>10,.0f} events/s"),
+        TimeElapsedColumn(),
+    ]
+    started = time.perf_counter()
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("publish", total=total, counts="", rate=0.0)
+        while any(p.is_alive() for p in pumps):
+            for p in pumps:
+                p.join(0.2)
+            done = tally.done
+            c = tally.counts
+            progress.update(
+                task,
+                completed=done,
+                counts=(
+                    f"[green]acc {c['ACCEPTED']:,}[/] [cyan]dup {c['DUPLICATE']:,}[/] "
+                    f"[red]rej {c['REJECTED']:,}[/] [yellow]conf {c['CONFLICT']:,}[/]"
+                ),
+                rate=done / max(1e-9, time.perf_counter() - started),
+            )
+
+
+def _summary(
+    args: argparse.Namespace, tally: Tally, elapsed: float, console: Console, interrupted: bool
+) -> int:
+    with tally.lock:  # late answers may still arrive after an interrupt
+        c = dict(tally.counts)
+        done = sum(c.values())
+        stored, accepted = len(tally.stored_keys), len(tally.accepted_keys)
+        distinct = len(tally.sent_keys) if args.file else args.distinct
+        problems = list(tally.problems)
+        summary: dict[str, object] = {
+            "sent": tally.published,
+            "accepted": c["ACCEPTED"],
+            "duplicate": c["DUPLICATE"],
+            "rejected": c["REJECTED"],
+            "conflict": c["CONFLICT"],
+            "failed": c["FAILED"],
+            "unacknowledged": tally.published - done,
+            "distinct_sent": distinct,
+            "distinct_stored": stored,
+            "pre_existing": stored - accepted,  # stored before this run: DUPLICATE only
+            "skipped_lines": tally.skipped_lines,
+            "seconds": round(elapsed, 3),
+            "events_per_second": round(done / elapsed) if elapsed else 0,
+            # Every distinct event sent is stored, and none was stored twice.
+            "exactly_once": tally.accepted_twice == 0 and stored == distinct,
+            "interrupted": interrupted,
+        }
+    for problem in problems[:50]:
+        console.print(f"[yellow]{escape(problem)}[/]", highlight=False)
+    if len(problems) > 50:
+        console.print(f"... and {len(problems) - 50} more")
+    if args.json:
+        print(json.dumps({**summary, "problems": problems[:1000]}))
+    else:
+        table = Table(title="publish summary", show_header=False)
+        for key, value in summary.items():
+            shown = f"{value:,}" if type(value) is int else str(value)
+            table.add_row(key.replace("_", " "), shown)
+        Console().print(table)
+    if interrupted:
+        return INTERRUPTED
+    return 0 if summary["exactly_once"] and not problems else 1
