@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -59,14 +60,17 @@ def chunks(items: Sequence[pb.Event], size: int) -> Iterator[Sequence[pb.Event]]
         yield items[start : start + size]
 
 
-def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """`python -m client ARGS` as a user runs it."""
+def run_cli(
+    *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m client ARGS` as a user runs it (`env`: extra environment variables)."""
     return subprocess.run(
         [sys.executable, "-m", "client", *args],
         input=stdin,
         capture_output=True,
         text=True,
         timeout=300,
+        env={**os.environ, **(env or {})},
     )
 
 

@@ -167,7 +167,7 @@ def _parser() -> argparse.ArgumentParser:
         "events",
         parents=after,
         formatter_class=_Formatter,
-        help="stored events of a topic, in storage order",
+        help="stored events of a topic, in delivery order",
     )
     p.add_argument("--topic", required=True)
     p.add_argument("--limit", type=int, default=100, help="at most this many (0 = all)")

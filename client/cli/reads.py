@@ -85,7 +85,7 @@ def events(args: argparse.Namespace, connect: Connect) -> int:
         _console().print(table)
     if more:
         print(
-            f"showing the first {args.limit} events in storage order; there are more "
+            f"showing the first {args.limit} events in delivery order; there are more "
             "(--limit N for more, --limit 0 for all)",
             file=sys.stderr,
         )
