@@ -26,8 +26,7 @@ from server import Config, Server
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[storage.EmbeddedPostgres]:
     """A PostgreSQL cluster of our own, on a free port, removed after the session."""
-    base = Path(tempfile.mkdtemp(prefix="aggregator-tests-"))
-    base.chmod(0o755)  # the unprivileged PostgreSQL user must be able to enter it
+    base = cluster_dir("aggregator-tests-")
     cluster = storage.EmbeddedPostgres(base / "pg", database="aggregator_test", throwaway=True)
     cluster.start()
     try:
@@ -39,13 +38,19 @@ def pg_cluster() -> Iterator[storage.EmbeddedPostgres]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def cluster_dir(prefix: str) -> Path:
+    """A fresh directory the unprivileged PostgreSQL user can enter, outside pytest's tmp
+    tree: other pytest sessions on the machine reset /tmp/pytest-of-<user> to 0700, which
+    would stop a cluster from restarting there."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    base.chmod(0o755)
+    return base
+
+
 @pytest.fixture
 def own_cluster() -> Iterator[storage.EmbeddedPostgres]:
     """A cluster for this test alone, for tests that stop and restart PostgreSQL."""
-    # Not under pytest's tmp_path: another pytest session on the machine resets the
-    # permissions of /tmp/pytest-of-<user>, and the PostgreSQL user must enter the directory.
-    base = Path(tempfile.mkdtemp(prefix="aggregator-own-pg-"))
-    base.chmod(0o755)
+    base = cluster_dir("aggregator-own-pg-")
     cluster = storage.EmbeddedPostgres(base / "pg", database="aggregator_test", throwaway=True)
     try:
         cluster.start()

@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -140,7 +141,7 @@ def test_http_targets_are_understood_and_other_urls_rejected_with_a_hint(server_
     assert "give host:port" in wrong.stderr and "Traceback" not in wrong.stderr
 
 
-def publish_file(target: str, tmp_path: Path, records: list[dict[str, object]]) -> None:
+def publish_file(target: str, tmp_path: Path, records: Sequence[Mapping[str, object]]) -> None:
     path = tmp_path / "events.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     done = run_cli("--target", target, "publish", "--file", str(path))

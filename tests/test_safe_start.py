@@ -16,7 +16,7 @@ import yaml
 
 import storage
 from server import Config, Server, config
-from tests.conftest import server_config
+from tests.conftest import cluster_dir, server_config
 from tests.support import ServerProcess
 
 pytestmark = pytest.mark.integration
@@ -108,11 +108,8 @@ def test_embedded_cluster_wants_its_password(pg_cluster):
     assert secret.read_text().strip() not in pg_cluster.display_url
 
 
-def test_a_cluster_made_with_trust_auth_gets_a_password(tmp_path_factory):
-    base = tmp_path_factory.mktemp("legacy-pg")
-    for path in (base, *base.parents):
-        if str(path).startswith("/tmp/"):
-            path.chmod(0o755)
+def test_a_cluster_made_with_trust_auth_gets_a_password():
+    base = cluster_dir("aggregator-legacy-pg-")
     cluster = storage.EmbeddedPostgres(base / "pg", database="legacy", throwaway=True)
     with cluster:  # made now with a password; turned back into an old trusting cluster
         hba = cluster.data_dir / "pg_hba.conf"
@@ -127,6 +124,7 @@ def test_a_cluster_made_with_trust_auth_gets_a_password(tmp_path_factory):
             psycopg.connect(without, connect_timeout=5)
         with psycopg.connect(cluster.url) as conn:
             assert conn.execute("SELECT current_database()").fetchone() == ("legacy",)
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def test_building_the_package_is_quiet_and_ships_the_sql(tmp_path):

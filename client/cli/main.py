@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import grpc
@@ -19,6 +19,9 @@ from client.client import AggregatorClient
 from client.errors import ClientError
 
 _PROG = "python -m client"
+
+Parser = argparse.ArgumentParser
+Run = Callable[[argparse.Namespace, Callable[[], AggregatorClient]], int]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -110,20 +113,24 @@ def _parser() -> argparse.ArgumentParser:
     after = [_connection_options(defaults=False)]
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    p = commands.add_parser(
+    def command(name: str, run: Run, text: str, description: str | None = None) -> Parser:
+        sub = commands.add_parser(
+            name, parents=after, formatter_class=_Formatter, help=text, description=description
+        )
+        sub.set_defaults(run=run)
+        return sub
+
+    p = command(
         "publish",
-        parents=after,
-        formatter_class=_Formatter,
-        help="publish simulated events, or JSON lines from a file",
-        description=(
-            "Without --file, simulate publishers: --count events of which --duplicate-rate\n"
-            "repeat earlier ones. With --file, ship JSON lines: each an object with\n"
-            "'timestamp' (RFC 3339 or epoch seconds) and optionally 'topic' (else --topic),\n"
-            "'event_id' (else derived from the line, so shipping the same file twice stores\n"
-            "nothing twice), 'source', and 'payload' (any JSON value; without it, the other\n"
-            "keys of the line are the payload).\n"
-            "Ctrl-C stops and prints what was acknowledged so far (exit 130)."
-        ),
+        publish.run,
+        "publish simulated events, or JSON lines from a file",
+        "Without --file, simulate publishers: --count events of which --duplicate-rate\n"
+        "repeat earlier ones. With --file, ship JSON lines: each an object with\n"
+        "'timestamp' (RFC 3339 or epoch seconds) and optionally 'topic' (else --topic),\n"
+        "'event_id' (else derived from the line, so shipping the same file twice stores\n"
+        "nothing twice), 'source', and 'payload' (any JSON value; without it, the other\n"
+        "keys of the line are the payload).\n"
+        "Ctrl-C stops and prints what was acknowledged so far (exit 130).",
     )
     p.add_argument("--count", type=int, default=20_000, help="events to simulate")
     p.add_argument("--duplicate-rate", type=float, default=0.3, help="share of repeats, [0, 1)")
@@ -144,45 +151,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--topic", default="", help="topic for lines that have none")
     p.add_argument("--source", default="", help="source for lines that have none")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.set_defaults(run=publish.run)
 
-    p = commands.add_parser(
-        "stats", parents=after, formatter_class=_Formatter, help="counters per topic and in total"
-    )
+    p = command("stats", reads.stats, "counters per topic and in total")
     p.add_argument("--topic", default=None, help="only this topic")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(run=reads.stats)
 
-    p = commands.add_parser(
-        "health",
-        parents=after,
-        formatter_class=_Formatter,
-        help="grpc.health.v1 check: exit 0 when the server is SERVING",
-    )
+    p = command("health", reads.health, "grpc.health.v1 check: exit 0 when the server is SERVING")
     p.add_argument("--service", default="", help="service name ('' = the whole server)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds")
-    p.set_defaults(run=reads.health)
 
-    p = commands.add_parser(
-        "events",
-        parents=after,
-        formatter_class=_Formatter,
-        help="stored events of a topic, in delivery order",
-    )
+    p = command("events", reads.events, "stored events of a topic, in delivery order")
     p.add_argument("--topic", required=True)
     p.add_argument("--limit", type=int, default=100, help="at most this many (0 = all)")
     p.add_argument("--since", type=_when, help="events with a timestamp at or after (RFC 3339)")
     p.add_argument("--until", type=_when, help="events with a timestamp before (RFC 3339)")
     p.add_argument("--json", action="store_true", help="print JSON lines")
-    p.set_defaults(run=reads.events)
 
-    p = commands.add_parser(
-        "tail",
-        parents=after,
-        formatter_class=_Formatter,
-        help=tail.HELP,
-        description=tail.__doc__,
-    )
-    tail.add_arguments(p)
-    p.set_defaults(run=tail.run)
+    tail.add_arguments(command("tail", tail.run, tail.HELP, tail.__doc__))
     return parser
