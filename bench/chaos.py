@@ -78,7 +78,9 @@ class _Databases:
         assert self.primary.port is not None and self.standby.port is not None
         self.proxies = {"a": PgProxy(self.primary.port), "b": PgProxy(self.standby.port)}
         self._slot = {id(self.primary): "a", id(self.standby): "b"}
-        self.url = spawn.multi_host_url([p.port for p in self.proxies.values()], _DATABASE)
+        ports = [p.port for p in self.proxies.values()]
+        # Every node is a copy of the first: one password for all (EmbeddedPostgres.standby).
+        self.url = spawn.multi_host_url(ports, _DATABASE, self.primary.password)
 
     def _next_dir(self) -> Path:
         self._nodes += 1

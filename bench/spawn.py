@@ -53,11 +53,13 @@ def replicated_postgres(
         primary.stop()
 
 
-def multi_host_url(ports: Sequence[int | None], database: str) -> str:
+def multi_host_url(ports: Sequence[int | None], database: str, password: str = "") -> str:
     """A libpq URL naming every server on 127.0.0.1 `ports`; it connects to the one that
-    takes writes (whichever is primary now)."""
+    takes writes (whichever is primary now). `password`: EmbeddedPostgres.password (a
+    standby has its primary's)."""
     hosts = ",".join(f"127.0.0.1:{port}" for port in ports)
-    return f"postgresql://postgres@{hosts}/{database}?target_session_attrs=read-write"
+    login = f"postgres:{password}" if password else "postgres"
+    return f"postgresql://{login}@{hosts}/{database}?target_session_attrs=read-write"
 
 
 class ServerProcess:

@@ -141,11 +141,13 @@ class EmbeddedPostgres:
     def password_file(self) -> Path:
         return self.data_dir.with_name(self.data_dir.name + ".password")
 
+    @property
+    def password(self) -> str:
+        """The superuser's password, URL-quoted (kept in `password_file`)."""
+        return quote(self.password_file.read_text().strip(), safe="")
+
     def url_for(self, database: str) -> str:
-        password = self.password_file.read_text().strip()
-        return (
-            f"postgresql://{_SUPERUSER}:{quote(password, safe='')}@127.0.0.1:{self.port}/{database}"
-        )
+        return f"postgresql://{_SUPERUSER}:{self.password}@127.0.0.1:{self.port}/{database}"
 
     @property
     def display_url(self) -> str:

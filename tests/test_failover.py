@@ -47,7 +47,7 @@ def test_primary_lost_mid_publish_standby_promoted_server_recovers_and_no_ack_is
     replicated: Pair,
 ):
     primary, standby = replicated
-    url = spawn.multi_host_url([primary.port, standby.port], primary.database)
+    url = spawn.multi_host_url([primary.port, standby.port], primary.database, primary.password)
     server = ServerProcess(url, "--db-retry-timeout", "120").start()
     total = 20_000
     sent = [event(f"fo-{i}", payload=f'{{"i": {i}}}') for i in range(total)]
