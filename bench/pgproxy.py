@@ -62,9 +62,11 @@ class PgProxy:
         """Send new connections to another port (existing ones are left alone)."""
         self.upstream = (self.upstream[0], upstream_port)
 
-    def url(self, database: str, user: str = "postgres") -> str:
+    def url(self, database: str, user: str = "postgres", password: str = "") -> str:
+        """A URL through the proxy; `password` URL-quoted (EmbeddedPostgres.password is)."""
+        login = f"{user}:{password}" if password else user
         return (
-            f"postgresql://{user}@127.0.0.1:{self.port}/{database}"
+            f"postgresql://{login}@127.0.0.1:{self.port}/{database}"
             "?sslmode=disable&gssencmode=disable"
         )
 

@@ -31,7 +31,9 @@ def proxy(pg_cluster: storage.EmbeddedPostgres, db_url: str) -> Iterator[PgProxy
 
 @pytest.fixture
 def proxied_stub(proxy: PgProxy, pg_cluster: storage.EmbeddedPostgres):
-    config = server_config(proxy.url(pg_cluster.database), flush_workers=1)
+    config = server_config(
+        proxy.url(pg_cluster.database, password=pg_cluster.password), flush_workers=1
+    )
     with Server(config) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         yield pb_grpc.AggregatorServiceStub(channel)
 
