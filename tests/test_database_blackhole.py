@@ -33,7 +33,7 @@ def proxy(pg_cluster, db_url):
 def test_frozen_database_connections_fail_calls_in_time_and_hold_no_thread(
     pg_cluster, db_url, proxy
 ):
-    url = proxy.url(pg_cluster.database)
+    url = proxy.url(pg_cluster.database, password=pg_cluster.password)
     config = server_config(url, db_retry_timeout=2.0, max_concurrent_rpcs=20, shutdown_grace=2.0)
     with Server(config) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = pb_grpc.AggregatorServiceStub(channel)
