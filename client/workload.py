@@ -103,7 +103,7 @@ class Workload:
         ns = self._start_ns + k * 1_000_000
         event = pb.Event(
             topic=self.topics[k % len(self.topics)],
-            event_id=f"{self.run_id}-{k}",
+            event_id=self._event_id(k),
             source=self.sources[k % len(self.sources)],
             payload=self._payload(k),
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 
@@ -25,6 +26,14 @@ def test_event_number_always_renders_the_same_event_in_both_forms():
         # padded to the size asked, plus the digits of larger event numbers
         assert 120 <= len(fields.payload.encode()) <= 120 + 2 * len(str(k))
     assert [load.fields(k).topic for k in range(3)] == ["a", "b", "a"]
+
+
+def test_uuid_ids_are_version_4_and_the_same_for_a_repeat():
+    load = workload.Workload("run", uuid_ids=True)
+    ids = {load.event(k).event_id for k in range(1000)}
+    assert len(ids) == 1000
+    assert load.event(7).event_id == load.fields(7).event_id == load.event(7).event_id
+    assert uuid.UUID(load.event(7).event_id).version == 4
 
 
 def test_plan_repeats_exactly_the_share_asked_for_and_only_earlier_events():
