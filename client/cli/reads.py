@@ -27,8 +27,12 @@ def _console() -> Console:
 
 def stats(args: argparse.Namespace, connect: Connect) -> int:
     with connect() as agg:
-        response = agg.stats()
-    topics = [t for t in response.topics if args.topic is None or t.topic == args.topic]
+        response = agg.stats(topic=args.topic or "")
+        topics = list(response.topics)
+        page = response
+        while page.next_page_token:  # totals are exact on every page; topics come in pages
+            page = agg.stats(page_token=page.next_page_token, topic=args.topic or "")
+            topics.extend(page.topics)
     if args.topic is not None and not topics:
         print(f"error: no events stored for topic {args.topic!r}", file=sys.stderr)
         return 1
@@ -37,6 +41,7 @@ def stats(args: argparse.Namespace, connect: Connect) -> int:
         # strings, which scripts then have to convert).
         document = json_format.MessageToDict(response, always_print_fields_with_no_presence=True)
         document.update({name: getattr(response, name) for name in COUNTERS})
+        document.pop("nextPageToken", None)  # every page is in `topics`
         document["topics"] = [
             {"topic": t.topic, **{name: getattr(t, name) for name in COUNTERS}} for t in topics
         ]
