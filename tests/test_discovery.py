@@ -74,6 +74,7 @@ def test_served_descriptors_keep_the_proto_comments(channel, path):
     text = comments(files[0])
     assert "Default 100, at most 1000." in text  # ListEventsRequest.page_size
     assert "The key is already stored with different content; not stored." in text
+    assert "Stored events of one topic in delivery order" in text  # ListEvents
     assert "google/protobuf/timestamp.proto" in {f.name for f in files}  # dependencies too
 
 

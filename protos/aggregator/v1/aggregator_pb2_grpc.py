@@ -82,7 +82,8 @@ class AggregatorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListEvents(self, request, context):
-        """Stored events of one topic, oldest first, keyset-paged.
+        """Stored events of one topic in delivery order (the gap-free order Subscribe uses),
+        keyset-paged.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

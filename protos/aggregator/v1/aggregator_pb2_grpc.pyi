@@ -42,7 +42,9 @@ class AggregatorServiceStub:
     PublishBatch: _grpc.UnaryUnaryMultiCallable[_aggregator_pb2.PublishRequest, _aggregator_pb2.PublishResponse]
     """The same as Publish for a single request."""
     ListEvents: _grpc.UnaryUnaryMultiCallable[_aggregator_pb2.ListEventsRequest, _aggregator_pb2.ListEventsResponse]
-    """Stored events of one topic, oldest first, keyset-paged."""
+    """Stored events of one topic in delivery order (the gap-free order Subscribe uses),
+    keyset-paged.
+    """
     GetStats: _grpc.UnaryUnaryMultiCallable[_aggregator_pb2.GetStatsRequest, _aggregator_pb2.GetStatsResponse]
     """Persistent counters, per topic and in total."""
     Subscribe: _grpc.UnaryStreamMultiCallable[_aggregator_pb2.SubscribeRequest, _aggregator_pb2.SubscribeResponse]
@@ -62,7 +64,9 @@ class AggregatorServiceAsyncStub(AggregatorServiceStub):
     PublishBatch: _aio.UnaryUnaryMultiCallable[_aggregator_pb2.PublishRequest, _aggregator_pb2.PublishResponse]  # type: ignore[assignment]
     """The same as Publish for a single request."""
     ListEvents: _aio.UnaryUnaryMultiCallable[_aggregator_pb2.ListEventsRequest, _aggregator_pb2.ListEventsResponse]  # type: ignore[assignment]
-    """Stored events of one topic, oldest first, keyset-paged."""
+    """Stored events of one topic in delivery order (the gap-free order Subscribe uses),
+    keyset-paged.
+    """
     GetStats: _aio.UnaryUnaryMultiCallable[_aggregator_pb2.GetStatsRequest, _aggregator_pb2.GetStatsResponse]  # type: ignore[assignment]
     """Persistent counters, per topic and in total."""
     Subscribe: _aio.UnaryStreamMultiCallable[_aggregator_pb2.SubscribeRequest, _aggregator_pb2.SubscribeResponse]  # type: ignore[assignment]
@@ -97,7 +101,9 @@ class AggregatorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _aggregator_pb2.ListEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_aggregator_pb2.ListEventsResponse, _abc.Awaitable[_aggregator_pb2.ListEventsResponse]]:
-        """Stored events of one topic, oldest first, keyset-paged."""
+        """Stored events of one topic in delivery order (the gap-free order Subscribe uses),
+        keyset-paged.
+        """
 
     @_abc_1.abstractmethod
     def GetStats(
