@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -29,6 +30,7 @@ from tests.support import wait_until
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(900)]
 
 USER_UID = "10001"  # the Dockerfile's aggregator user
+EVENTS_PER_SECOND = 5_000  # the publisher's pace in the SIGTERM test
 
 
 def free_port() -> int:
@@ -230,9 +232,13 @@ def test_sigterm_through_compose_stop_while_publishing_loses_no_acknowledged_eve
         with agg.publisher(max_batch_events=200, reconnect_timeout=120) as publisher:
 
             def feed() -> None:
+                # Paced (not as fast as it can) so the stream is still busy after the
+                # restart without piling up hundreds of thousands of events meanwhile.
+                started = time.monotonic()
                 try:
-                    for n in range(300_000):
-                        if stop_feeding.is_set():
+                    for n in range(EVENTS_PER_SECOND * 120):
+                        ahead = started + n / EVENTS_PER_SECOND - time.monotonic()
+                        if stop_feeding.wait(ahead if n % 100 == 0 and ahead > 0 else 0):
                             return
                         event_id = f"sigterm-{n}"
                         future = publisher.publish(make_event(topic, {"n": n}, event_id=event_id))
