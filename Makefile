@@ -63,6 +63,7 @@ bench: install
 	$(PY) -m bench --spawn --baselines --delivery -n 1200 -c 4 --batch-size 500
 	$(PY) -m bench --spawn --ceiling -n 8000 -c 4 --batch-size 1
 	$(PY) -m bench --spawn --ceiling -n 4000 -c 4 --batch-size 1 --call publish-batch
+	$(PY) -m bench.transports -n 240 -c 4 --batch-size 500
 
 # The rate as the table grows: GROWTH_EVENTS (default 20M) in rounds of 1M.
 GROWTH_EVENTS ?= 20000000
