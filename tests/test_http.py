@@ -316,3 +316,22 @@ def test_shutdown_drains_http_every_200_is_committed(db_url, sql):
     rows = {row[0] for row in sql.execute("SELECT event_id FROM events").fetchall()}
     assert acked and set(acked) <= rows
     assert "stopped" in "".join(server.output)
+
+
+def test_ready_follows_the_database_and_publish_says_retry_later_while_it_is_down(own_cluster):
+    config = server_config(own_cluster.url, http_port=free_port(), db_retry_timeout=1.0)
+    with (
+        Server(config) as running,
+        httpx.Client(base_url=f"http://127.0.0.1:{running.http_port}", timeout=60) as client,
+    ):
+        assert client.get("/health/ready").status_code == 200
+        own_cluster.stop()
+        wait_until(lambda: client.get("/health/ready").status_code == 503, what="NOT_SERVING")
+        assert client.get("/health").status_code == 200  # alive all the same
+        refused = client.post("/publish", json=ev("while-down"))
+        assert refused.status_code == 503
+        assert int(refused.headers["retry-after"]) >= 1
+        assert "database is unavailable" in refused.json()["detail"]
+        own_cluster.start()
+        wait_until(lambda: client.get("/health/ready").status_code == 200, what="SERVING again")
+        assert client.post("/publish", json=ev("after")).json()["accepted"] == 1
