@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
+from aggregator.v1 import aggregator_pb2 as pb
 
 from bench import transports
 
@@ -20,11 +22,9 @@ def test_both_transports_carry_the_same_events():
     grpc_events = [
         e
         for body in transports.grpc_bodies("x", 2, 5, 0.3)
-        for e in transports.pb.PublishRequest.FromString(body).events
+        for e in pb.PublishRequest.FromString(body).events
     ]
-    http_events = [
-        e for body in transports.http_bodies("x", 2, 5, 0.3) for e in transports.orjson.loads(body)
-    ]
+    http_events = [e for body in transports.http_bodies("x", 2, 5, 0.3) for e in orjson.loads(body)]
     assert [(e.topic, e.event_id) for e in grpc_events] == [
         (e["topic"], e["event_id"]) for e in http_events
     ]
