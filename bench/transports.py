@@ -28,7 +28,8 @@ from google.protobuf import timestamp_pb2
 
 from bench import spawn
 
-PUBLISH_BATCH = "/aggregator.v1.AggregatorService/PublishBatch"
+_SERVICE = pb.DESCRIPTOR.services_by_name["AggregatorService"]
+PUBLISH_BATCH = f"/{_SERVICE.full_name}/{_SERVICE.methods_by_name['PublishBatch'].name}"
 EPOCH_SECONDS = 1_714_564_800  # 2024-05-01T12:00:00Z
 
 
