@@ -13,11 +13,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
+from aggregator.v1 import aggregator_pb2 as pb
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import storage
 from storage.embedded import free_port
 
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AggregatorService"].full_name
 _SIGTERM = signal.SIGTERM  # the class below has a method named signal
 
 
@@ -139,7 +141,9 @@ class ServerProcess:
             with channel:
                 try:
                     reply = health_pb2_grpc.HealthStub(channel).Check(
-                        health_pb2.HealthCheckRequest(), timeout=1, wait_for_ready=False
+                        health_pb2.HealthCheckRequest(service=SERVICE_NAME),
+                        timeout=1,
+                        wait_for_ready=False,
                     )
                 except grpc.RpcError:
                     pass

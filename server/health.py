@@ -18,6 +18,9 @@ class DatabaseHealth:
 
     def __init__(self, database: storage.Database, *, interval: float = 2.0) -> None:
         self.servicer = health.HealthServicer()
+        # grpcio-health-checking starts "" at SERVING; nothing is served until start().
+        for name in ("", rpc.SERVICE_NAME):
+            self.servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self._database = database
         self._interval = interval
         self._healthy: bool | None = None
