@@ -58,7 +58,8 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# Big requests against every baseline, then small requests against the gRPC ceiling.
+# Big requests against every baseline, small requests against the gRPC ceiling, then HTTP
+# POST /publish against gRPC PublishBatch with the same 500-event batches (bench/transports.py).
 bench: install
 	$(PY) -m bench --spawn --baselines --delivery -n 1200 -c 4 --batch-size 500
 	$(PY) -m bench --spawn --ceiling -n 8000 -c 4 --batch-size 1
