@@ -2,7 +2,8 @@
 
 A primary with a synchronous standby, each behind a loopback proxy this run owns, and one
 server given both (a libpq multi-host URL, target_session_attrs=read-write). While the
-publishers send new events and repeats, a seeded schedule injects one fault at a time and
+publishers send new events and repeats and subscribers follow the topic from its beginning
+(Subscribe, resuming by cursor), a seeded schedule injects one fault at a time and
 waits for the publishers to make progress again (the recovery time):
 
   server-kill        SIGKILL the server, start it again on the same port
@@ -14,11 +15,12 @@ waits for the publishers to make progress again (the recovery time):
   failover           the primary is lost; the standby is promoted; a new standby is built
 
 At the end: every acknowledged event is stored; the table holds each distinct event exactly
-once; the counters equal what the publishers sent, exactly, except for events a SIGKILLed
-server committed but could not acknowledge: the client library resends them and they count
-again (as DUPLICATE). That number is measured, and must be 0 without SIGKILLs (graceful
-restarts answer everything they read) and at most what was in flight at the kills. The
-server's memory stays steady.
+once; every subscriber received every stored event exactly once (no gap, no repeat); the
+counters equal what the publishers sent, exactly, except for events a SIGKILLed server
+committed but could not acknowledge: the client library resends them and they count again
+(as DUPLICATE). That number is measured, and must be 0 without SIGKILLs (graceful restarts
+answer everything they read) and at most what was in flight at the kills. The server's
+memory stays steady.
 Exit status 0 when all of that holds.
 """
 
@@ -57,6 +59,7 @@ FAULTS = (
 )
 _BASE = datetime(2026, 1, 1, tzinfo=UTC)
 _DATABASE = "chaos"
+_TOPIC = "chaos"
 
 
 class _Databases:
@@ -150,7 +153,7 @@ class _Load:
                 self.ids.append(f"{self.name}-{k}")
             future = self.publisher.publish(
                 make_event(
-                    "chaos",
+                    _TOPIC,
                     {"k": k, "by": self.name},
                     event_id=f"{self.name}-{k}",
                     timestamp=_BASE,
@@ -168,6 +171,31 @@ class _Load:
         self.channel.close()
 
 
+class _Subscriber:
+    """Follows the topic from its beginning, as a consumer would, through every fault."""
+
+    def __init__(self, name: str, target: str) -> None:
+        self.client = AggregatorClient(target)
+        self.delivered: list[str] = []  # event ids in delivery order
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name=f"subscriber-{name}", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            for response in self.client.subscribe(_TOPIC, reconnect_timeout=300):
+                self.delivered.extend(stored.event.event_id for stored in response.events)
+        except Exception as exc:  # closing the client at the end ends the call too
+            self.error = exc
+
+    def finish(self, expected: int, timeout: float) -> None:
+        """Wait until `expected` events were delivered (bounded), then stop following."""
+        deadline = time.monotonic() + timeout
+        while len(self.delivered) < expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.client.close()
+        self.thread.join(30)
+
+
 class _Chaos:
     def __init__(self, args: argparse.Namespace, databases: _Databases) -> None:
         self.args = args
@@ -177,6 +205,9 @@ class _Chaos:
         self.loads = [
             _Load(f"p{i}", self.server.target, args.rate, args.duplicate_rate, args.seed)
             for i in range(args.publishers)
+        ]
+        self.subscribers = [
+            _Subscriber(f"s{i}", self.server.target) for i in range(args.subscribers)
         ]
         self.started = time.monotonic()
         self.recoveries: dict[str, list[float]] = collections.defaultdict(list)
@@ -198,6 +229,8 @@ class _Chaos:
 
     def run(self) -> None:
         self.log(f"seed {self.args.seed}: faults {', '.join(self.args.faults)}")
+        for subscriber in self.subscribers:
+            subscriber.thread.start()
         for load in self.loads:
             load.thread.start()
         deadline = self.started + self.args.duration
@@ -276,13 +309,20 @@ class _Chaos:
     def check(self) -> bool:
         with AggregatorClient(self.server.target) as agg:
             stats = agg.stats()
-        self.server.stop()
         with psycopg.connect(self.databases.primary.url) as conn:
             row = conn.execute(
                 "SELECT count(*), count(DISTINCT (topic, event_id)) FROM events"
             ).fetchone()
             stored = {r[0] for r in conn.execute("SELECT event_id FROM events")}
         rows, distinct_rows = (int(row[0]), int(row[1])) if row else (-1, -1)
+        for subscriber in self.subscribers:
+            subscriber.finish(rows, timeout=120)
+        self.server.stop()
+        # Each subscriber got every stored event, each once: no gap, no repeat.
+        gapless = all(
+            len(s.delivered) == len(set(s.delivered)) and set(s.delivered) == stored
+            for s in self.subscribers
+        )
         ids = {i for load in self.loads for i in load.ids}
         sends = [send for load in self.loads for send in load.sends]
         answered = [
@@ -313,6 +353,7 @@ class _Chaos:
             "duplicates = repeats sent + resent lost acks": stats.duplicates == repeats + lost,
             "rejected = conflicts = 0": stats.rejected == stats.conflicts == 0,
             "no event ACCEPTED twice": max(accepted_per_id.values(), default=1) == 1,
+            f"{len(self.subscribers)} subscribers: every stored event, once each (no gap)": gapless,
             "lost acks only where a server was killed with events in flight": (
                 lost <= in_flight and (lost == 0 or kills > 0)
             ),
@@ -323,6 +364,7 @@ class _Chaos:
             f"{len(self.loads)} publishers in {self.args.duration:g}s; rows {rows}; "
             f"received {stats.received}, accepted {stats.accepted}, duplicates "
             f"{stats.duplicates}; reconnects {sum(p.publisher.reconnects for p in self.loads)}; "
+            f"delivered to subscribers {[len(s.delivered) for s in self.subscribers]}; "
             f"lost acks resent {lost} ({lost_visible} seen as DUPLICATE-only events; "
             f"≤ {in_flight} in flight at SIGKILLs)"
         )
@@ -350,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--publishers", type=int, default=4)
     parser.add_argument("--rate", type=float, default=300, help="events/s per publisher")
     parser.add_argument("--duplicate-rate", type=float, default=0.3)
+    parser.add_argument("--subscribers", type=int, default=2, help="following the topic")
     parser.add_argument(
         "--min-gap", type=float, default=1.0, help="seconds between faults, at least"
     )
