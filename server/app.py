@@ -212,7 +212,9 @@ class Server:
         if self._stop_metrics is not None:
             self._stop_metrics()
         if self._batcher is not None:
-            self._batcher.close()  # commits whatever is still queued
+            # Commits what is still queued, for at most one more grace period; after that
+            # (the database is down) the rest fails unacknowledged and the exit is bounded.
+            self._batcher.close(timeout=self.config.shutdown_grace)
         if self._health is not None:
             self._health.stop()
         if self._listener is not None:

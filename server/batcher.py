@@ -201,6 +201,10 @@ class Batcher:
         while (batch := self._take()) is not None:
             if not batch:
                 continue
+            if self._stop_retrying.is_set():  # closing gave up on the database
+                for item in batch:
+                    item.fail(errors.ShuttingDown())
+                continue
             ticket = storage.Ticket(finished=finished)
             try:
                 self._flush(batch, ticket)
