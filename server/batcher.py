@@ -26,6 +26,7 @@ WriteBatch = Callable[
 FlushObserver = Callable[[float, int, storage.BatchResult], None]
 MIB = 1024 * 1024
 EVENT_OVERHEAD_BYTES = 200  # what one event costs in memory besides its payload, roughly
+TOGETHER, ALONE, ISOLATING = 0, 1, 2  # Submission.solo
 
 
 class Submission:
@@ -34,7 +35,7 @@ class Submission:
     `outcomes` (one per event, in order) is set once the events are committed.
     """
 
-    __slots__ = ("_done", "error", "events", "nbytes", "outcomes", "rejected", "weight")
+    __slots__ = ("_done", "error", "events", "nbytes", "outcomes", "rejected", "solo", "weight")
 
     def __init__(self, events: list[storage.NewEvent], rejected: dict[str, int]) -> None:
         self.events = events
@@ -42,6 +43,9 @@ class Submission:
         self.weight = max(1, len(events))
         # Memory held while queued: payloads plus a fixed cost per event.
         self.nbytes = sum(len(e.payload) for e in events) + EVENT_OVERHEAD_BYTES * self.weight
+        # In a transaction of its own after a refusal: ALONE first, then ISOLATING the
+        # refused rows (see Batcher._requeue).
+        self.solo = TOGETHER
         self.outcomes: list[storage.Outcome] | None = None
         self.error: BaseException | None = None
         self._done = threading.Event()
@@ -183,6 +187,7 @@ class Batcher:
                 or (
                     size + self._queue[0].weight <= self._max_batch
                     and nbytes + self._queue[0].nbytes <= self._max_batch_bytes
+                    and self._queue[0].solo == batch[0].solo == TOGETHER
                 )
             ):
                 item = self._queue.popleft()
@@ -207,7 +212,7 @@ class Batcher:
                 continue
             ticket = storage.Ticket(finished=finished)
             try:
-                self._flush(batch, ticket)
+                committed = self._flush(batch, ticket)
             except BaseException as exc:  # never leave a caller waiting forever
                 log.exception("flush failed")
                 for item in batch:
@@ -215,12 +220,13 @@ class Batcher:
                         item.fail(exc)
                 finished = [*finished, ticket.batch_id]
             else:
-                if any(item.events or item.rejected for item in batch):
+                if committed and any(item.events or item.rejected for item in batch):
                     finished = [ticket.batch_id]  # the commit deleted the older rows
                 else:
                     finished = [*finished, ticket.batch_id]
 
-    def _flush(self, batch: list[Submission], ticket: storage.Ticket) -> None:
+    def _flush(self, batch: list[Submission], ticket: storage.Ticket) -> bool:
+        """Write `batch` and resolve its submissions; False if it was put back instead."""
         events: list[storage.NewEvent] = []
         rejected: dict[str, int] = {}
         for item in batch:
@@ -229,7 +235,11 @@ class Batcher:
                 rejected[topic] = rejected.get(topic, 0) + n
         started = time.monotonic()
         try:
-            result = self._write_retrying(events, rejected, ticket)
+            isolate = batch[0].solo == ISOLATING
+            result = self._write_retrying(events, rejected, ticket, isolate=isolate)
+        except storage.RowsRefused as exc:
+            self._requeue(batch, exc)
+            return False
         except storage.Unavailable:
             raise
         except Exception:
@@ -249,19 +259,50 @@ class Batcher:
             n = len(item.events)
             item.resolve(outcomes[offset : offset + n])
             offset += n
+        return True
+
+    def _requeue(self, batch: list[Submission], exc: storage.RowsRefused) -> None:
+        """Put a refused batch back: its requests first in line, each alone; a request
+        refused alone goes to the back of the line, to have its refused rows isolated.
+
+        Isolating refused rows takes a transaction per split; done on a shared batch it
+        would hold every other request's answer until the end. This way the others wait
+        for the failed attempts only, and the culprit pays for its own isolation.
+        """
+        with self._cond:
+            if len(batch) > 1:
+                log.info("%s: writing the batch's %d requests one by one", exc, len(batch))
+                for item in reversed(batch):
+                    item.solo = ALONE
+                    self._queue.appendleft(item)
+            else:
+                batch[0].solo = ISOLATING
+                self._queue.append(batch[0])
+            for item in batch:
+                self._pending += item.weight
+                self._pending_bytes += item.nbytes
+            self._cond.notify_all()
 
     def _write_retrying(
-        self, events: list[storage.NewEvent], rejected: dict[str, int], ticket: storage.Ticket
+        self,
+        events: list[storage.NewEvent],
+        rejected: dict[str, int],
+        ticket: storage.Ticket,
+        *,
+        isolate: bool = True,
     ) -> storage.BatchResult:
         """Write, retrying with backoff while the database is unavailable, for a bounded time.
 
         A failed attempt may have committed (the connection dropped at COMMIT), so every
-        retry first asks the batch ledger what it did (`ticket.retry`).
+        retry first asks the batch ledger what it did (`ticket.retry`). Without `isolate`,
+        a refused row raises RowsRefused instead of being isolated (first attempt only: a
+        retry may resume a partly committed batch, which must not be split up).
         """
         deadline = time.monotonic() + self._retry_timeout
         ticket.deadline = deadline  # an attempt hanging on a dead connection is cut then
         delay = 0.05
         while True:
+            ticket.isolate = isolate or ticket.retry
             try:
                 result = self._write(events, rejected, ticket)
             except storage.Unavailable as exc:

@@ -4,6 +4,7 @@ StorageError
 ├── Unavailable      the database cannot be reached or refuses work now; retry later
 │   └── DiskFull     the database has no disk space left for our writes
 ├── Busy             every connection for this kind of work is in use; retry later
+├── RowsRefused      a batch written without isolation held a row the database refuses
 ├── InvalidArgument  a caller-supplied value the database cannot use
 ├── EmbeddedError    the embedded PostgreSQL cluster could not be set up or started
 └── Unsupported      the database lacks what the schema relies on (encoding, version)
@@ -26,6 +27,10 @@ class DiskFull(Unavailable):
 
 class Busy(StorageError):
     """The database is up but every connection for this kind of work stayed in use."""
+
+
+class RowsRefused(StorageError):
+    """The database refused a row of a batch written without isolation; nothing was stored."""
 
 
 class InvalidArgument(StorageError):

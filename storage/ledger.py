@@ -54,6 +54,7 @@ class Ticket:
     finished: list[uuid.UUID] = field(default_factory=list)
     retry: bool = False
     deadline: float | None = None  # time.monotonic() by which an attempt must have finished
+    isolate: bool = True  # split the batch to isolate refused rows; else raise RowsRefused
     seconds: float = 0.0  # spent recording, for the benchmark's cost figure
 
     @property

@@ -14,7 +14,7 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from storage import ledger, queries
-from storage.errors import StorageError
+from storage.errors import RowsRefused, StorageError
 from storage.models import ACCEPTED, DUPLICATE, BatchResult, NewEvent, Outcome, Status, split_ns
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,8 @@ def _write_isolating(
     try:
         _write_retrying(conn, events, idxs, rejected, result, ticket)
     except _ROW_ERRORS as exc:
+        if ticket is not None and not ticket.isolate:
+            raise RowsRefused(f"the database refused a row: {exc.diag.message_primary}") from exc
         if len(idxs) <= 1:
             if not idxs:
                 raise  # only counters were written: not a row's fault

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import grpc
+import psycopg
 import pytest
 from aggregator.v1 import aggregator_pb2 as pb
+from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
 
-from server import batcher, errors
-from tests.support import ACCEPTED, REJECTED, ServerProcess, event, request
+from server import Server, batcher, errors
+from tests.conftest import server_config
+from tests.support import ACCEPTED, REJECTED, ServerProcess, event, request, wait_until
 from tests.test_units import GatedWriter, submission
 
 NUL_PAYLOADS = ['{"k": "a\\u0000b"}', '{"a\\u0000": 1}', '[["x", {"y": "\\u0000"}]]']
@@ -91,3 +94,40 @@ def peak_rss_kb(pid: int) -> int:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1])
     raise AssertionError("no VmHWM")
+
+
+def test_a_request_the_database_refuses_is_isolated_after_the_requests_batched_with_it(db_url, sql):
+    config = server_config(db_url, flush_workers=1)
+    with Server(config) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.AggregatorServiceStub(channel)
+        queue = server._batcher
+        assert queue is not None
+        blocker = psycopg.connect(db_url)
+        blocker.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")  # the worker waits
+        try:
+            warm = stub.PublishBatch.future(request([event("warm")]))
+            wait_until(lambda: queue.pending_events == 0, what="the worker took the first")
+            bad = [
+                event(f"b{i}", payload='{"n": 1e-20000}' if i % 4 == 0 else "{}") for i in range(40)
+            ]
+            calls = {
+                name: stub.PublishBatch.future(request(events))
+                for name, events in (
+                    ("before", [event(f"a{i}") for i in range(40)]),
+                    ("culprit", bad),
+                    ("after", [event(f"c{i}") for i in range(40)]),
+                )
+            }
+            wait_until(lambda: queue.pending_events == 120, what="all three queued together")
+        finally:
+            blocker.rollback()
+            blocker.close()
+        assert list(warm.result(60).statuses) == [ACCEPTED]
+        results = {name: list(call.result(120).statuses) for name, call in calls.items()}
+    assert results["before"] == results["after"] == [ACCEPTED] * 40
+    assert results["culprit"] == [REJECTED if i % 4 == 0 else ACCEPTED for i in range(40)]
+    seq = dict(sql.execute("SELECT event_id, seq FROM events").fetchall())
+    culprit_first = min(seq[f"b{i}"] for i in range(40) if i % 4)
+    # The others were committed, each in its own transaction, before the culprit's isolation.
+    assert max(seq[f"c{i}"] for i in range(40)) < culprit_first
+    assert max(seq[f"a{i}"] for i in range(40)) < culprit_first
