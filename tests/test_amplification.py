@@ -106,7 +106,16 @@ def test_a_request_the_database_refuses_is_isolated_after_the_requests_batched_w
         blocker.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")  # the worker waits
         try:
             warm = stub.PublishBatch.future(request([event("warm")]))
-            wait_until(lambda: queue.pending_events == 0, what="the worker took the first")
+            wait_until(
+                lambda: (
+                    sql.execute(
+                        "SELECT count(*) FROM pg_locks"
+                        " WHERE NOT granted AND relation = 'events'::regclass"
+                    ).fetchone()[0]
+                    == 1
+                ),
+                what="the worker waiting on the lock with the first request",
+            )
             bad = [
                 event(f"b{i}", payload='{"n": 1e-20000}' if i % 4 == 0 else "{}") for i in range(40)
             ]
