@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 
+import grpc
 from aggregator.v1 import aggregator_pb2 as pb
 from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
 from google.protobuf import timestamp_pb2
@@ -42,6 +43,15 @@ def event(
 
 def request(events: Sequence[pb.Event], sequence: int = 0) -> pb.PublishRequest:
     return pb.PublishRequest(sequence=sequence, events=list(events))
+
+
+def raw_publish_batch(channel: grpc.Channel) -> grpc.UnaryUnaryMultiCallable:
+    """PublishBatch taking the request's bytes as they are, for requests no client would build."""
+    return channel.unary_unary(
+        "/aggregator.v1.AggregatorService/PublishBatch",
+        request_serializer=lambda raw: raw,
+        response_deserializer=pb.PublishResponse.FromString,
+    )
 
 
 def statuses(response: pb.PublishResponse) -> list[int]:

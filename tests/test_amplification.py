@@ -10,7 +10,15 @@ from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
 
 from server import Server, batcher, errors
 from tests.conftest import server_config
-from tests.support import ACCEPTED, REJECTED, ServerProcess, event, request, wait_until
+from tests.support import (
+    ACCEPTED,
+    REJECTED,
+    ServerProcess,
+    event,
+    raw_publish_batch,
+    request,
+    wait_until,
+)
 from tests.test_units import GatedWriter, submission
 
 NUL_PAYLOADS = ['{"k": "a\\u0000b"}', '{"a\\u0000": 1}', '[["x", {"y": "\\u0000"}]]']
@@ -72,11 +80,7 @@ def test_a_request_over_the_event_limit_is_refused_before_it_is_parsed(db_url):
             f"127.0.0.1:{server.port}",
             options=[("grpc.max_send_message_length", 64 * 1024 * 1024)],
         ) as channel:
-            call = channel.unary_unary(
-                "/aggregator.v1.AggregatorService/PublishBatch",
-                request_serializer=lambda b: b,
-                response_deserializer=pb.PublishResponse.FromString,
-            )
+            call = raw_publish_batch(channel)
             with pytest.raises(grpc.RpcError) as refused:
                 call(raw, timeout=120)
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT

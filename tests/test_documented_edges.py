@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from aggregator.v1 import aggregator_pb2 as pb
 from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
 from prometheus_client import generate_latest
 
 from server import Server
 from tests.conftest import server_config
-from tests.support import ACCEPTED, ServerProcess, event, request, wait_until
+from tests.support import (
+    ACCEPTED,
+    ServerProcess,
+    event,
+    raw_publish_batch,
+    request,
+    wait_until,
+)
 
 
 def test_one_request_over_max_batch_events_is_written_alone_in_one_transaction(db_url):
@@ -30,11 +36,7 @@ def test_invalid_utf8_in_one_event_refuses_the_whole_request_as_the_readme_says(
     good = event("fine").SerializeToString()
     bad = event("x").SerializeToString().replace(b"orders", b"ord\xffrs")
     raw = b"".join(b"\x12" + bytes([len(e)]) + e for e in (good, bad))
-    publish_raw = channel.unary_unary(
-        "/aggregator.v1.AggregatorService/PublishBatch",
-        request_serializer=lambda b: b,
-        response_deserializer=pb.PublishResponse.FromString,
-    )
+    publish_raw = raw_publish_batch(channel)
     with pytest.raises(grpc.RpcError) as refused:
         publish_raw(raw, timeout=60)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
