@@ -91,3 +91,16 @@ def test_ledger_keeps_only_rows_a_retry_can_still_need(proxied_stub, sql):
         assert statuses(proxied_stub.PublishBatch(request([event(f"e{n}")]))) == [ACCEPTED]
     # One flush worker: each committed batch deleted the rows of the one before it.
     assert sql.execute("SELECT count(DISTINCT batch_id) FROM batch_ledger").fetchone() == (1,)
+
+
+def test_rows_left_by_a_dead_server_are_swept_at_start_up_and_recent_ones_kept(db_url, sql):
+    insert = (
+        "INSERT INTO batch_ledger (batch_id, first_idx, statuses, reasons, counts, committed_at)"
+        " VALUES (gen_random_uuid(), 0, '\\x01', '{}', '{}', now() - %s::interval)"
+    )
+    sql.execute(insert, ("2 hours",))  # no retry lives this long: its server died
+    sql.execute(insert, ("1 second",))  # may belong to a batch another server still retries
+    with storage.Database(db_url, min_connections=1, max_connections=1) as db:
+        db.migrate()
+    ages = sql.execute("SELECT now() - committed_at < interval '1 hour' FROM batch_ledger")
+    assert [row[0] for row in ages] == [True]
