@@ -21,14 +21,13 @@ RUN python -m venv /opt/aggregator \
 FROM ${PYTHON_IMAGE}
 RUN useradd --system --uid 10001 --no-create-home --home-dir /nonexistent aggregator
 COPY --from=build /opt/aggregator /opt/aggregator
+# Inside a container every interface is the way in; the server's own default is 127.0.0.1.
 ENV PATH=/opt/aggregator/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     AGGREGATOR_HOST=0.0.0.0
 WORKDIR /app
 USER aggregator
 
 EXPOSE 50051 8000 9464
-# Inside a container every interface is the way in; the server's own default is 127.0.0.1.
-ENV AGGREGATOR_HOST=0.0.0.0
 # grpc.health.v1 through the client CLI: SERVING means the database answers too.
 HEALTHCHECK --interval=5s --timeout=5s --start-period=10s --retries=5 \
     CMD ["python", "-m", "client", "--target", "127.0.0.1:50051", "health"]

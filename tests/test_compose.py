@@ -137,7 +137,10 @@ def stack() -> Iterator[Stack]:
     stack = Stack()
     stack.compose("down", "--volumes", "--remove-orphans")  # what a killed run left
     try:
-        stack.compose("up", "--detach", "--build")
+        try:
+            stack.compose("up", "--detach", "--build")
+        except AssertionError as exc:  # say why: a service that never became healthy logged it
+            raise AssertionError(f"{exc}\n{stack.compose('logs', '--tail', '30')}") from None
         yield stack
     finally:
         stack.compose("down", "--volumes", "--remove-orphans")
