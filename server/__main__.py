@@ -45,7 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot start: %s", exc)
         return 1
     try:
-        stop.wait()
+        # A timed wait: a signal the kernel hands to another thread (gRPC's, uvicorn's) only
+        # runs its Python handler when the main thread is back in the interpreter.
+        while not stop.wait(0.5):
+            pass
     finally:
         server.stop()
     return 0
