@@ -9,15 +9,21 @@ as soon as the limit is passed, so an over-limit request is refused before it is
 from __future__ import annotations
 
 MIN_FIELD_BYTES = 2  # the smallest encoding of a length-delimited field: tag + zero length
+# Smaller messages are parsed without looking: at worst 128 Ki tiny elements, a bounded cost,
+# and the common case (requests of a few hundred events) pays nothing for the check.
+ALWAYS_PARSE_BYTES = 256 * 1024
 
 
 def occurs_more_than(raw: bytes, number: int, limit: int) -> bool:
     """Whether top-level field `number` occurs more than `limit` times in `raw`.
 
+    False without looking when `raw` is under ALWAYS_PARSE_BYTES: the caller counts after
+    parsing then.
+
     Malformed input stops the count early; the parser reports it afterwards.
     """
-    if len(raw) < MIN_FIELD_BYTES * (limit + 1):
-        return False  # too short to hold that many
+    if len(raw) < max(MIN_FIELD_BYTES * (limit + 1), ALWAYS_PARSE_BYTES):
+        return False  # too short to hold that many, or cheap enough to parse and count
     count = 0
     pos = 0
     end = len(raw)
@@ -26,8 +32,10 @@ def occurs_more_than(raw: bytes, number: int, limit: int) -> bool:
         while pos < end:
             if raw[pos] == fast_tag and number < 16:
                 length = raw[pos + 1]
-                if length < 0x80:
+                if length < 0x80:  # one-byte length (< 128 bytes)
                     pos += 2 + length
+                elif raw[pos + 2] < 0x80:  # two-byte length (< 16 KiB)
+                    pos += 3 + ((length & 0x7F) | (raw[pos + 2] << 7))
                 else:
                     length, pos = _varint(raw, pos + 1)
                     pos += length

@@ -8,7 +8,7 @@ import pytest
 from aggregator.v1 import aggregator_pb2 as pb
 from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
 
-from server import Server, batcher, errors
+from server import Server, batcher, errors, wire
 from tests.conftest import server_config
 from tests.support import (
     ACCEPTED,
@@ -144,3 +144,12 @@ def test_a_request_the_database_refuses_is_isolated_after_the_requests_batched_w
     # The others were committed, each in its own transaction, before the culprit's isolation.
     assert max(seq[f"c{i}"] for i in range(40)) < culprit_first
     assert max(seq[f"a{i}"] for i in range(40)) < culprit_first
+
+
+def test_the_raw_event_count_is_exact_at_the_limit():
+    events = [event(i, payload='{"a": "' + "x" * 300 + '"}') for i in range(1000)]
+    raw = request(events, sequence=7).SerializeToString()  # over 256 KiB: counted raw
+    assert len(raw) > wire.ALWAYS_PARSE_BYTES
+    assert wire.occurs_more_than(raw, 2, 999)
+    assert not wire.occurs_more_than(raw, 2, 1000)
+    assert not wire.occurs_more_than(raw[: wire.ALWAYS_PARSE_BYTES - 1], 2, 10)  # parsed instead
