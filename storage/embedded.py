@@ -35,36 +35,6 @@ log = logging.getLogger(__name__)
 _SUPERUSER = "postgres"
 # Throwaway clusters trade crash safety for speed; never used for `make run` data.
 _THROWAWAY_SETTINGS = {"fsync": "off", "full_page_writes": "off"}
-_MIB = 1024 * 1024
-
-
-def ingest_settings(memory_bytes: int | None = None) -> dict[str, str]:
-    """Settings for a durable cluster that mostly ingests, sized from this machine's memory.
-
-    fsync, full_page_writes and synchronous_commit keep their safe defaults: an ack still
-    means the commit is on disk. What changes is how much fits in memory and how often a
-    checkpoint forces full-page images of every touched page into the WAL:
-    - shared_buffers: a quarter of memory (at most 8 GiB; PostgreSQL's default is 128 MB),
-      so the primary-key index of random UUIDs stays cached as the table grows;
-    - effective_cache_size: half of memory (a planner hint only);
-    - wal_buffers 64 MB: a 5,000-event batch writes several MB of WAL before its commit;
-    - max_wal_size 8 GB, min_wal_size 1 GB, checkpoint_timeout 15 min: checkpoints every
-      ~15 min instead of every 1 GB of WAL, so far fewer full-page images;
-    - wal_compression on: the full-page images still written are compressed (random-key
-      index pages are the bulk of them).
-    """
-    if memory_bytes is None:
-        memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    shared = max(128 * _MIB, min(memory_bytes // 4, 8 * 1024 * _MIB))
-    return {
-        "shared_buffers": f"{shared // _MIB}MB",
-        "effective_cache_size": f"{max(memory_bytes // 2, shared) // _MIB}MB",
-        "wal_buffers": "64MB",
-        "max_wal_size": "8GB",
-        "min_wal_size": "1GB",
-        "checkpoint_timeout": "15min",
-        "wal_compression": "on",
-    }
 
 
 def find_bindir() -> Path:
@@ -292,7 +262,8 @@ class EmbeddedPostgres:
             "port": str(self.port),
             "unix_socket_directories": "''",
         }
-        settings.update(_THROWAWAY_SETTINGS if self._throwaway else ingest_settings())
+        if self._throwaway:
+            settings.update(_THROWAWAY_SETTINGS)
         settings.update(self._settings)
         options = " ".join(f"-c {key}={value}" for key, value in settings.items())
         log_file = self.data_dir / "postgres.log"

@@ -162,13 +162,3 @@ def test_batcher_hands_each_request_exactly_its_own_outcomes_in_order():
         [],
         ["0", "1"],
     ]
-
-
-def test_embedded_cluster_is_sized_from_memory_and_stays_durable():
-    from storage.embedded import ingest_settings
-
-    big = ingest_settings(24 * 1024**3)
-    assert big["shared_buffers"] == "6144MB" and big["effective_cache_size"] == "12288MB"
-    assert ingest_settings(64 * 1024**3)["shared_buffers"] == "8192MB"  # capped
-    assert ingest_settings(256 * 1024**2)["shared_buffers"] == "128MB"  # never below default
-    assert not {"fsync", "synchronous_commit", "full_page_writes"} & set(big)
