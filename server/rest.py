@@ -30,6 +30,7 @@ from server.metrics import Metrics
 from server.validation import Incoming
 
 T = TypeVar("T")
+MAX_WAIT = 60.0  # seconds a GET /events?wait= may hold its connection
 
 # One table from the server's status codes to HTTP's.
 HTTP_STATUS: dict[grpc.StatusCode, int] = {
@@ -172,9 +173,23 @@ def create_app(
             "", description="the previous page's cursor (empty: the topic's beginning)"
         ),
         limit: int = Query(100, ge=1, le=rest_models.MAX_EVENTS_LIMIT),
+        wait: float = Query(
+            0,
+            ge=0,
+            le=MAX_WAIT,
+            description="long poll: when nothing is new, wait up to this many seconds for "
+            "the next commit (the same wake-ups as gRPC Subscribe)",
+        ),
     ) -> Response:
         position = cursors.decode(after, topic, field="after")
-        page = await run(lambda: core.list_events(topic, after=position, limit=limit))
+
+        def read() -> storage.Page:
+            if not wait:
+                return core.list_events(topic, after=position, limit=limit)
+            with core.subscribe(topic, after=position) as subscription:
+                return subscription.wait_for_page(wait, limit=limit)
+
+        page = await run(read)
         return _json(
             200,
             {

@@ -10,6 +10,7 @@ here knows a transport: the gRPC servicer (and any other face) turns pages into 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from types import TracebackType
 
@@ -42,9 +43,10 @@ class Subscriber:
         """Forget older wake-ups: the coming read sees what they announced."""
         self._woken.clear()
 
-    def sleep(self) -> None:
-        """Until woken, or the fallback poll is due."""
-        self._woken.wait(POLL_WAITING if self.waiting else POLL_IDLE)
+    def sleep(self, at_most: float | None = None) -> None:
+        """Until woken, or the fallback poll is due (or `at_most` seconds passed)."""
+        poll = POLL_WAITING if self.waiting else POLL_IDLE
+        self._woken.wait(poll if at_most is None else min(poll, at_most))
 
 
 class Hub:
@@ -133,19 +135,37 @@ class Subscription:
         """
         subscriber = self._subscriber
         while not self._cancelled:
-            if self._hub.closing:
-                raise errors.ShuttingDown(_SHUTTING_DOWN)
-            subscriber.before_read()
-            page = self._database.list_events(
-                self.topic, after=self.position, limit=PAGE_SIZE, max_bytes=PAGE_BYTES
-            )
-            subscriber.waiting = page.waiting
+            page = self._read(PAGE_SIZE)
             if page.events:
-                self.position = page.position
                 yield page  # returns once the transport has sent it: a slow reader waits here
                 subscriber.delivered += len(page.events)
             if not page.more:
                 subscriber.sleep()
+
+    def wait_for_page(self, timeout: float, *, limit: int = PAGE_SIZE) -> storage.Page:
+        """The next non-empty page, or an empty one after `timeout` seconds (long polling).
+
+        Raises:
+            errors.ShuttingDown: the server is stopping.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            page = self._read(limit)
+            remaining = deadline - time.monotonic()
+            if page.events or remaining <= 0 or self._cancelled:
+                return page
+            self._subscriber.sleep(remaining)
+
+    def _read(self, limit: int) -> storage.Page:
+        if self._hub.closing:
+            raise errors.ShuttingDown(_SHUTTING_DOWN)
+        self._subscriber.before_read()
+        page = self._database.list_events(
+            self.topic, after=self.position, limit=limit, max_bytes=PAGE_BYTES
+        )
+        self._subscriber.waiting = page.waiting
+        self.position = page.position
+        return page
 
     def cancel(self) -> None:
         """Stop (from any thread): pages() ends at once."""
