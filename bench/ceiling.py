@@ -15,7 +15,7 @@ from concurrent import futures
 
 import grpc
 from aggregator.v1 import aggregator_pb2 as pb
-from grpc_health.v1 import health, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 SERVICE = "aggregator.v1.AggregatorService"
 _ACCEPTED = pb.EVENT_STATUS_ACCEPTED
@@ -46,7 +46,9 @@ def serve(host: str, port: int, max_workers: int = 204) -> tuple[grpc.Server, in
         "PublishBatch": grpc.unary_unary_rpc_method_handler(_publish_batch),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)  # SERVING
+    healthy = health.HealthServicer()
+    healthy.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)  # what ServerProcess waits for
+    health_pb2_grpc.add_HealthServicer_to_server(healthy, server)
     bound = server.add_insecure_port(f"{host}:{port}")
     server.start()
     return server, bound

@@ -96,5 +96,10 @@ def test_ceiling_answers_every_event_accepted_in_order():
             assert [(a.sequence, len(a.statuses)) for a in answers] == [(1, 1), (3, 3)]
             one = stub.PublishBatch(request([event()], 9))
             assert list(one.statuses) == [pb.EVENT_STATUS_ACCEPTED]
+            from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+            asked = health_pb2.HealthCheckRequest(service=ceiling.SERVICE)
+            reply = health_pb2_grpc.HealthStub(chan).Check(asked)  # what ServerProcess waits for
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
     finally:
         server.stop(0)
