@@ -75,10 +75,10 @@ def test_health_watch_streams_without_a_token_cannot_lock_out_authenticated_call
                 except grpc.RpcError as exc:
                     refused.append(exc)
             assert served == watchers
-            assert refused and all(
-                e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "Health.Watch" in e.details()
-                for e in refused
-            )
+            # Our cap refuses them; one refused a moment earlier may still hold a place in
+            # gRPC's own --max-concurrent-rpcs count, whose refusal reads differently.
+            assert refused and all(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for e in refused)
+            assert any("Health.Watch" in e.details() for e in refused)
             # Every other call still finds a slot: probes and authenticated publishers.
             reply = health.Check(health_pb2.HealthCheckRequest())
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
