@@ -42,7 +42,17 @@ class Listener:
         delay = 0.1
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self._url, autocommit=True, connect_timeout=5) as conn:
+                # TCP keepalives: a connection the network silently dropped fails within
+                # ~25 s and is replaced, instead of leaving subscribers on their fallback poll.
+                with psycopg.connect(
+                    self._url,
+                    autocommit=True,
+                    connect_timeout=5,
+                    keepalives=1,
+                    keepalives_idle=10,
+                    keepalives_interval=5,
+                    keepalives_count=3,
+                ) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self.connected.set()
                     self._on_news(None)  # whatever happened while not listening
