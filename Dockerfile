@@ -1,4 +1,5 @@
-# The aggregator image: the server, the client CLI and the bench, as the tests run them.
+# The aggregator image: the installed package (aggregator-server, the aggregator CLI) and
+# the bench's sources in /app (not installed), as the tests run them.
 # PYTHON_IMAGE is the public python:3.11-slim; CI builds the same file on a local stand-in
 # (docker/standins/) because it cannot pull from Docker Hub.
 ARG PYTHON_IMAGE=python:3.11-slim
@@ -12,7 +13,6 @@ COPY protos protos
 COPY server server
 COPY storage storage
 COPY client client
-COPY bench bench
 RUN python -m venv /opt/aggregator \
     && /opt/aggregator/bin/pip install . \
     && /opt/aggregator/bin/pip uninstall -y pip setuptools
@@ -25,10 +25,12 @@ COPY --from=build /opt/aggregator /opt/aggregator
 ENV PATH=/opt/aggregator/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     AGGREGATOR_HOST=0.0.0.0
 WORKDIR /app
+# `python -m bench` (the Compose bench profile) runs from here; it is not installed.
+COPY bench bench
 USER aggregator
 
 EXPOSE 50051 8000 9464
 # grpc.health.v1 through the client CLI: SERVING means the database answers too.
 HEALTHCHECK --interval=5s --timeout=5s --start-period=10s --retries=5 \
-    CMD ["python", "-m", "client", "--target", "127.0.0.1:50051", "health"]
-CMD ["python", "-m", "server", "--log-format", "json", "--metrics-port", "9464"]
+    CMD ["aggregator", "--target", "127.0.0.1:50051", "health"]
+CMD ["aggregator-server", "--log-format", "json", "--metrics-port", "9464"]

@@ -13,11 +13,13 @@ SEED ?= 1
 
 install: $(STAMP)
 	@scripts/ensure-postgres
+	@scripts/ensure-docker-compose
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# The flat layout is deliberate (see pyproject.toml); setuptools' note about it is noise.
+	# The folders map to aggregator.* (see pyproject.toml); setuptools' note about
+	# editable installs of such a mapping is noise: its finder serves them.
 	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
@@ -46,12 +48,13 @@ test: install
 	$(PY) -m pytest
 
 test-unit: install
-	$(PY) -m pytest -m "not integration"
+	$(PY) -m pytest tests/unit
 
 lint: install proto-check
 	scripts/check-compose
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
+	scripts/link-layout
 	$(VENV)/bin/mypy
 
 format: $(STAMP)

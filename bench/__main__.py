@@ -19,9 +19,9 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from aggregator.storage.embedded import free_port
 from bench import baselines, load, proc, report, spawn
 from bench import delivery as bench_delivery
-from storage.embedded import free_port
 
 CEILING = "gRPC ceiling (a no-work servicer of the same proto, same load)"
 

@@ -6,10 +6,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-import storage
-from client import workload
-from storage import NewEvent
-from storage import baselines as sql_paths
+from aggregator import storage
+from aggregator.client import workload
+from aggregator.storage import NewEvent
+from bench import sql_paths
 
 NAIVE_EVENTS = 10_000  # the naive path is slow; this many is plenty for a stable rate
 BARE = (

@@ -14,8 +14,9 @@ from collections.abc import Iterator
 from concurrent import futures
 
 import grpc
-from aggregator.v1 import aggregator_pb2 as pb
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from aggregator.v1 import aggregator_pb2 as pb
 
 SERVICE = "aggregator.v1.AggregatorService"
 _ACCEPTED = pb.EVENT_STATUS_ACCEPTED

@@ -43,10 +43,10 @@ from pathlib import Path
 import grpc
 import psycopg
 
-import storage
+from aggregator import storage
+from aggregator.client import AggregatorClient, EventResult, Publisher, make_event
 from bench import proc, spawn
 from bench.pgproxy import PgProxy
-from client import AggregatorClient, EventResult, Publisher, make_event
 
 FAULTS = (
     "server-kill",
@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recovery-timeout", type=float, default=120)
     parser.add_argument("--memory-slack-mb", type=float, default=64)
     args = parser.parse_args(argv)
-    logging.getLogger("client").setLevel(logging.ERROR)  # reconnects are expected here
+    logging.getLogger("aggregator.client").setLevel(logging.ERROR)  # reconnects are expected here
     unknown = set(args.faults) - set(FAULTS)
     if unknown:
         parser.error(f"unknown faults: {', '.join(sorted(unknown))}")

@@ -13,7 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from client import AggregatorClient, make_event
+from aggregator.client import AggregatorClient, make_event
 
 TOPIC = "bench-delivery-probe"
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import psycopg
 
+from aggregator.storage.embedded import free_port
 from bench import __main__ as bench_main
 from bench import report, spawn
-from storage.embedded import free_port
 
 
 def main(argv: list[str] | None = None) -> int:

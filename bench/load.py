@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import grpc
-from aggregator.v1 import aggregator_pb2 as pb
 
-from client import workload
+from aggregator.client import workload
+from aggregator.v1 import aggregator_pb2 as pb
 
 PUBLISH = "/aggregator.v1.AggregatorService/Publish"
 PUBLISH_BATCH = "/aggregator.v1.AggregatorService/PublishBatch"

@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aggregator.v1 import aggregator_pb2 as pb
-
 from bench.load import WorkerResult
 
 PERCENTAGES = (10, 25, 50, 75, 90, 95, 99)

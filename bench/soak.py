@@ -20,8 +20,8 @@ from pathlib import Path
 import grpc
 import psycopg
 
+from aggregator.client import AggregatorClient, EventResult, Publisher, workload
 from bench import proc, spawn
-from client import AggregatorClient, EventResult, Publisher, workload
 
 
 class _Load:

@@ -13,11 +13,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
-from aggregator.v1 import aggregator_pb2 as pb
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-import storage
-from storage.embedded import free_port
+from aggregator import storage
+from aggregator.storage.embedded import free_port
+from aggregator.v1 import aggregator_pb2 as pb
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AggregatorService"].full_name
 _SIGTERM = signal.SIGTERM  # the class below has a method named signal

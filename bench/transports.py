@@ -23,9 +23,9 @@ from pathlib import Path
 
 import grpc
 import orjson
-from aggregator.v1 import aggregator_pb2 as pb
 from google.protobuf import timestamp_pb2
 
+from aggregator.v1 import aggregator_pb2 as pb
 from bench import spawn
 
 _SERVICE = pb.DESCRIPTOR.services_by_name["AggregatorService"]

@@ -8,6 +8,17 @@
 builds events from plain values.
 """
 
+from aggregator.client.client import AggregatorClient
+from aggregator.client.errors import ClientError, PublisherClosed, PublishError, SubscribeError
+from aggregator.client.events import make_event, new_event_id
+from aggregator.client.publisher import (
+    ACCEPTED,
+    CONFLICT,
+    DUPLICATE,
+    REJECTED,
+    EventResult,
+    Publisher,
+)
 from aggregator.v1.aggregator_pb2 import (
     Event,
     EventStatus,
@@ -15,11 +26,6 @@ from aggregator.v1.aggregator_pb2 import (
     StoredEvent,
     SubscribeResponse,
 )
-
-from client.client import AggregatorClient
-from client.errors import ClientError, PublisherClosed, PublishError, SubscribeError
-from client.events import make_event, new_event_id
-from client.publisher import ACCEPTED, CONFLICT, DUPLICATE, REJECTED, EventResult, Publisher
 
 __all__ = [
     "ACCEPTED",

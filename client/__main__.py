@@ -1,7 +1,8 @@
-"""`python -m client --help`."""
+"""`python -m client --help` from a checkout, `python -m aggregator.client` when
+installed (the `aggregator` command)."""
 
 import sys
 
-from client.cli import main
+from aggregator.client.cli import main
 
 sys.exit(main())

@@ -8,15 +8,15 @@ from datetime import datetime
 from types import TracebackType
 
 import grpc
-from aggregator.v1 import aggregator_pb2 as pb
-from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
 from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client import retry
-from client.channel import open_channel
-from client.errors import PublishError, SubscribeError
-from client.publisher import Publisher
+from aggregator.client import retry
+from aggregator.client.channel import open_channel
+from aggregator.client.errors import PublishError, SubscribeError
+from aggregator.client.publisher import Publisher
+from aggregator.v1 import aggregator_pb2 as pb
+from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
 
 
 class AggregatorClient:

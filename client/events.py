@@ -7,8 +7,9 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import uuid_utils
-from aggregator.v1 import aggregator_pb2 as pb
 from google.protobuf import timestamp_pb2
+
+from aggregator.v1 import aggregator_pb2 as pb
 
 
 def make_event(

@@ -20,11 +20,11 @@ from types import TracebackType
 from typing import NamedTuple
 
 import grpc
+
+from aggregator.client import retry
+from aggregator.client.errors import PublisherClosed, PublishError
 from aggregator.v1 import aggregator_pb2 as pb
 from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
-
-from client import retry
-from client.errors import PublisherClosed, PublishError
 
 log = logging.getLogger(__name__)
 

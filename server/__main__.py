@@ -1,58 +1,10 @@
-"""`python -m server`: serve until SIGTERM or SIGINT, then shut down gracefully."""
+"""`python -m server` from a checkout, `python -m aggregator.server` when installed.
 
-from __future__ import annotations
+Only delegates: the modules are always imported as aggregator.server.*, never twice
+under two names."""
 
-import logging
-import os
-import signal
 import sys
-import threading
-from types import FrameType
 
-from pythonjsonlogger.json import JsonFormatter
+from aggregator.server.main import main
 
-import storage
-from server import config as config_module
-from server import security
-from server.app import Server
-
-
-def main(argv: list[str] | None = None) -> int:
-    config = config_module.load(argv, os.environ)
-    handler = logging.StreamHandler()
-    if config.log_format == "json":
-        handler.setFormatter(
-            JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s", timestamp=False)
-        )
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=config.log_level.upper(), handlers=[handler])
-    log = logging.getLogger("server")
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        if stop.is_set():
-            log.warning("second %s: exiting now", signal.Signals(signum).name)
-            os._exit(130)
-        log.info("%s received", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        server = Server(config).start()
-    except (storage.StorageError, OSError, security.NoTokens) as exc:
-        log.error("cannot start: %s", exc)
-        return 1
-    try:
-        # A timed wait: a signal the kernel hands to another thread (gRPC's, uvicorn's) only
-        # runs its Python handler when the main thread is back in the interpreter.
-        while not stop.wait(0.5):
-            pass
-    finally:
-        server.stop()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+sys.exit(main())

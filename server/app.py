@@ -11,16 +11,16 @@ from types import TracebackType
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-import storage
-from server import handlers, listen, reflection, rest, rpc, security
-from server.batcher import Batcher
-from server.config import Config
-from server.health import DatabaseHealth
-from server.ingest import Ingest
-from server.metrics import Metrics
-from server.rest_server import HttpServer
-from server.servicer import AggregatorServicer
-from server.subscriptions import Hub
+from aggregator import storage
+from aggregator.server import handlers, listen, reflection, rest, rpc, security
+from aggregator.server.batcher import Batcher
+from aggregator.server.config import Config
+from aggregator.server.health import DatabaseHealth
+from aggregator.server.ingest import Ingest
+from aggregator.server.metrics import Metrics
+from aggregator.server.rest_server import HttpServer
+from aggregator.server.servicer import AggregatorServicer
+from aggregator.server.subscriptions import Hub
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 
-import storage
-from server import errors
+from aggregator import storage
+from aggregator.server import errors
 
 log = logging.getLogger(__name__)
 

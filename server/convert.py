@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from aggregator.v1 import aggregator_pb2 as pb
 from google.protobuf import timestamp_pb2
 
-from server import timestamps
-from server.validation import Incoming
-from storage import Counters, Outcome, Stats, Status, StoredEvent
+from aggregator.server import timestamps
+from aggregator.server.validation import Incoming
+from aggregator.storage import Counters, Outcome, Stats, Status, StoredEvent
+from aggregator.v1 import aggregator_pb2 as pb
 
 # Explicit, so that neither side's numbering can drift.
 EVENT_STATUS: dict[Status, pb.EventStatus.ValueType] = {

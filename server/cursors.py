@@ -9,8 +9,8 @@ from __future__ import annotations
 import base64
 import binascii
 
-from server import errors
-from storage import Position
+from aggregator.server import errors
+from aggregator.storage import Position
 
 
 def encode(topic: str, position: Position) -> str:

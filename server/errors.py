@@ -30,7 +30,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-import storage
+from aggregator import storage
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from typing import Any
 import grpc
 from google.protobuf import message
 
-from server import errors, rpc
-from server.servicer import AggregatorServicer
+from aggregator.server import errors, rpc
+from aggregator.server.servicer import AggregatorServicer
 
 Behavior = Callable[[Any, grpc.ServicerContext], Any]
 

@@ -7,8 +7,8 @@ import threading
 
 from grpc_health.v1 import health, health_pb2
 
-import storage
-from server import rpc
+from aggregator import storage
+from aggregator.server import rpc
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-import storage
-from server import batcher, errors, subscriptions
-from server.config import Config
-from server.validation import Incoming, Rejected, check_event
+from aggregator import storage
+from aggregator.server import batcher, errors, subscriptions
+from aggregator.server.config import Config
+from aggregator.server.validation import Incoming, Rejected, check_event
 
 DEFAULT_PAGE_SIZE = 100
 

@@ -14,8 +14,8 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-import storage
-from server import rpc
+from aggregator import storage
+from aggregator.server import rpc
 
 _LABELS = ("grpc_type", "grpc_service", "grpc_method")
 OTHER_TOPICS = "~other"  # the topic label of every topic past the first `max_topics`

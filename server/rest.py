@@ -22,12 +22,12 @@ from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi_offline import FastAPIOffline
 
-import storage
-from server import cursors, errors, rest_models, security, timestamps
-from server.config import Config
-from server.ingest import Ingest
-from server.metrics import Metrics
-from server.validation import Incoming
+from aggregator import storage
+from aggregator.server import cursors, errors, rest_models, security, timestamps
+from aggregator.server.config import Config
+from aggregator.server.ingest import Ingest
+from aggregator.server.metrics import Metrics
+from aggregator.server.validation import Incoming
 
 T = TypeVar("T")
 MAX_WAIT = 60.0  # seconds a GET /events?wait= may hold its connection

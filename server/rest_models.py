@@ -9,8 +9,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
 
-from server import timestamps
-from server.validation import MAX_KEY_CHARS, MAX_SOURCE_CHARS
+from aggregator.server import timestamps
+from aggregator.server.validation import MAX_KEY_CHARS, MAX_SOURCE_CHARS
 
 MAX_EVENTS_LIMIT = 10_000  # GET /events?limit=
 

@@ -7,8 +7,9 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from aggregator.v1 import aggregator_pb2 as pb
 from google.protobuf import descriptor, message
+
+from aggregator.v1 import aggregator_pb2 as pb
 
 SERVICE: descriptor.ServiceDescriptor = pb.DESCRIPTOR.services_by_name["AggregatorService"]
 SERVICE_NAME: str = SERVICE.full_name

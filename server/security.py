@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 
-from server import errors, rpc
+from aggregator.server import errors, rpc
 
 # Methods callable without a token: probes must work without credentials.
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)

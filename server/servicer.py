@@ -9,14 +9,14 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 import grpc
-from aggregator.v1 import aggregator_pb2 as pb
-from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
 from google.protobuf import message, timestamp_pb2
 
-import storage
-from server import convert, cursors, errors, ingest, timestamps, wire
-from server.config import Config
-from server.validation import check_topic
+from aggregator import storage
+from aggregator.server import convert, cursors, errors, ingest, timestamps, wire
+from aggregator.server.config import Config
+from aggregator.server.validation import check_topic
+from aggregator.v1 import aggregator_pb2 as pb
+from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import time
 from collections.abc import Iterator
 from types import TracebackType
 
-import storage
-from server import errors
+from aggregator import storage
+from aggregator.server import errors
 
 # Fallback polls: a subscription that knows unsettled events exist looks again soon (the
 # transaction holding them back may not notify, e.g. one outside this service).

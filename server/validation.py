@@ -10,8 +10,8 @@ from typing import NamedTuple
 
 import orjson
 
-from server import timestamps
-from storage import NewEvent
+from aggregator.server import timestamps
+from aggregator.storage import NewEvent
 
 MAX_KEY_CHARS = 255
 MAX_SOURCE_CHARS = 255

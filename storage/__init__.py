@@ -3,9 +3,9 @@
 Never imports protobuf; takes and returns the plain values in `storage.models`.
 """
 
-from storage.database import MAX_PAGE_SIZE, Database
-from storage.embedded import EmbeddedPostgres
-from storage.errors import (
+from aggregator.storage.database import MAX_PAGE_SIZE, Database
+from aggregator.storage.embedded import EmbeddedPostgres
+from aggregator.storage.errors import (
     Busy,
     DiskFull,
     EmbeddedError,
@@ -15,9 +15,9 @@ from storage.errors import (
     Unavailable,
     Unsupported,
 )
-from storage.ledger import Ticket
-from storage.listener import Listener
-from storage.models import (
+from aggregator.storage.ledger import Ticket
+from aggregator.storage.listener import Listener
+from aggregator.storage.models import (
     BatchResult,
     Counters,
     NewEvent,

@@ -12,9 +12,9 @@ import psycopg
 import psycopg_pool
 from psycopg import errors as pg_errors
 
-from storage import ledger, queries, schema, writer
-from storage.errors import Busy, DiskFull, InvalidArgument, StorageError, Unavailable
-from storage.models import (
+from aggregator.storage import ledger, queries, schema, writer
+from aggregator.storage.errors import Busy, DiskFull, InvalidArgument, StorageError, Unavailable
+from aggregator.storage.models import (
     BatchResult,
     Counters,
     NewEvent,
@@ -25,7 +25,7 @@ from storage.models import (
     join_ns,
     split_ns,
 )
-from storage.watchdog import Conn, Watchdog
+from aggregator.storage.watchdog import Conn, Watchdog
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from urllib.parse import quote
 import psycopg
 from psycopg import sql
 
-from storage.errors import EmbeddedError
+from aggregator.storage.errors import EmbeddedError
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg.types.json import Jsonb
 
-from storage import queries
-from storage.errors import Unavailable
-from storage.models import BatchResult, Outcome, Status
+from aggregator.storage import queries
+from aggregator.storage.errors import Unavailable
+from aggregator.storage.models import BatchResult, Outcome, Status
 
 log = logging.getLogger(__name__)
 

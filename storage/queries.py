@@ -11,7 +11,11 @@ _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 @cache
 def _load() -> dict[str, str]:
-    text = resources.files(__package__).joinpath("sql/queries.sql").read_text("utf-8")
+    return parse(resources.files(__package__).joinpath("sql/queries.sql").read_text("utf-8"))
+
+
+def parse(text: str) -> dict[str, str]:
+    """Named queries: each `-- name: x` line starts the SQL of x (the bench's SQL too)."""
     parts = _NAME.split(text)
     return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
 

@@ -6,8 +6,8 @@ import logging
 
 import psycopg
 
-from storage import queries
-from storage.errors import Unsupported
+from aggregator.storage import queries
+from aggregator.storage.errors import Unsupported
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,17 @@ from collections.abc import Mapping, Sequence
 import psycopg
 from psycopg import errors as pg_errors
 
-from storage import ledger, queries
-from storage.errors import RowsRefused, StorageError
-from storage.models import ACCEPTED, DUPLICATE, BatchResult, NewEvent, Outcome, Status, split_ns
+from aggregator.storage import ledger, queries
+from aggregator.storage.errors import RowsRefused, StorageError
+from aggregator.storage.models import (
+    ACCEPTED,
+    DUPLICATE,
+    BatchResult,
+    NewEvent,
+    Outcome,
+    Status,
+    split_ns,
+)
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,10 @@ import sys
 from collections.abc import Iterator, Sequence
 
 import grpc
-from aggregator.v1 import aggregator_pb2 as pb
-from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
 from google.protobuf import timestamp_pb2
 
+from aggregator.v1 import aggregator_pb2 as pb
+from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
 from bench.proc import status as process_status
 from bench.spawn import ServerProcess
 

@@ -8,6 +8,6 @@ reads.py      stats, events and health
 tail.py       tail: a topic's events in delivery order, optionally live (--follow)
 """
 
-from client.cli.main import main
+from aggregator.client.cli.main import main
 
 __all__ = ["main"]

@@ -13,9 +13,8 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 
+from aggregator.client.events import make_event
 from aggregator.v1 import aggregator_pb2 as pb
-
-from client.events import make_event
 
 ENVELOPE = ("topic", "event_id", "timestamp", "source", "payload")
 

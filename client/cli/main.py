@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 
 import grpc
 
-from client.channel import parse_target
-from client.cli import publish, reads, tail
-from client.client import AggregatorClient
-from client.errors import ClientError
+from aggregator.client.channel import parse_target
+from aggregator.client.cli import publish, reads, tail
+from aggregator.client.client import AggregatorClient
+from aggregator.client.errors import ClientError
 
 _PROG = "python -m client"
 

@@ -18,18 +18,25 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from aggregator.v1 import aggregator_pb2 as pb
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from client import workload
-from client.cli import jsonlines
-from client.client import AggregatorClient
-from client.errors import ClientError
-from client.events import new_event_id
-from client.publisher import ACCEPTED, CONFLICT, DUPLICATE, REJECTED, EventResult, Publisher
+from aggregator.client import workload
+from aggregator.client.cli import jsonlines
+from aggregator.client.client import AggregatorClient
+from aggregator.client.errors import ClientError
+from aggregator.client.events import new_event_id
+from aggregator.client.publisher import (
+    ACCEPTED,
+    CONFLICT,
+    DUPLICATE,
+    REJECTED,
+    EventResult,
+    Publisher,
+)
+from aggregator.v1 import aggregator_pb2 as pb
 
 INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
 

@@ -8,12 +8,12 @@ import sys
 from collections.abc import Callable
 from datetime import UTC
 
-from aggregator.v1 import aggregator_pb2 as pb
 from google.protobuf import json_format
 from rich.console import Console
 from rich.table import Table
 
-from client.client import AggregatorClient
+from aggregator.client.client import AggregatorClient
+from aggregator.v1 import aggregator_pb2 as pb
 
 COUNTERS = ("received", "accepted", "duplicates", "rejected", "conflicts")
 

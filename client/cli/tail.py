@@ -14,10 +14,10 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC
 
-from aggregator.v1 import aggregator_pb2 as pb
 from google.protobuf import json_format
 
-from client.client import AggregatorClient
+from aggregator.client.client import AggregatorClient
+from aggregator.v1 import aggregator_pb2 as pb
 
 Connect = Callable[[], AggregatorClient]
 

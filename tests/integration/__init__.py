@@ -1,0 +1,1 @@
+"""Tests against real PostgreSQL clusters, gRPC/HTTP channels, processes, Docker."""

@@ -1,0 +1,153 @@
+"""Fixtures: one throwaway PostgreSQL cluster per session, clean tables per test."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import psycopg
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from aggregator import storage
+from aggregator.server import Config, Server
+from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[storage.EmbeddedPostgres]:
+    """A PostgreSQL cluster of our own, on a free port, removed after the session."""
+    base = cluster_dir("aggregator-tests-")
+    cluster = storage.EmbeddedPostgres(base / "pg", database="aggregator_test", throwaway=True)
+    cluster.start()
+    try:
+        with storage.Database(cluster.url, min_connections=1, max_connections=1) as db:
+            db.migrate()
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def cluster_dir(prefix: str) -> Path:
+    """A fresh directory the unprivileged PostgreSQL user can enter, outside pytest's tmp
+    tree: other pytest sessions on the machine reset /tmp/pytest-of-<user> to 0700, which
+    would stop a cluster from restarting there."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    base.chmod(0o755)
+    return base
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[storage.EmbeddedPostgres]:
+    """A cluster for this test alone, for tests that stop and restart PostgreSQL."""
+    base = cluster_dir("aggregator-own-pg-")
+    cluster = storage.EmbeddedPostgres(base / "pg", database="aggregator_test", throwaway=True)
+    try:
+        cluster.start()
+        with storage.Database(cluster.url, min_connections=1, max_connections=1) as db:
+            db.migrate()
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def db_url(pg_cluster: storage.EmbeddedPostgres) -> str:
+    """The test database, emptied before each test."""
+    with psycopg.connect(pg_cluster.url, autocommit=True) as conn:
+        conn.execute("TRUNCATE events, topic_stats, batch_ledger RESTART IDENTITY")
+    return pg_cluster.url
+
+
+@pytest.fixture
+def sql(db_url: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """A plain connection for checking what the database holds."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        yield conn
+
+
+def server_config(db_url: str, **overrides: object) -> Config:
+    settings: dict[str, object] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "http_port": 0,  # off unless a test asks for it: never the shared default 8000
+        "database_url": db_url,
+        "shutdown_grace": 5.0,
+    }
+    settings.update(overrides)
+    return Config(**settings)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def server(db_url: str) -> Iterator[Server]:
+    """An in-process server on a free loopback port."""
+    with Server(server_config(db_url)) as running:
+        yield running
+
+
+@pytest.fixture
+def channel(server: Server) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as chan:
+        yield chan
+
+
+@pytest.fixture
+def stub(channel: grpc.Channel) -> pb_grpc.AggregatorServiceStub:
+    return pb_grpc.AggregatorServiceStub(channel)
+
+
+def _issue(name, key, issuer_name, issuer_key, *, ca=False, server=False):
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if server:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1/localhost and a client certificate."""
+    folder = tmp_path_factory.mktemp("pki")
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    ca = _issue("test CA", ca_key, ca_name, ca_key, ca=True)
+    files = {"ca": folder / "ca.pem"}
+    files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    for role in ("server", "client"):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = _issue(f"test {role}", key, ca_name, ca_key, server=role == "server")
+        files[f"{role}_cert"] = folder / f"{role}.pem"
+        files[f"{role}_key"] = folder / f"{role}.key"
+        files[f"{role}_cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        files[f"{role}_key"].write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    return files

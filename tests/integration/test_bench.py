@@ -1,0 +1,105 @@
+"""A tiny benchmark run in-process: the JSON report parses and holds ghz's keys and ours."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import __main__ as bench_main
+from bench import report
+
+pytestmark = pytest.mark.integration
+
+GHZ_KEYS = {
+    "date",
+    "endReason",
+    "options",
+    "count",
+    "total",
+    "average",
+    "fastest",
+    "slowest",
+    "rps",
+    "errorDistribution",
+    "statusCodeDistribution",
+    "latencyDistribution",
+    "histogram",
+    "details",
+}
+
+
+@pytest.mark.parametrize("call", ["publish", "publish-batch"])
+def test_tiny_bench_produces_a_ghz_json_report_with_event_metrics(server, db_url, call):
+    args = bench_main.parse(
+        [
+            "--target",
+            f"127.0.0.1:{server.port}",
+            "-n",
+            "6",
+            "-c",
+            "2",
+            "--batch-size",
+            "20",
+            "--call",
+            call,
+            "-O",
+            "json",
+            "--baselines",
+            "--database-url",
+            db_url,
+            "--baseline-events",
+            "200",
+        ]
+    )
+    built = bench_main.run(args, in_process=True)
+    data = json.loads(report.render(built, "json"))
+    assert set(data) == GHZ_KEYS | {"events"}
+    assert data["count"] == 6
+    assert data["statusCodeDistribution"] == {"OK": 6}
+    assert all(isinstance(data[k], int) for k in ("total", "average", "fastest", "slowest"))
+    assert [d["percentage"] for d in data["latencyDistribution"]] == [10, 25, 50, 75, 90, 95, 99]
+    assert all(isinstance(d["latency"], int) for d in data["latencyDistribution"])
+    assert len(data["details"]) == 6
+    events = data["events"]
+    assert events["count"] == 120
+    assert sum(events["statusDistribution"].values()) == 120
+    assert events["intendedDuplicateRate"] == 0.3
+    assert len(events["baselines"]) == 6  # naive, storage ±ledger, bare path twice, COPY
+    assert all(b["eventsPerSecond"] > 0 for b in events["baselines"].values())
+    assert {"load generator", "PostgreSQL"} <= set(events["cpu"])
+    text = report.render(built, "summary")
+    for heading in ("Summary:", "Latency distribution:", "Status code distribution:", "Events:"):
+        assert heading in text
+    assert report.render(built, "csv").startswith("duration (ms),status,error")
+
+
+def test_percentiles_weight_each_event():
+    assert report.percentile([1, 2, 3, 4], 50) == 2
+    # one request of 1 event at 10 ns, one of 99 events at 20 ns: the event p50 is 20 ns
+    assert report.weighted_percentile([(10, 1), (20, 99)], 50) == 20
+
+
+def test_ceiling_answers_every_event_accepted_in_order():
+    import grpc
+
+    from aggregator.v1 import aggregator_pb2 as pb
+    from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
+    from bench import ceiling
+    from tests.support import event, request
+
+    server, port = ceiling.serve("127.0.0.1", 0, max_workers=4)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as chan:
+            stub = pb_grpc.AggregatorServiceStub(chan)
+            answers = list(stub.Publish(iter([request([event()] * n, n) for n in (1, 3)])))
+            assert [(a.sequence, len(a.statuses)) for a in answers] == [(1, 1), (3, 3)]
+            one = stub.PublishBatch(request([event()], 9))
+            assert list(one.statuses) == [pb.EVENT_STATUS_ACCEPTED]
+            from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+            asked = health_pb2.HealthCheckRequest(service=ceiling.SERVICE)
+            reply = health_pb2_grpc.HealthStub(chan).Check(asked)  # what ServerProcess waits for
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        server.stop(0)

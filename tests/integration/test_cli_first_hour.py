@@ -1,0 +1,218 @@
+"""The CLI as a newcomer meets it: bounded, interruptible, honest about files and limits."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from aggregator.storage.embedded import free_port
+from tests.support import ServerProcess, run_cli, wait_until
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).parents[2]
+
+
+@pytest.fixture
+def server_process(db_url):
+    server = ServerProcess(db_url).start()
+    yield server
+    server.stop()
+
+
+def test_publish_to_a_stopped_server_gives_up_after_retry_for():
+    done = run_cli(
+        "--target", f"127.0.0.1:{free_port()}", "publish", "--count", "10", "--retry-for", "1"
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    summary = run_cli(
+        "publish", "--count", "10", "--retry-for", "0.5", "--json",
+        env={"AGGREGATOR_TARGET": f"127.0.0.1:{free_port()}"},
+    )  # fmt: skip
+    parsed = json.loads(summary.stdout)
+    assert (parsed["sent"], parsed["failed"], parsed["exactly_once"]) == (10, 10, False)
+    assert any("UNAVAILABLE" in p for p in parsed["problems"])
+
+
+def test_ctrl_c_stops_with_the_partial_summary_and_exit_130(server_process, sql):
+    command = [sys.executable, "-m", "client", "--target", server_process.target, "publish"]
+    cli = subprocess.Popen(
+        [*command, "--count", "1000000", "--rate", "2000", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(
+            lambda: sql.execute("SELECT count(*) FROM events").fetchone()[0] > 0,
+            what="the CLI has stored something",
+        )
+        cli.send_signal(signal.SIGINT)
+        out, err = cli.communicate(timeout=120)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+    assert cli.returncode == 130, err
+    assert "Traceback" not in err
+    summary = json.loads(out)
+    assert summary["interrupted"] is True
+    assert 0 < summary["sent"] < 1_000_000
+    answered = sum(summary[k] for k in ("accepted", "duplicate", "rejected", "conflict", "failed"))
+    assert answered + summary["unacknowledged"] == summary["sent"]
+    stored = sql.execute("SELECT count(*) FROM events").fetchone()[0]
+    assert summary["accepted"] <= stored  # every acknowledged event is stored
+
+
+def test_a_missing_file_is_one_line_and_no_traceback():
+    done = run_cli("publish", "--file", "/nonexistent/app.jsonl")
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "error: cannot read --file /nonexistent/app.jsonl: No such file or directory"
+    )
+
+
+def test_file_payloads_may_be_any_json_value_or_the_rest_of_the_record(
+    server_process, sql, tmp_path
+):
+    stamp = "2026-01-01T00:00:00Z"
+    records = [
+        {"topic": "app", "event_id": "text", "timestamp": stamp, "payload": "plain text line"},
+        {"topic": "app", "event_id": "number", "timestamp": stamp, "payload": 42},
+        {"topic": "app", "event_id": "object", "timestamp": stamp, "payload": {"a": [1]}},
+        {"topic": "app", "event_id": "rest", "timestamp": stamp, "level": "warn", "msg": "hi"},
+        {"topic": "app", "event_id": "bare", "timestamp": stamp},
+    ]
+    path = tmp_path / "app.jsonl"
+    path.write_bytes(
+        b"\n".join(json.dumps(r).encode() for r in records) + b"\n\xff\xfe not utf-8\n"
+    )
+    done = run_cli("--target", server_process.target, "publish", "--file", str(path), "--json")
+    summary = json.loads(done.stdout)
+    assert summary["accepted"] == 5 and summary["rejected"] == 0
+    assert summary["distinct_sent"] == summary["distinct_stored"] == 5
+    assert summary["exactly_once"] is True
+    assert summary["problems"] == ["line 6: skipped: not UTF-8"]
+    assert done.returncode == 1  # a line was skipped
+    stored = dict(sql.execute("SELECT event_id, payload FROM events").fetchall())
+    assert stored == {
+        "text": "plain text line",
+        "number": 42,
+        "object": {"a": [1]},
+        "rest": {"level": "warn", "msg": "hi"},
+        "bare": {},
+    }
+
+
+def test_file_mode_summary_is_false_when_an_event_is_not_stored(server_process, tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"topic": "app", "event_id": "x" * 300, "timestamp": 0}) + "\n")
+    done = run_cli("--target", server_process.target, "publish", "--file", str(path), "--json")
+    summary = json.loads(done.stdout)
+    assert (summary["rejected"], summary["distinct_sent"], summary["distinct_stored"]) == (1, 1, 0)
+    assert summary["exactly_once"] is False
+    assert done.returncode == 1
+
+
+def test_help_shows_defaults_and_connection_options_work_after_the_command(server_process):
+    help_text = run_cli("publish", "--help").stdout
+    assert "(default: 20000)" in help_text and "--retry-for SECONDS" in help_text
+    assert "--target" in help_text
+    assert "(default: localhost:50051)" in run_cli("--help").stdout
+    after = run_cli("health", "--target", server_process.target)
+    assert (after.returncode, after.stdout.strip()) == (0, "SERVING")
+    from_env = run_cli("health", env={"AGGREGATOR_TARGET": server_process.target})
+    assert from_env.stdout.strip() == "SERVING"
+
+
+def test_http_targets_are_understood_and_other_urls_rejected_with_a_hint(server_process):
+    done = run_cli("--target", f"http://{server_process.target}", "health")
+    assert (done.returncode, done.stdout.strip()) == (0, "SERVING")
+    wrong = run_cli("--target", "grpc://127.0.0.1:1", "health")
+    assert wrong.returncode == 2
+    assert "give host:port" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+def publish_file(target: str, tmp_path: Path, records: Sequence[Mapping[str, object]]) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    done = run_cli("--target", target, "publish", "--file", str(path))
+    assert done.returncode == 0, done.stderr
+
+
+def test_events_says_when_it_stops_at_the_limit_and_filters_by_time(server_process, tmp_path):
+    records = [
+        {"topic": "t", "event_id": str(i), "timestamp": f"2026-01-0{i}T00:00:00Z"}
+        for i in range(1, 6)
+    ]
+    publish_file(server_process.target, tmp_path, records)
+    target = ("--target", server_process.target)
+    cut = run_cli(*target, "events", "--topic", "t", "--limit", "2", "--json")
+    assert len(cut.stdout.splitlines()) == 2
+    assert "showing the first 2 events in delivery order; there are more" in cut.stderr
+    whole = run_cli(*target, "events", "--topic", "t", "--limit", "5", "--json")
+    assert len(whole.stdout.splitlines()) == 5 and whole.stderr == ""
+    window = run_cli(
+        *target, "events", "--topic", "t", "--json",
+        "--since", "2026-01-02T00:00:00Z", "--until", "2026-01-04T00:00:00Z",
+    )  # fmt: skip
+    ids = [json.loads(line)["event"]["eventId"] for line in window.stdout.splitlines()]
+    assert ids == ["2", "3"]
+    bad = run_cli(*target, "events", "--topic", "t", "--since", "yesterday")
+    assert bad.returncode == 2 and "not an RFC 3339 time" in bad.stderr
+
+
+def test_stats_json_has_numbers_a_topic_filter_and_long_topics_in_full(server_process, tmp_path):
+    long_topic = "service." + "x" * 200
+    publish_file(
+        server_process.target,
+        tmp_path,
+        [
+            {"topic": long_topic, "event_id": "1", "timestamp": 0},
+            {"topic": "short", "event_id": "1", "timestamp": 0},
+        ],
+    )
+    target = ("--target", server_process.target)
+    parsed = json.loads(run_cli(*target, "stats", "--json").stdout)
+    assert parsed["received"] == 2 and isinstance(parsed["topics"][0]["accepted"], int)
+    one = json.loads(run_cli(*target, "stats", "--topic", "short", "--json").stdout)
+    assert one == {
+        "topic": "short",
+        "received": 1,
+        "accepted": 1,
+        "duplicates": 0,
+        "rejected": 0,
+        "conflicts": 0,
+    }
+    table = run_cli(*target, "stats").stdout
+    assert long_topic in table
+    missing = run_cli(*target, "stats", "--topic", "nope")
+    assert missing.returncode == 1 and "no events stored for topic 'nope'" in missing.stderr
+
+
+def test_readme_commands_run_as_written():
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)```", readme, flags=re.S)
+    commands = [line for block in blocks for line in block.splitlines()]
+    # Outside Docker, Python commands name the project's interpreter: no `python` on PATH
+    # is assumed to have the dependencies.
+    bare = [c for c in commands if re.match(r"\s*python3? ", c)]
+    assert bare == []
+    for module in ("server", "client"):
+        assert f".venv/bin/python -m {module} --help" in readme
+        done = subprocess.run(
+            [sys.executable, "-m", module, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+        assert done.returncode == 0 and done.stdout.startswith("usage: python -m")

@@ -1,0 +1,68 @@
+"""GET /events?wait=: an HTTP reader waits for the next commit instead of polling."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import httpx
+import pytest
+
+from aggregator.server import Server
+from aggregator.storage.embedded import free_port
+from tests.integration.conftest import server_config
+from tests.support import event, request, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def served(db_url):
+    with Server(server_config(db_url, http_port=free_port())) as running:
+        yield running
+
+
+def test_long_poll_returns_the_next_commit_after_the_cursor(served, stub_for):
+    stub = stub_for(served)
+    stub.PublishBatch(request([event("old")]))
+    base = f"http://127.0.0.1:{served.http_port}"
+    with httpx.Client(base_url=base, timeout=60) as http:
+        first = http.get("/events", params={"topic": "orders"}).json()
+        assert [e["event_id"] for e in first["events"]] == ["old"]
+        answer: dict[str, Any] = {}
+
+        def poll() -> None:
+            params = {"topic": "orders", "after": first["cursor"], "wait": 50}
+            answer.update(http.get("/events", params=params).json())
+
+        waiter = threading.Thread(target=poll)
+        waiter.start()
+        wait_until(lambda: served.hub.count == 1, what="the long poll is waiting")
+        stub.PublishBatch(request([event("new")]))
+        waiter.join(60)
+        assert [e["event_id"] for e in answer["events"]] == ["new"]
+        assert served.hub.count == 0  # the poll's subscription is gone with it
+
+        idle = http.get(
+            "/events", params={"topic": "orders", "after": answer["cursor"], "wait": 0.2}
+        )
+        assert idle.json()["events"] == [] and idle.json()["cursor"] == answer["cursor"]
+        assert http.get("/events", params={"topic": "orders", "wait": 61}).status_code == 422
+
+
+@pytest.fixture
+def stub_for():
+    import grpc
+
+    from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
+
+    channels = []
+
+    def make(server: Server) -> pb_grpc.AggregatorServiceStub:
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+        channels.append(channel)
+        return pb_grpc.AggregatorServiceStub(channel)
+
+    yield make
+    for channel in channels:
+        channel.close()

@@ -1,0 +1,164 @@
+"""A new user's first start: wrong database, taken port, safe defaults, a locked-down cluster."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import psycopg
+import pytest
+import yaml
+
+from aggregator import storage
+from aggregator.server import Config, Server, config
+from tests.integration.conftest import cluster_dir, server_config
+from tests.support import ServerProcess
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).parents[2]
+
+
+def run_server(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m server ARGS` expected to refuse to start: it must exit on its own."""
+    return subprocess.run(
+        [sys.executable, "-m", "server", "--host", "127.0.0.1", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "DATABASE_URL": database_url},
+    )
+
+
+@pytest.fixture
+def sql_ascii_url(pg_cluster: storage.EmbeddedPostgres) -> str:
+    with psycopg.connect(pg_cluster.url_for("postgres"), autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS ascii_db")
+        conn.execute("CREATE DATABASE ascii_db ENCODING 'SQL_ASCII' TEMPLATE template0")
+    return pg_cluster.url_for("ascii_db")
+
+
+def test_server_refuses_a_sql_ascii_database_with_what_to_do(sql_ascii_url):
+    done = run_server(sql_ascii_url, "--port", "0")
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1, done.stderr
+    assert "encoding SQL_ASCII" in errors[0] and "ENCODING 'UTF8'" in errors[0]
+    assert "Traceback" not in done.stderr
+    with psycopg.connect(sql_ascii_url) as conn:  # refused before creating anything
+        assert conn.execute("SELECT to_regclass('events')").fetchone() == (None,)
+
+
+def test_migrate_refuses_a_sql_ascii_database(sql_ascii_url):
+    with (
+        storage.Database(sql_ascii_url, min_connections=1, max_connections=1) as db,
+        pytest.raises(storage.Unsupported, match="SQL_ASCII"),
+    ):
+        db.migrate()
+
+
+def test_second_server_on_a_taken_port_exits_with_one_clear_line(db_url):
+    first = ServerProcess(db_url).start()
+    try:
+        done = run_server(db_url, "--port", str(first.port))
+    finally:
+        first.stop()
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert f"127.0.0.1:{first.port}" in lines[0] and "in use" in lines[0]
+    assert "--reuse-port" in lines[0]
+
+
+def test_reuse_port_lets_servers_share_a_port_on_purpose(db_url):
+    with (
+        Server(server_config(db_url, reuse_port=True)) as first,
+        Server(server_config(db_url, reuse_port=True, port=first.port)) as second,
+    ):
+        assert second.port == first.port
+    with Server(server_config(db_url)) as exclusive, pytest.raises(OSError, match="in use"):
+        Server(server_config(db_url, reuse_port=True, port=exclusive.port)).start()
+
+
+def test_defaults_listen_on_loopback_and_the_images_open_up_explicitly():
+    loaded = config.load([], {})
+    assert (loaded.host, loaded.reuse_port) == ("127.0.0.1", False)
+    assert Config().host == "127.0.0.1"
+    assert config.load(["--reuse-port"], {}).reuse_port
+    assert config.load([], {"AGGREGATOR_REUSE_PORT": "true"}).reuse_port
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert compose["services"]["aggregator"]["environment"]["AGGREGATOR_HOST"] == "0.0.0.0"
+    assert "AGGREGATOR_HOST=0.0.0.0" in (ROOT / "Dockerfile").read_text()
+
+
+def test_embedded_cluster_wants_its_password(pg_cluster):
+    secret = pg_cluster.password_file
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert secret.parent == pg_cluster.data_dir.parent
+    with psycopg.connect(pg_cluster.url) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    without = f"postgresql://postgres@127.0.0.1:{pg_cluster.port}/postgres"
+    with pytest.raises(psycopg.OperationalError, match="password"):
+        psycopg.connect(without, connect_timeout=5)
+    assert secret.read_text().strip() not in pg_cluster.display_url
+
+
+def test_a_cluster_made_with_trust_auth_gets_a_password():
+    base = cluster_dir("aggregator-legacy-pg-")
+    cluster = storage.EmbeddedPostgres(base / "pg", database="legacy", throwaway=True)
+    with cluster:  # made now with a password; turned back into an old trusting cluster
+        hba = cluster.data_dir / "pg_hba.conf"
+        hba.write_text(hba.read_text().replace("scram-sha-256", "trust"))
+        with psycopg.connect(cluster.url_for("postgres"), autocommit=True) as conn:
+            conn.execute("SELECT pg_reload_conf()")
+            conn.execute("ALTER ROLE postgres PASSWORD NULL")
+        cluster.password_file.unlink()
+    with cluster:
+        without = f"postgresql://postgres@127.0.0.1:{cluster.port}/postgres"
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(without, connect_timeout=5)
+        with psycopg.connect(cluster.url) as conn:
+            assert conn.execute("SELECT current_database()").fetchone() == ("legacy",)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_building_the_package_is_quiet_and_ships_the_sql(tmp_path):
+    source = tmp_path / "src"  # a copy: building in place would leave build/ in the checkout
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for name in ("protos", "server", "storage", "client"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    # pip's own "WARNING:" lines are about the machine's index settings, not the package.
+    noise = [line for line in (done.stdout + done.stderr).splitlines() if "Warning" in line]
+    assert noise == []
+    (wheel,) = tmp_path.glob("aggregator-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "aggregator/storage/sql/queries.sql" in names
+    assert "aggregator/storage/sql/migrations/0001_initial.sql" in names
+    # One installed name: every runtime module under aggregator/, no bench, no tests.
+    dist_info = "-".join(wheel.name.split("-")[:2]) + ".dist-info"
+    assert {name.split("/")[0] for name in names} == {"aggregator", dist_info}
+    for folder in ("server", "storage", "client"):
+        for module in (ROOT / folder).rglob("*.py"):
+            assert f"aggregator/{module.relative_to(ROOT).as_posix()}" in names
+    assert not [name for name in names if "baseline" in name or "bench" in name]
+    entry_points = (
+        zipfile.ZipFile(wheel)
+        .read(next(n for n in names if n.endswith("entry_points.txt")))
+        .decode()
+    )
+    assert "aggregator-server = aggregator.server.main:main" in entry_points
+    assert "aggregator = aggregator.client.cli:main" in entry_points

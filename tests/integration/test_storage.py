@@ -1,0 +1,123 @@
+"""The batch writer against PostgreSQL directly, without gRPC."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent import futures
+
+import psycopg
+import pytest
+
+from aggregator import storage
+from aggregator.storage import NewEvent, Status
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def database(db_url):
+    with storage.Database(db_url, min_connections=1, max_connections=4) as db:
+        yield db
+
+
+def new(event_id, payload='{"v": 1}', topic="t", ts_ns=1_700_000_000_000_000_123):
+    return NewEvent(topic, str(event_id), ts_ns, "src", payload)
+
+
+def test_rows_postgres_refuses_are_isolated_by_splitting(database, sql):
+    events = [new(i) for i in range(100)]
+    bad = {5, 6, 63, 99}
+    for i in bad:
+        events[i] = new(i, '{"s": "\\u0000"}')
+    result = database.write_batch(events, {"t": 2})
+    assert [i for i, s in enumerate(result.statuses) if s == Status.REJECTED] == sorted(bad)
+    assert set(result.reasons) == bad
+    assert sql.execute("SELECT count(*) FROM events").fetchone() == (96,)
+    stats = database.stats()
+    assert stats.topics["t"] == storage.Counters(
+        received=102, accepted=96, duplicates=0, rejected=6, conflicts=0
+    )
+
+
+def test_migrations_are_idempotent(database):
+    assert database.migrate() == []
+
+
+def wait_until(condition, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.01)
+
+
+def test_key_committed_by_a_concurrent_transaction_is_rechecked_not_guessed(database, db_url):
+    """Our INSERT waits on another transaction's new row, then skips it without seeing it."""
+    # Connections close (rolling back) before the pool joins, so a failure cannot hang.
+    with (
+        futures.ThreadPoolExecutor(1) as pool,
+        psycopg.connect(db_url) as other,
+        psycopg.connect(db_url, autocommit=True) as watcher,
+    ):
+        other.execute(
+            "INSERT INTO events (topic, event_id, ts, source, payload)"
+            " VALUES ('t', 'race', '2023-11-14 22:13:20.000000+00', 'src', '{\"v\": 1}')"
+        )
+        pending = pool.submit(
+            database.write_batch,
+            [new("race", ts_ns=1_700_000_000_000_000_000), new("fresh")],
+        )
+        # Wait until our INSERT is blocked on the other transaction's row lock.
+        wait_until(
+            lambda: (
+                watcher.execute(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO events%'"
+                ).fetchone()
+                == (1,)
+            )
+        )
+        other.commit()
+        result = pending.result(timeout=30)
+    assert result.statuses == [Status.DUPLICATE, Status.ACCEPTED]
+
+
+def test_parallel_writers_of_overlapping_batches_store_each_key_once(database, sql):
+    writers, count = 4, 2000
+    barrier = threading.Barrier(writers)
+
+    def write(shift):
+        events = [new(i) for i in range(count)]
+        events = events[shift:] + events[:shift]
+        barrier.wait()
+        statuses = []
+        for start in range(0, count, 500):
+            statuses += database.write_batch(events[start : start + 500]).statuses
+        return statuses
+
+    with futures.ThreadPoolExecutor(writers) as pool:
+        results = list(pool.map(write, [0, 500, 1000, 1500]))
+    flat = [s for r in results for s in r]
+    assert flat.count(Status.ACCEPTED) == count
+    assert flat.count(Status.DUPLICATE) == count * (writers - 1)
+    assert sql.execute("SELECT count(*) FROM events").fetchone() == (count,)
+
+
+def test_timestamps_keep_nanoseconds_and_extremes(database):
+    cases = {
+        "nanos": 1_700_000_000_123_456_789,
+        "pre-1970": -1_234_567_890_987_654_321,
+        "year-1": -62_135_596_800 * 10**9,
+        "year-9999": 253_402_300_799 * 10**9 + 999_999_999,
+    }
+    database.write_batch([new(name, ts_ns=ns) for name, ns in cases.items()])
+    stored = {e.event_id: e.timestamp_ns for e in database.list_events("t").events}
+    assert stored == cases
+
+
+def test_database_unreachable_is_unavailable():
+    with pytest.raises(storage.Unavailable):
+        storage.Database("postgresql://postgres@127.0.0.1:1/none", connect_timeout=1).open(
+            timeout=2
+        )

@@ -1,0 +1,1 @@
+"""Fast tests: no PostgreSQL, no server process, no network channel."""

@@ -1,0 +1,164 @@
+"""Fast unit tests: validation, page tokens, configuration, the batcher's queue."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from aggregator import storage
+from aggregator.server import batcher, config, convert, cursors, errors, validation
+from tests.support import event
+
+
+def check_event(message, max_payload_bytes):
+    """Validation as the gRPC servicer calls it: on the plain values of a protobuf Event."""
+    checked = validation.check_event(convert.incoming(message), max_payload_bytes)
+    return checked.reason if isinstance(checked, validation.Rejected) else checked
+
+
+def stats_topic(message):
+    """Under which topic validation counts an event it rejects."""
+    invalid = convert.incoming(message)._replace(event_id="")
+    checked = validation.check_event(invalid, 100)
+    assert isinstance(checked, validation.Rejected)
+    return checked.stats_topic
+
+
+def test_valid_event_becomes_a_new_event_with_exact_nanoseconds():
+    checked = check_event(event("id", seconds=-5, nanos=7), 100)
+    assert checked == storage.NewEvent("orders", "id", -5 * 10**9 + 7, "test", '{"n": 1}')
+
+
+def test_limits_are_inclusive():
+    assert not isinstance(
+        check_event(event("i" * 255, topic="t" * 255, source="s" * 255), 100), str
+    )
+    assert check_event(event(payload='"' + "x" * 98 + '"'), 100) != ""
+    assert isinstance(check_event(event(payload='"' + "x" * 99 + '"'), 100), str)
+
+
+def test_rejected_event_counts_under_its_topic_only_when_the_topic_is_valid():
+    assert stats_topic(event(topic="ok")) == "ok"
+    assert stats_topic(event(topic="")) == ""
+    assert stats_topic(event(topic="x" * 256)) == ""
+
+
+def test_cursor_round_trips_and_is_bound_to_its_topic():
+    position = storage.Position(tx=12345678901, seq=42)
+    cursor = cursors.encode("orders:eu", position)
+    assert cursors.decode(cursor, "orders:eu") == position
+    assert cursors.decode("", "orders") == storage.Position()
+    with pytest.raises(errors.BadPageToken, match="another topic"):
+        cursors.decode(cursor, "orders")
+    with pytest.raises(errors.BadPageToken, match="not a cursor"):
+        cursors.decode("bm90LWEtdG9rZW4", "orders")
+    old_style = "MTo0MjpvcmRlcnM"  # "1:42:orders", a sequence-order token of older servers
+    with pytest.raises(errors.BadPageToken, match="older server"):
+        cursors.decode(old_style, "orders")
+
+
+def test_config_reads_flag_then_environment_then_default():
+    env = {"AGGREGATOR_PORT": "6000", "AGGREGATOR_FLUSH_WORKERS": "3", "DATABASE_URL": "pg://x"}
+    assert config.load([], {}).port == 50051
+    loaded = config.load([], env)
+    assert (loaded.port, loaded.flush_workers, loaded.database_url) == (6000, 3, "pg://x")
+    assert config.load(["--port", "7000"], env).port == 7000
+
+
+def test_config_refuses_nonsense(capsys):
+    with pytest.raises(SystemExit):
+        config.load(["--flush-workers", "0"], {})
+    assert "--flush-workers must be at least 1" in capsys.readouterr().err
+
+
+def test_every_option_is_documented_in_help(capsys):
+    with pytest.raises(SystemExit):
+        config.load(["--help"], {})
+    text = capsys.readouterr().out
+    for name in ("--host", "--port", "--database-url", "AGGREGATOR_PORT", "DATABASE_URL"):
+        assert name in text
+
+
+class GatedWriter:
+    """A write function that holds each batch until released; records batch sizes."""
+
+    def __init__(self):
+        self.sizes = []
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def __call__(self, events, rejected, ticket):
+        self.entered.set()
+        self.release.wait(30)
+        self.sizes.append(len(events))
+        return storage.BatchResult([storage.Outcome(storage.Status.ACCEPTED)] * len(events))
+
+
+def submission(n):
+    return batcher.Submission([storage.NewEvent("t", str(i), 0, "", "{}") for i in range(n)], {})
+
+
+def test_batcher_takes_everything_pending_when_a_worker_frees_up():
+    writer = GatedWriter()
+    queue = batcher.Batcher(writer, workers=1, max_batch_events=100, max_pending_events=1000)
+    first = submission(1)
+    queue.submit(first)
+    assert writer.entered.wait(10)  # the idle worker flushed at once, without a linger
+    rest = [submission(10) for _ in range(12)]
+    for item in rest:
+        queue.submit(item)
+    writer.release.set()
+    for item in [first, *rest]:
+        assert item.wait(10)
+    queue.close()
+    assert writer.sizes == [1, 100, 20]
+
+
+def test_full_queue_times_out_with_overloaded_and_a_big_request_still_fits_an_empty_queue():
+    writer = GatedWriter()
+    queue = batcher.Batcher(writer, workers=1, max_batch_events=10, max_pending_events=10)
+    queue.submit(submission(1))
+    assert writer.entered.wait(10)
+    queue.submit(submission(25))  # larger than the queue, accepted because it is empty
+    with pytest.raises(errors.Overloaded):
+        queue.submit(submission(1), timeout=0.05)
+    writer.release.set()
+    queue.close()
+    with pytest.raises(errors.ShuttingDown):
+        queue.submit(submission(1))
+
+
+def test_batcher_fails_the_batch_when_the_database_stays_unavailable():
+    states: list[bool] = []
+
+    def down(events, rejected, ticket):
+        raise storage.Unavailable("down")
+
+    queue = batcher.Batcher(down, workers=1, retry_timeout=0.2, on_database_state=states.append)
+    item = submission(3)
+    queue.submit(item)
+    assert item.wait(10)
+    assert isinstance(item.error, storage.Unavailable)
+    assert states and not any(states)
+    queue.close()
+
+
+def test_batcher_hands_each_request_exactly_its_own_outcomes_in_order():
+    def write(events, rejected, ticket):
+        return storage.BatchResult(
+            [storage.Outcome(storage.Status.DUPLICATE, e.event_id) for e in events]
+        )
+
+    queue = batcher.Batcher(write, workers=1)
+    items = [submission(n) for n in (3, 0, 2)]
+    for item in items:
+        queue.submit(item)
+    for item in items:
+        assert item.wait(10)
+    queue.close()
+    assert [[o.reason for o in item.outcomes] for item in items] == [
+        ["0", "1", "2"],
+        [],
+        ["0", "1"],
+    ]
