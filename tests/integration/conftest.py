@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import shutil
@@ -25,10 +26,17 @@ from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[storage.EmbeddedPostgres]:
     """A PostgreSQL cluster of our own, on a free port, removed after the session."""
-    base = cluster_dir("aggregator-tests-")
+    with migrated_cluster("aggregator-tests-") as cluster:
+        yield cluster
+
+
+@contextlib.contextmanager
+def migrated_cluster(prefix: str) -> Iterator[storage.EmbeddedPostgres]:
+    """A throwaway cluster with the schema applied; stopped and removed even if start fails."""
+    base = cluster_dir(prefix)
     cluster = storage.EmbeddedPostgres(base / "pg", database="aggregator_test", throwaway=True)
-    cluster.start()
     try:
+        cluster.start()
         with storage.Database(cluster.url, min_connections=1, max_connections=1) as db:
             db.migrate()
         yield cluster
@@ -49,16 +57,8 @@ def cluster_dir(prefix: str) -> Path:
 @pytest.fixture
 def own_cluster() -> Iterator[storage.EmbeddedPostgres]:
     """A cluster for this test alone, for tests that stop and restart PostgreSQL."""
-    base = cluster_dir("aggregator-own-pg-")
-    cluster = storage.EmbeddedPostgres(base / "pg", database="aggregator_test", throwaway=True)
-    try:
-        cluster.start()
-        with storage.Database(cluster.url, min_connections=1, max_connections=1) as db:
-            db.migrate()
+    with migrated_cluster("aggregator-own-pg-") as cluster:
         yield cluster
-    finally:
-        cluster.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
