@@ -168,38 +168,51 @@ class _Interceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 m.received.labels(*labels).inc()
                 yield request
 
-        def finish(context: grpc.ServicerContext, started: float, failed: bool) -> None:
-            code = context.code() if hasattr(context, "code") else None
-            if code is None and not context.is_active():
-                code = grpc.StatusCode.CANCELLED  # the client went away, we did not fail
-            if code is None:
-                code = grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
-            m.handled.labels(*labels, code.name).inc()
-            m.handling.labels(*labels).observe(time.monotonic() - started)
+        def account(context: grpc.ServicerContext) -> Callable[[bool], None]:
+            """Start counting one call; returns what its handler calls when it ends.
+
+            The call is counted once it has ended on the wire (a termination callback), not
+            when its handler returns: only then is it known whether the client cancelled it.
+            """
+            started = time.monotonic()
+            m.started.labels(*labels).inc()
+            ended: list[bool] = []  # the handler's outcome (failed?), once it has one
+
+            def terminated() -> None:
+                code = context.code() if hasattr(context, "code") else None
+                if code is None and (rpc.cancelled_by_peer(context) or not ended):
+                    code = grpc.StatusCode.CANCELLED  # the client went away, we did not fail
+                if code is None:
+                    code = grpc.StatusCode.UNKNOWN if ended[0] else grpc.StatusCode.OK
+                m.handled.labels(*labels, code.name).inc()
+                m.handling.labels(*labels).observe(time.monotonic() - started)
+
+            if not context.add_callback(terminated):
+                terminated()  # already over: cancelled before the handler ran
+            return ended.append
 
         def behave(behavior: Callable[..., Any]) -> Callable[..., Any]:
             def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
-                started = time.monotonic()
-                m.started.labels(*labels).inc()
+                handler_ended = account(context)
                 if streaming_in:
                     request = counted_in(request)
                 else:
                     m.received.labels(*labels).inc()
                 if streaming_out:
-                    return _counted_out(behavior(request, context), context, started)
+                    return _counted_out(behavior(request, context), handler_ended)
                 try:
                     response = behavior(request, context)
                 except BaseException:
-                    finish(context, started, True)
+                    handler_ended(True)
                     raise
                 m.sent.labels(*labels).inc()
-                finish(context, started, False)
+                handler_ended(False)
                 return response
 
             return wrapped
 
         def _counted_out(
-            responses: Iterator[Any], context: grpc.ServicerContext, started: float
+            responses: Iterator[Any], handler_ended: Callable[[bool], None]
         ) -> Iterator[Any]:
             failed = False
             try:
@@ -210,6 +223,6 @@ class _Interceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 failed = True
                 raise
             finally:
-                finish(context, started, failed)
+                handler_ended(failed)
 
         return rpc.replace_behavior(handler, behave(rpc.behavior_of(handler)))

@@ -157,28 +157,34 @@ def test_reflection_streams_closed_by_the_client_are_not_counted_as_errors(db_ur
     ):
         # Half-closed after its answer: the way grpcurl ends a `list`.
         reflect(channel, V1ALPHA, reflection_pb2.ServerReflectionRequest(list_services=""))
-        # Cancelled while the server waits for the next request.
-        call = channel.stream_stream(
-            V1ALPHA,
-            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
-            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
-        )
-        gate = threading.Event()
+        # Cancelled while the server waits for the next request, many times: the server may
+        # read the end of the requests before it learns of the cancel (about 1 in 15 calls).
+        cancelled = 50
+        for _ in range(cancelled):
+            call = channel.stream_stream(
+                V1ALPHA,
+                request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+            )
+            gate = threading.Event()
 
-        def requests():
-            yield reflection_pb2.ServerReflectionRequest(list_services="")
-            gate.wait(60)  # the stream stays open until the client cancels it
+            def requests(gate=gate):
+                yield reflection_pb2.ServerReflectionRequest(list_services="")
+                gate.wait(60)  # the stream stays open until the client cancels it
 
-        responses = call(requests(), timeout=60)
-        next(responses)
-        responses.cancel()
-        gate.set()
+            responses = call(requests(), timeout=60)
+            next(responses)
+            responses.cancel()
+            gate.set()
 
         def handled(code: str) -> float:
             samples = scrape(metrics_port)
             return float(value(samples, "grpc_server_handled_total", **labels, grpc_code=code))
 
-        wait_until(lambda: handled("OK") + handled("CANCELLED") >= 2, what="both streams counted")
+        wait_until(
+            lambda: handled("OK") + handled("CANCELLED") >= 1 + cancelled,
+            what="every stream counted",
+        )
         assert handled("OK") == 1
-        assert handled("CANCELLED") == 1
+        assert handled("CANCELLED") == cancelled
         assert handled("UNKNOWN") == 0

@@ -13,7 +13,7 @@ from aggregator.server import Server
 from aggregator.storage.embedded import free_port
 from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
 from tests.integration.conftest import server_config
-from tests.support import ServerProcess, event, publish_stream, request
+from tests.support import ServerProcess, event, publish_stream, request, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -32,6 +32,26 @@ def value(samples, name, **labels):
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+def scrape_once_handled(port: int, calls: int):
+    """The samples once `calls` AggregatorService RPCs are counted as handled: a call is
+    counted when it has ended on the wire, which the server may learn just after the client
+    has its answer."""
+    scraped = {}
+
+    def handled() -> bool:
+        scraped.update(scrape(port))
+        total = sum(
+            v
+            for (name, labels), v in scraped.items()
+            if name == "grpc_server_handled_total"
+            and ("grpc_service", "aggregator.v1.AggregatorService") in labels
+        )
+        return total >= calls
+
+    wait_until(handled, what=f"{calls} calls counted as handled")
+    return scraped
+
+
 def test_metrics_endpoint_has_grpc_and_aggregator_metrics(db_url):
     port = free_port()
     with (
@@ -41,7 +61,7 @@ def test_metrics_endpoint_has_grpc_and_aggregator_metrics(db_url):
         stub = pb_grpc.AggregatorServiceStub(channel)
         stub.PublishBatch(request([event("m1"), event("m1"), event(topic="")]))
         publish_stream(stub, [request([event(f"s{i}")], i) for i in range(3)])
-        samples = scrape(port)
+        samples = scrape_once_handled(port, 2)
 
     publish = {
         "grpc_type": "bidi_stream",
@@ -73,7 +93,7 @@ def test_failed_calls_are_counted_with_their_code(db_url):
         stub = pb_grpc.AggregatorServiceStub(channel)
         with pytest.raises(grpc.RpcError):
             stub.PublishBatch(request([event("a"), event("b")]))
-        samples = scrape(port)
+        samples = scrape_once_handled(port, 1)
     assert (
         value(
             samples,
