@@ -19,6 +19,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from aggregator.server.config import Config
 from aggregator.storage.embedded import free_port
 from bench import baselines, load, proc, report, spawn
 from bench import delivery as bench_delivery
@@ -75,6 +76,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--flush-workers", type=int, default=2, help="server flush workers (--spawn)")
     p.add_argument("--max-batch-events", type=int, default=5000, help="(--spawn) and baselines")
+    p.add_argument(
+        "--recent-keys",
+        type=int,
+        default=Config().recent_keys,
+        help="(--spawn) and storage only: re-sends answered from memory (0: off)",
+    )
     args = p.parse_args(argv)
     if args.baselines and not (args.spawn or args.database_url):
         p.error("--baselines needs --spawn or --database-url")
@@ -94,6 +101,8 @@ def run(args: argparse.Namespace, in_process: bool = False) -> report.Report:
                 str(args.flush_workers),
                 "--max-batch-events",
                 str(args.max_batch_events),
+                "--recent-keys",
+                str(args.recent_keys),
                 port=free_port(),
             ).start()
             stack.callback(server.stop)
@@ -142,6 +151,7 @@ def run(args: argparse.Namespace, in_process: bool = False) -> report.Report:
                 duplicate_rate=args.duplicate_rate,
                 topics=args.topics,
                 payload_bytes=args.payload_bytes,
+                recent_keys=args.recent_keys,
                 events=args.baseline_events or max(50_000, min(built.events, 400_000)),
             )
         return built

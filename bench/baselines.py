@@ -55,6 +55,7 @@ def measure(
     topics: int,
     payload_bytes: int,
     events: int,
+    recent_keys: int = 0,
 ) -> dict[str, float]:
     """events/s of each baseline, measured now against `url`."""
 
@@ -73,7 +74,9 @@ def measure(
     batches = [data[i : i + batch_size] for i in range(0, len(data), batch_size)]
     shares = [batches[c::connections] for c in range(connections)]
     recording = [0.0] * connections  # seconds spent in the batch ledger, per connection
-    with storage.Database(url, min_connections=connections, max_connections=connections) as db:
+    with storage.Database(
+        url, min_connections=connections, max_connections=connections, recent_keys=recent_keys
+    ) as db:
 
         def write(mine: Sequence[Sequence[NewEvent]], c: int) -> Callable[[], None]:
             def part() -> None:

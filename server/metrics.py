@@ -76,6 +76,12 @@ class Metrics:
             ("kind",),
             registry=r,
         )
+        self.remembered = Counter(
+            "aggregator_remembered_duplicates_total",
+            "Events answered DUPLICATE from the recently stored keys, without a table lookup "
+            "(--recent-keys).",
+            registry=r,
+        )
         self.queue_events = Gauge(
             "aggregator_queue_events", "Events waiting for a flush worker.", registry=r
         )
@@ -122,6 +128,7 @@ class Metrics:
         self.flush_seconds.observe(seconds)
         for (topic, status), n in result.counts.items():
             self.events.labels(self._topic_label(topic), status.name).inc(n)
+        self.remembered.inc(result.remembered)
 
     def _topic_label(self, topic: str) -> str:
         if topic in self._topics or not topic:

@@ -25,6 +25,7 @@ from aggregator.storage.models import (
     join_ns,
     split_ns,
 )
+from aggregator.storage.recent import RecentKeys
 from aggregator.storage.watchdog import Conn, Watchdog
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,11 @@ class Database:
         connect_timeout: float = 5.0,
         checkout_timeout: float = 5.0,
         operation_timeout: float = 30.0,
+        recent_keys: int = 0,
     ) -> None:
+        # Exact re-sends of up to `recent_keys` recently stored events are answered from
+        # memory (storage.recent); 0 sends every event to the events table.
+        self.recent = RecentKeys(recent_keys) if recent_keys else None
         self._checkout_timeout = checkout_timeout
         self._operation_timeout = operation_timeout
         self._watchdog = Watchdog()
@@ -90,6 +95,10 @@ class Database:
         )
 
     def _configure(self, conn: Conn) -> None:
+        if self.recent is not None:
+            # A new write connection: the database behind it may not be the one whose
+            # rows were remembered (failover, restore), so remember nothing from before.
+            self.recent.forget()
         with self._watchdog.guard(conn, self._operation_timeout):
             writer.create_staging(conn)
 
@@ -200,10 +209,10 @@ class Database:
                     len(events),
                     rejected or {},
                     lambda only, rest: writer.write_batch(
-                        conn, events, rest, ticket=ticket, only=only
+                        conn, events, rest, ticket=ticket, only=only, recent=self.recent
                     ),
                 )
-            return writer.write_batch(conn, events, rejected, ticket=ticket)
+            return writer.write_batch(conn, events, rejected, ticket=ticket, recent=self.recent)
 
     def list_events(
         self,

@@ -59,6 +59,8 @@ class BatchResult:
     # Events counted per (topic, status), rejected-before-batching included: what the
     # batch added to the counters. Filled by the writer for a whole batch.
     counts: dict[tuple[str, Status], int] = field(default_factory=dict)
+    # Events answered DUPLICATE from the recently stored keys (storage.recent), no table read.
+    remembered: int = 0
 
     @property
     def statuses(self) -> list[Status]:

@@ -24,8 +24,12 @@ from aggregator.storage.models import (
     Status,
     split_ns,
 )
+from aggregator.storage.recent import RecentKeys
 
 log = logging.getLogger(__name__)
+
+# Outcomes after which the stored row holds the event's content (as JSON: equal).
+_STORED_AS_SENT = (ACCEPTED, DUPLICATE)
 
 _STAGING_TYPES = ["int4", "bool", "text", "text", "timestamptz", "int2", "text", "text"]
 # Errors that depend on the rows sent: isolate the culprits by splitting the batch.
@@ -50,17 +54,19 @@ def write_batch(
     *,
     ticket: ledger.Ticket | None = None,
     only: list[int] | None = None,
+    recent: RecentKeys | None = None,
 ) -> BatchResult:
     """Store `events` and count them plus `rejected` (events refused earlier, per topic).
 
     Rows the database refuses (for example JSON holding \\u0000) are isolated by
     splitting the batch and come back REJECTED; everything else is stored. With a
     `ticket`, each transaction records what it decided in the batch ledger; `only`
-    restricts the write to those event indexes (ascending).
+    restricts the write to those event indexes (ascending). With `recent`, exact re-sends
+    of events it remembers are answered DUPLICATE without the events table (storage.recent).
     """
     result = BatchResult(outcomes=[ACCEPTED] * len(events))
     idxs = list(range(len(events))) if only is None else only
-    _write_isolating(conn, events, idxs, dict(rejected or {}), result, ticket)
+    _write_isolating(conn, events, idxs, dict(rejected or {}), result, ticket, recent)
     return result
 
 
@@ -71,9 +77,10 @@ def _write_isolating(
     rejected: dict[str, int],
     result: BatchResult,
     ticket: ledger.Ticket | None,
+    recent: RecentKeys | None,
 ) -> None:
     try:
-        _write_retrying(conn, events, idxs, rejected, result, ticket)
+        _write_retrying(conn, events, idxs, rejected, result, ticket, recent)
     except _ROW_ERRORS as exc:
         if ticket is not None and not ticket.isolate:
             raise RowsRefused(f"the database refused a row: {exc.diag.message_primary}") from exc
@@ -85,11 +92,11 @@ def _write_isolating(
             log.info("database refused event %d of a batch: %s", bad, exc.diag.message_primary)
             rejected = dict(rejected)
             rejected[events[bad].topic] = rejected.get(events[bad].topic, 0) + 1
-            _write_retrying(conn, events, [], rejected, result, ticket, refused=bad)
+            _write_retrying(conn, events, [], rejected, result, ticket, recent, refused=bad)
             return
         half = len(idxs) // 2
-        _write_isolating(conn, events, idxs[:half], rejected, result, ticket)
-        _write_isolating(conn, events, idxs[half:], {}, result, ticket)
+        _write_isolating(conn, events, idxs[:half], rejected, result, ticket, recent)
+        _write_isolating(conn, events, idxs[half:], {}, result, ticket, recent)
 
 
 def _refusal_reason(exc: psycopg.Error) -> str:
@@ -106,11 +113,12 @@ def _write_retrying(
     rejected: dict[str, int],
     result: BatchResult,
     ticket: ledger.Ticket | None,
+    recent: RecentKeys | None,
     refused: int | None = None,
 ) -> None:
     for attempt in range(1, _TRANSIENT_ATTEMPTS + 1):
         try:
-            _write_once(conn, events, idxs, rejected, result, ticket, refused)
+            _write_once(conn, events, idxs, rejected, result, ticket, recent, refused)
             return
         except _TRANSIENT as exc:
             if attempt == _TRANSIENT_ATTEMPTS:
@@ -125,6 +133,7 @@ def _write_once(
     rejected: dict[str, int],
     result: BatchResult,
     ticket: ledger.Ticket | None,
+    recent: RecentKeys | None,
     refused: int | None,
 ) -> None:
     """One transaction; `refused` is an event the database refused, counted here."""
@@ -132,20 +141,30 @@ def _write_once(
         return
     # Every event in idxs gets its outcome below, replacing any from an attempt that rolled back.
     outcomes = result.outcomes
-    first: dict[tuple[str, str], int] = {}
-    rows = []
-    for i in idxs:
-        topic, event_id, ts_ns, source, payload = events[i]
-        key = (topic, event_id)
-        is_first = key not in first
-        if is_first:
-            first[key] = i
-        ts, nanos = split_ns(ts_ns)
-        rows.append((i, is_first, topic, event_id, ts, nanos, source, payload))
-
     counts: dict[str, list[int]] = {}  # topic → events per Status (value - 1)
     stored_topics: set[str] = set()
+    epoch: int | None = None
+    remembered: set[int] = set()
     with conn.transaction(), conn.cursor() as cur:
+        if recent is not None and idxs:
+            row = cur.execute(queries.get("events_epoch")).fetchone()
+            if row is not None and row[1]:  # the trigger that moves the epoch is in place
+                epoch = int(row[0])  # type: ignore[call-overload]
+            remembered = recent.matching(epoch, events, idxs)
+            for i in remembered:
+                outcomes[i] = DUPLICATE
+        first: dict[tuple[str, str], int] = {}
+        rows = []
+        for i in idxs:
+            if i in remembered:
+                continue
+            topic, event_id, ts_ns, source, payload = events[i]
+            key = (topic, event_id)
+            is_first = key not in first
+            if is_first:
+                first[key] = i
+            ts, nanos = split_ns(ts_ns)
+            rows.append((i, is_first, topic, event_id, ts, nanos, source, payload))
         if rows:
             with cur.copy(queries.get("copy_staging")) as copy:
                 copy.set_types(_STAGING_TYPES)
@@ -156,7 +175,9 @@ def _write_once(
             for i in inserted:
                 outcomes[i] = ACCEPTED
                 stored_topics.add(events[i].topic)
-            _classify_not_inserted(cur, [i for i in idxs if i not in inserted], result)
+            _classify_not_inserted(
+                cur, [i for i in idxs if i not in inserted and i not in remembered], result
+            )
 
         for i in idxs:
             slot = counts.setdefault(events[i].topic, [0, 0, 0, 0])
@@ -184,6 +205,9 @@ def _write_once(
             # ("" when nothing new was stored: only this transaction's end matters).
             cur.execute(queries.get("notify_topics"), {"topics": sorted(stored_topics) or [""]})
     # Committed: what this transaction counted is now part of the batch's result.
+    if recent is not None:
+        result.remembered += len(remembered)
+        recent.remember(epoch, events, (i for i in idxs if outcomes[i] in _STORED_AS_SENT))
     for topic, per_status in counts.items():
         for status, n in zip(Status, per_status, strict=True):
             if n:

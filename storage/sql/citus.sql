@@ -13,6 +13,10 @@ CREATE EXTENSION IF NOT EXISTS citus;  -- needs citus in shared_preload_librarie
 -- Events are spread by event_id: the primary key (topic, event_id) contains it, so the
 -- INSERT ... ON CONFLICT (topic, event_id) that decides ACCEPTED/DUPLICATE stays one shard's
 -- unique check. ListEvents for a topic reads every shard (merged on the coordinator).
+-- The epoch trigger (migration 0004) would fire on the coordinator only, not for rows
+-- deleted on a worker: without it, servers see the trigger missing and stop answering
+-- re-sends from memory (storage/recent.py), which is the safe side.
+DROP TRIGGER IF EXISTS events_epoch_bump ON events;
 SELECT create_distributed_table('events', 'event_id');
 
 -- Counters are small and updated in every flush transaction: a copy on every node.
@@ -30,4 +34,4 @@ SELECT create_distributed_table('batch_ledger', 'batch_id');
 -- from different workers. ListEvents/Subscribe there need a commit-ordered log instead
 -- (README, "Reading a topic"); publishing is unaffected.
 
--- Stays on the coordinator: schema_migrations (read and written by the server at start only)
+-- Stays on the coordinator: schema_migrations (read and written by the server at start only), events_epoch (read once per flush transaction and moved only by the trigger dropped above)

@@ -135,3 +135,10 @@ WHERE batch_id = %(batch_id)s
 -- name: sweep_ledger
 -- Rows left by a server that died before forgetting them; no retry lives this long.
 DELETE FROM batch_ledger WHERE committed_at < now() - make_interval(secs => %(older_than)s)
+
+-- name: events_epoch
+-- Read first in a flush transaction that answers re-sends from memory (storage/recent.py),
+-- with whether the trigger that moves the epoch is there and enabled (dropped on Citus).
+SELECT e.epoch, coalesce(t.tgenabled IN ('O', 'A'), false)
+FROM events_epoch e
+LEFT JOIN pg_trigger t ON t.tgrelid = 'events'::regclass AND t.tgname = 'events_epoch_bump'

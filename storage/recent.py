@@ -1,0 +1,107 @@
+"""Recently stored keys: answer an exact re-send DUPLICATE without touching the events table.
+
+Publishers retry, and a retry sends exactly the bytes it sent before. This map holds, for
+the keys this process has recently seen stored, a digest of the content stored under them
+(BLAKE2b-128 of timestamp, source and payload text as received: about 240 bytes an entry,
+key included). A flush transaction answers an event DUPLICATE from the map only when its
+content has the remembered digest; everything else (a key not held, the same key with
+other bytes, even JSON equal up to key order) goes to the database, which stays the
+authority. Two different contents share a digest with probability 2^-128. Remembered
+events are still counted and recorded in the batch ledger by the same transaction as the
+rest of their batch.
+
+Why an answer from the map is what the database would have said at that moment:
+
+- An entry is added only after the transaction that inserted its row (ACCEPTED), or found
+  it stored with equal content (DUPLICATE), has committed. Rows are never changed by the
+  server, so an entry stays true for as long as nothing outside the write path changes
+  the table.
+- Anything else that removes or rewrites rows (DELETE, UPDATE, TRUNCATE) moves the epoch
+  of `events_epoch` in its own transaction (statement trigger, migration 0004). Each flush
+  transaction reads the epoch before it answers from the map; an epoch other than the
+  one the entries were added under empties the map first. Entries are added under the
+  epoch their own transaction read, and only while the map is still on it. So every
+  answer rests on a read, inside the answering transaction, showing that nothing was
+  removed since the row was seen stored: the answer is true at that read.
+- Another replica only inserts, so what it stores cannot make an entry false; its keys are
+  simply not in this map (the database answers them).
+- A restart starts empty. A new write connection (after a failover, a restore, a lost
+  connection) empties the map: the database behind it may have lost committed rows.
+- If the trigger is missing or disabled (Citus drops it; a DBA may disable it), the map
+  is emptied and not used. Not covered: a session that bypasses triggers on purpose
+  (`session_replication_role = replica`) while deleting; README says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import threading
+from collections.abc import Iterable, Sequence
+
+from aggregator.storage.models import NewEvent
+
+Key = tuple[str, str]
+
+
+def digest(event: NewEvent) -> bytes:
+    """What identifies an event's content: timestamp, source and payload, byte for byte."""
+    text = f"{event.timestamp_ns}\0{event.source}\0{event.payload}"
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
+class RecentKeys:
+    """Up to `capacity` keys with their stored content; the oldest are forgotten first."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
+        self._entries: dict[Key, bytes] = {}
+        self._epoch: int | None = None
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def forget(self) -> None:
+        """Forget everything (the database behind may no longer hold what was seen)."""
+        with self._lock:
+            self._entries = {}
+            self._epoch = None
+
+    def matching(
+        self, epoch: int | None, events: Sequence[NewEvent], idxs: Iterable[int]
+    ) -> set[int]:
+        """The events of `idxs` that are exact re-sends of remembered ones, given the epoch
+        read in the current transaction (None: the epoch cannot be trusted)."""
+        found: set[int] = set()
+        with self._lock:
+            if epoch is None or epoch != self._epoch:
+                self._entries = {}
+                self._epoch = epoch
+                return found
+            entries = self._entries
+            for i in idxs:
+                event = events[i]
+                held = entries.get((event.topic, event.event_id))
+                if held is not None and held == digest(event):
+                    found.add(i)
+        return found
+
+    def remember(self, epoch: int | None, events: Sequence[NewEvent], idxs: Iterable[int]) -> None:
+        """Add events seen stored with this content by a committed transaction that read
+        `epoch`; ignored if the map has moved to another epoch since."""
+        with self._lock:
+            if epoch is None or epoch != self._epoch:
+                return
+            entries = self._entries
+            for i in idxs:
+                event = events[i]
+                key = (sys.intern(event.topic), event.event_id)
+                entries.pop(key, None)  # re-inserted at the young end
+                entries[key] = digest(event)
+            excess = len(entries) - self.capacity
+            if excess > 0:
+                for key in [k for k, _ in zip(entries, range(excess), strict=False)]:
+                    del entries[key]

@@ -1,0 +1,56 @@
+"""storage.recent.RecentKeys on its own: bounded, tied to one epoch."""
+
+from __future__ import annotations
+
+from aggregator.storage import NewEvent
+from aggregator.storage.recent import RecentKeys
+
+
+def events(n):
+    return [NewEvent("t", f"e{i}", i, "src", "{}") for i in range(n)]
+
+
+def test_remembers_only_under_the_epoch_it_was_read_at():
+    batch = events(3)
+    recent = RecentKeys(10)
+    assert recent.matching(1, batch, range(3)) == set()  # first read sets the epoch
+    recent.remember(1, batch, [0, 1])
+    assert recent.matching(1, batch, range(3)) == {0, 1}
+    recent.remember(2, batch, [2])  # read another epoch: not added
+    assert recent.matching(1, batch, range(3)) == {0, 1}
+    assert recent.matching(2, batch, range(3)) == set()  # a new epoch forgets everything
+    assert len(recent) == 0
+
+
+def test_an_untrusted_epoch_forgets_and_answers_nothing():
+    batch = events(1)
+    recent = RecentKeys(10)
+    recent.matching(1, batch, [0])
+    recent.remember(1, batch, [0])
+    assert recent.matching(None, batch, [0]) == set()
+    recent.remember(None, batch, [0])
+    assert len(recent) == 0
+
+
+def test_the_oldest_are_forgotten_first_and_a_reseen_key_is_young_again():
+    batch = events(5)
+    recent = RecentKeys(3)
+    recent.matching(0, batch, [])
+    recent.remember(0, batch, [0, 1, 2])
+    recent.remember(0, batch, [0])  # seen again: now the youngest
+    recent.remember(0, batch, [3, 4])
+    assert recent.matching(0, batch, range(5)) == {0, 3, 4}
+    assert len(recent) == 3
+
+
+def test_other_content_under_a_remembered_key_is_not_a_match():
+    recent = RecentKeys(3)
+    recent.matching(0, [], [])
+    recent.remember(0, [NewEvent("t", "e", 1, "src", '{"v": 1}')], [0])
+    others = [
+        NewEvent("t", "e", 2, "src", '{"v": 1}'),
+        NewEvent("t", "e", 1, "other", '{"v": 1}'),
+        NewEvent("t", "e", 1, "src", '{"v": 2}'),
+        NewEvent("u", "e", 1, "src", '{"v": 1}'),
+    ]
+    assert recent.matching(0, others, range(4)) == set()
