@@ -75,6 +75,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--baseline-events", type=int, default=0, help="events per baseline (default: as sent)"
     )
     p.add_argument("--flush-workers", type=int, default=2, help="server flush workers (--spawn)")
+    p.add_argument(
+        "--servers",
+        type=int,
+        default=1,
+        help="(--spawn) server processes sharing one port (--reuse-port) and the database",
+    )
     p.add_argument("--max-batch-events", type=int, default=5000, help="(--spawn) and baselines")
     p.add_argument(
         "--recent-keys",
@@ -91,29 +97,33 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def run(args: argparse.Namespace, in_process: bool = False) -> report.Report:
     """Run the load (and baselines); `in_process` keeps the workers in this process (tests)."""
     with ExitStack() as stack:
-        target, database_url, server_pid = args.target, args.database_url, None
+        target, database_url, server_pids = args.target, args.database_url, []
         if args.spawn:
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="aggregator-bench-")))
             database_url = stack.enter_context(spawn.embedded_postgres(tmp))
-            server = spawn.ServerProcess(
-                database_url,
-                "--flush-workers",
-                str(args.flush_workers),
-                "--max-batch-events",
-                str(args.max_batch_events),
-                "--recent-keys",
-                str(args.recent_keys),
-                port=free_port(),
-            ).start()
-            stack.callback(server.stop)
-            target, server_pid = server.target, server.pid
+            port = free_port()
+            for _ in range(args.servers):  # several: one port shared (SO_REUSEPORT)
+                server = spawn.ServerProcess(
+                    database_url,
+                    "--flush-workers",
+                    str(args.flush_workers),
+                    "--max-batch-events",
+                    str(args.max_batch_events),
+                    "--recent-keys",
+                    str(args.recent_keys),
+                    *(("--reuse-port",) if args.servers > 1 else ()),
+                    port=port,
+                ).start()
+                stack.callback(server.stop)
+                server_pids.append(server.pid)
+            target = server.target
         delivery: dict[str, dict[str, float]] = {}
         if args.delivery:
             idle = bench_delivery.Probe(target).start()
             time.sleep(3.0)  # ~60 probes with nothing else running
             delivery["idle"] = idle.stop().summary()
             loaded = bench_delivery.Probe(target).start()
-        results, cpu_shares = _load(args, target, server_pid, in_process)
+        results, cpu_shares = _load(args, target, server_pids, in_process)
         if args.delivery:
             delivery["under the load"] = loaded.stop().summary()
         options = {
@@ -137,7 +147,7 @@ def run(args: argparse.Namespace, in_process: bool = False) -> report.Report:
         if args.ceiling:
             ceiling = spawn.ServerProcess("", port=free_port(), module="bench.ceiling").start()
             try:
-                top, _ = _load(args, ceiling.target, ceiling.pid, in_process)
+                top, _ = _load(args, ceiling.target, [ceiling.pid], in_process)
             finally:
                 ceiling.stop()
             built.baselines[CEILING] = report.build(
@@ -158,7 +168,7 @@ def run(args: argparse.Namespace, in_process: bool = False) -> report.Report:
 
 
 def _load(
-    args: argparse.Namespace, target: str, server_pid: int | None, in_process: bool
+    args: argparse.Namespace, target: str, server_pids: list[int], in_process: bool
 ) -> tuple[list[load.WorkerResult], dict[str, float]]:
     workers = 1 if in_process else (args.workers or load.default_workers(args.concurrency))
     workers = min(workers, args.concurrency)
@@ -186,7 +196,11 @@ def _load(
                 start_at=start_at,
             )
         )
-    before = (proc.cpu_seconds(server_pid) if server_pid else 0.0, proc.postgres_cpu_seconds())
+
+    def server_cpu() -> float:
+        return sum(proc.cpu_seconds(pid) for pid in server_pids)
+
+    before = (server_cpu(), proc.postgres_cpu_seconds())
     if in_process:
         results = [load.run_worker(plan) for plan in plans]
     else:
@@ -197,8 +211,8 @@ def _load(
         "load generator": sum(r.cpu_seconds for r in results) / elapsed,
         "PostgreSQL": (proc.postgres_cpu_seconds() - before[1]) / elapsed,
     }
-    if server_pid:
-        shares["server"] = (proc.cpu_seconds(server_pid) - before[0]) / elapsed
+    if server_pids:
+        shares["server"] = (server_cpu() - before[0]) / elapsed
     return results, shares
 
 

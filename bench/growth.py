@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             first = 0.0
             print("round\trows\tevents/s\tvs first\theap MB\tindexes MB", flush=True)
             for n in range(1, rounds + 1):
-                results, _ = bench_main._load(load_args, server.target, server.pid, False)
+                results, _ = bench_main._load(load_args, server.target, [server.pid], False)
                 built = report.build(results, {}, skip_first=0, count_errors=False)
                 rate = built.events_per_second
                 first = first or rate

@@ -145,39 +145,44 @@ def _write_once(
     stored_topics: set[str] = set()
     epoch: int | None = None
     remembered: set[int] = set()
+    # Built before the transaction opens: the database waits for nothing of this.
+    seen: set[tuple[str, str]] = set()
+    rows = []
+    for i in idxs:
+        outcomes[i] = ACCEPTED  # unless the database says otherwise below
+        topic, event_id, ts_ns, source, payload = events[i]
+        key = (topic, event_id)
+        is_first = key not in seen
+        if is_first:
+            seen.add(key)
+        ts, nanos = split_ns(ts_ns)
+        rows.append((i, is_first, topic, event_id, ts, nanos, source, payload))
+
     with conn.transaction(), conn.cursor() as cur:
         if recent is not None and idxs:
             row = cur.execute(queries.get("events_epoch")).fetchone()
             if row is not None and row[1]:  # the trigger that moves the epoch is in place
                 epoch = int(row[0])  # type: ignore[call-overload]
             remembered = recent.matching(epoch, events, idxs)
-            for i in remembered:
-                outcomes[i] = DUPLICATE
-        first: dict[tuple[str, str], int] = {}
-        rows = []
-        for i in idxs:
-            if i in remembered:
-                continue
-            topic, event_id, ts_ns, source, payload = events[i]
-            key = (topic, event_id)
-            is_first = key not in first
-            if is_first:
-                first[key] = i
-            ts, nanos = split_ns(ts_ns)
-            rows.append((i, is_first, topic, event_id, ts, nanos, source, payload))
+            if remembered:
+                for i in remembered:
+                    outcomes[i] = DUPLICATE
+                # A later copy of a remembered key stays staged as not first: the stored
+                # row decides it (DUPLICATE or CONFLICT), like any key already stored.
+                rows = [r for r in rows if r[0] not in remembered]
         if rows:
             with cur.copy(queries.get("copy_staging")) as copy:
                 copy.set_types(_STAGING_TYPES)
-                for row in rows:
-                    copy.write_row(row)
+                for r in rows:
+                    copy.write_row(r)
             cur.execute(queries.get("insert_from_staging"))
-            inserted = {first[(t, e)] for t, e in cur.fetchall()}  # type: ignore[index]
-            for i in inserted:
-                outcomes[i] = ACCEPTED
-                stored_topics.add(events[i].topic)
-            _classify_not_inserted(
-                cur, [i for i in idxs if i not in inserted and i not in remembered], result
-            )
+            not_inserted: list[int] = []
+            for idx, stored_topic in cur.fetchall():
+                if idx is None:
+                    stored_topics.add(str(stored_topic))
+                else:
+                    not_inserted.append(idx)  # type: ignore[arg-type]
+            _classify_not_inserted(cur, not_inserted, result)
 
         for i in idxs:
             slot = counts.setdefault(events[i].topic, [0, 0, 0, 0])

@@ -32,14 +32,13 @@ def test_an_untrusted_epoch_forgets_and_answers_nothing():
     assert len(recent) == 0
 
 
-def test_the_oldest_are_forgotten_first_and_a_reseen_key_is_young_again():
+def test_the_first_remembered_are_the_first_forgotten():
     batch = events(5)
     recent = RecentKeys(3)
     recent.matching(0, batch, [])
     recent.remember(0, batch, [0, 1, 2])
-    recent.remember(0, batch, [0])  # seen again: now the youngest
     recent.remember(0, batch, [3, 4])
-    assert recent.matching(0, batch, range(5)) == {0, 3, 4}
+    assert recent.matching(0, batch, range(5)) == {2, 3, 4}
     assert len(recent) == 3
 
 
