@@ -83,10 +83,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--max-batch-events", type=int, default=5000, help="(--spawn) and baselines")
     p.add_argument(
-        "--recent-keys",
+        "--recent-keys-bytes",
         type=int,
-        default=Config().recent_keys,
-        help="(--spawn) and storage only: re-sends answered from memory (0: off)",
+        default=Config().recent_keys_bytes,
+        help="(--spawn) and storage only: memory for re-sends answered without a lookup (0: off)",
     )
     args = p.parse_args(argv)
     if args.baselines and not (args.spawn or args.database_url):
@@ -109,8 +109,8 @@ def run(args: argparse.Namespace, in_process: bool = False) -> report.Report:
                     str(args.flush_workers),
                     "--max-batch-events",
                     str(args.max_batch_events),
-                    "--recent-keys",
-                    str(args.recent_keys),
+                    "--recent-keys-bytes",
+                    str(args.recent_keys_bytes),
                     *(("--reuse-port",) if args.servers > 1 else ()),
                     port=port,
                 ).start()
@@ -161,7 +161,7 @@ def run(args: argparse.Namespace, in_process: bool = False) -> report.Report:
                 duplicate_rate=args.duplicate_rate,
                 topics=args.topics,
                 payload_bytes=args.payload_bytes,
-                recent_keys=args.recent_keys,
+                recent_keys_bytes=args.recent_keys_bytes,
                 events=args.baseline_events or max(50_000, min(built.events, 400_000)),
             )
         return built

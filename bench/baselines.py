@@ -55,7 +55,7 @@ def measure(
     topics: int,
     payload_bytes: int,
     events: int,
-    recent_keys: int = 0,
+    recent_keys_bytes: int = 0,
 ) -> dict[str, float]:
     """events/s of each baseline, measured now against `url`."""
 
@@ -75,7 +75,10 @@ def measure(
     shares = [batches[c::connections] for c in range(connections)]
     recording = [0.0] * connections  # seconds spent in the batch ledger, per connection
     with storage.Database(
-        url, min_connections=connections, max_connections=connections, recent_keys=recent_keys
+        url,
+        min_connections=connections,
+        max_connections=connections,
+        recent_keys_bytes=recent_keys_bytes,
     ) as db:
 
         def write(mine: Sequence[Sequence[NewEvent]], c: int) -> Callable[[], None]:

@@ -72,7 +72,7 @@ class Server:
                 max_connections=config.flush_workers + 1,  # one spare for health and migrations
                 read_connections=config.read_connections,
                 operation_timeout=config.db_retry_timeout,
-                recent_keys=config.recent_keys,
+                recent_keys_bytes=config.recent_keys_bytes,
             )
             self._database.open()
             applied = self._database.migrate()

@@ -21,7 +21,7 @@ class Config:
     flush_workers: int = 2
     read_connections: int = 4
     max_batch_events: int = 5000
-    recent_keys: int = 500_000
+    recent_keys_bytes: int = 128 * MIB
     max_pending_events: int = 100_000
     max_pending_bytes: int = 256 * MIB
     max_events_per_request: int = 10_000
@@ -94,11 +94,11 @@ _OPTIONS: dict[str, tuple[str, Callable[[str], object], str]] = {
         "database connections for ListEvents and GetStats, never used by the flush workers",
     ),
     "max_batch_events": ("AGGREGATOR_MAX_BATCH_EVENTS", int, "most events in one transaction"),
-    "recent_keys": (
-        "AGGREGATOR_RECENT_KEYS",
+    "recent_keys_bytes": (
+        "AGGREGATOR_RECENT_KEYS_BYTES",
         int,
-        "recently stored events remembered so that an exact re-send is answered DUPLICATE "
-        "without a database lookup (about 240 bytes each; 0 turns it off)",
+        "memory for recently stored events, so that an exact re-send is answered DUPLICATE "
+        "without a database lookup (about 650 bytes an event with a 200-byte payload; 0: off)",
     ),
     "max_pending_events": (
         "AGGREGATOR_MAX_PENDING_EVENTS",
@@ -262,8 +262,8 @@ def _check(parser: argparse.ArgumentParser, config: Config) -> None:
     for name in positive:
         if getattr(config, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    if config.recent_keys < 0:
-        parser.error("--recent-keys must not be negative")
+    if config.recent_keys_bytes < 0:
+        parser.error("--recent-keys-bytes must not be negative")
     if not 0 <= config.port <= 65535:
         parser.error("--port must be between 0 and 65535")
     if (config.tls_cert is None) != (config.tls_key is None):

@@ -79,7 +79,7 @@ class Metrics:
         self.remembered = Counter(
             "aggregator_remembered_duplicates_total",
             "Events answered DUPLICATE from the recently stored keys, without a table lookup "
-            "(--recent-keys).",
+            "(--recent-keys-bytes).",
             registry=r,
         )
         self.queue_events = Gauge(

@@ -54,11 +54,11 @@ class Database:
         connect_timeout: float = 5.0,
         checkout_timeout: float = 5.0,
         operation_timeout: float = 30.0,
-        recent_keys: int = 0,
+        recent_keys_bytes: int = 0,
     ) -> None:
-        # Exact re-sends of up to `recent_keys` recently stored events are answered from
-        # memory (storage.recent); 0 sends every event to the events table.
-        self.recent = RecentKeys(recent_keys) if recent_keys else None
+        # Exact re-sends of recently stored events are answered from up to `recent_keys_bytes`
+        # of memory (storage.recent); 0 sends every event to the events table.
+        self.recent = RecentKeys(recent_keys_bytes) if recent_keys_bytes else None
         self._checkout_timeout = checkout_timeout
         self._operation_timeout = operation_timeout
         self._watchdog = Watchdog()

@@ -146,15 +146,15 @@ def _write_once(
     epoch: int | None = None
     remembered: set[int] = set()
     # Built before the transaction opens: the database waits for nothing of this.
-    seen: set[tuple[str, str]] = set()
+    first: dict[tuple[str, str], int] = {}  # key → its first event in the batch
     rows = []
     for i in idxs:
         outcomes[i] = ACCEPTED  # unless the database says otherwise below
         topic, event_id, ts_ns, source, payload = events[i]
         key = (topic, event_id)
-        is_first = key not in seen
+        is_first = key not in first
         if is_first:
-            seen.add(key)
+            first[key] = i
         ts, nanos = split_ns(ts_ns)
         rows.append((i, is_first, topic, event_id, ts, nanos, source, payload))
 
@@ -176,12 +176,12 @@ def _write_once(
                 for r in rows:
                     copy.write_row(r)
             cur.execute(queries.get("insert_from_staging"))
-            not_inserted: list[int] = []
-            for idx, stored_topic in cur.fetchall():
-                if idx is None:
-                    stored_topics.add(str(stored_topic))
-                else:
-                    not_inserted.append(idx)  # type: ignore[arg-type]
+            inserted: set[int] = set()
+            for returned in cur.fetchall():
+                i = first[returned]  # type: ignore[index]
+                inserted.add(i)
+                stored_topics.add(events[i].topic)
+            not_inserted = [r[0] for r in rows if r[0] not in inserted]
             _classify_not_inserted(cur, not_inserted, result)
 
         for i in idxs:

@@ -19,28 +19,17 @@ FROM STDIN (FORMAT BINARY)
 
 -- name: insert_from_staging
 -- seq is drawn in arrival order (idx), rows are inserted in a fixed key order so two
--- batches with overlapping keys cannot deadlock. Answers in few small rows, so that the
--- writer's Python stays short while the transaction is open: the idx of each staged
--- event not inserted (a later copy in the batch, or a key already stored), then each
--- topic that got a new row (idx NULL).
-WITH inserted AS (
-    INSERT INTO events (topic, event_id, ts, ts_nanos, source, payload, seq)
-    OVERRIDING SYSTEM VALUE
-    SELECT topic, event_id, ts, ts_nanos, source, payload::jsonb, seq
-    FROM (
-        SELECT arrived.*, nextval('events_seq') AS seq
-        FROM (SELECT * FROM staging WHERE is_first ORDER BY idx) AS arrived
-    ) AS numbered
-    ORDER BY topic, event_id
-    ON CONFLICT (topic, event_id) DO NOTHING
-    RETURNING topic, event_id
-)
-SELECT s.idx, NULL::text AS topic
-FROM staging s
-WHERE NOT s.is_first
-   OR NOT EXISTS (SELECT FROM inserted i WHERE i.topic = s.topic AND i.event_id = s.event_id)
-UNION ALL
-SELECT NULL, topic FROM inserted GROUP BY topic
+-- batches with overlapping keys cannot deadlock.
+INSERT INTO events (topic, event_id, ts, ts_nanos, source, payload, seq)
+OVERRIDING SYSTEM VALUE
+SELECT topic, event_id, ts, ts_nanos, source, payload::jsonb, seq
+FROM (
+    SELECT arrived.*, nextval('events_seq') AS seq
+    FROM (SELECT * FROM staging WHERE is_first ORDER BY idx) AS arrived
+) AS numbered
+ORDER BY topic, event_id
+ON CONFLICT (topic, event_id) DO NOTHING
+RETURNING topic, event_id
 
 -- name: compare_with_stored
 -- A new statement takes a new snapshot, so it also sees rows that concurrent

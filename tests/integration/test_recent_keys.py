@@ -10,6 +10,7 @@ from aggregator import storage
 from aggregator.storage import NewEvent, Status
 
 pytestmark = pytest.mark.integration
+MIB = 1024 * 1024
 
 
 def new(event_id="e1", payload='{"v": 1, "w": 2}', source="src"):
@@ -18,7 +19,9 @@ def new(event_id="e1", payload='{"v": 1, "w": 2}', source="src"):
 
 @pytest.fixture
 def remembering(db_url):
-    with storage.Database(db_url, min_connections=1, max_connections=1, recent_keys=100) as db:
+    with storage.Database(
+        db_url, min_connections=1, max_connections=1, recent_keys_bytes=MIB
+    ) as db:
         yield db
 
 
@@ -64,7 +67,7 @@ def test_a_row_rewritten_out_of_band_makes_the_resend_a_conflict(remembering, sq
 def test_two_replicas_each_stay_exact_when_the_other_stores_and_rows_are_deleted(
     remembering, db_url, sql
 ):
-    with storage.Database(db_url, min_connections=1, max_connections=1, recent_keys=100) as b:
+    with storage.Database(db_url, min_connections=1, max_connections=1, recent_keys_bytes=MIB) as b:
         assert remembering.write_batch([new()]).statuses == [Status.ACCEPTED]
         from_db = b.write_batch([new()])  # b never saw e1 stored: the database answers
         assert from_db.statuses == [Status.DUPLICATE] and from_db.remembered == 0
