@@ -1,6 +1,7 @@
 """`python -m bench.growth` (`make bench-growth`): does the rate hold as the table grows?
 
-Starts a fresh embedded PostgreSQL (sized for ingestion, durable) and a server, then
+Starts a fresh embedded PostgreSQL (durable; PostgreSQL's defaults plus any --pg-setting)
+and a server, then
 publishes --events events (random UUIDv4 ids, ~200-byte payloads, 30% re-sends, 4 streams
 of 500-event requests, like `make bench`) in rounds of --round events, printing each
 round's rate and the table's size. Target: the last round at least 0.8 times the first.
@@ -26,7 +27,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--round", type=int, default=1_000_000, help="events per round")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("-c", "--concurrency", type=int, default=4)
+    parser.add_argument(
+        "--pg-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a PostgreSQL server setting for the run (repeatable), e.g. shared_buffers=2GB",
+    )
     args = parser.parse_args(argv)
+    settings = dict(item.split("=", 1) for item in args.pg_setting)
     rounds = max(1, args.events // args.round)
     load_args = bench_main.parse(
         ["-c", str(args.concurrency), "--batch-size", str(args.batch_size), "-n", "1"]
@@ -34,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     load_args.total = max(1, args.round // args.batch_size)
     with (
         tempfile.TemporaryDirectory(prefix="aggregator-growth-") as tmp,
-        spawn.embedded_postgres(Path(tmp)) as url,
+        spawn.embedded_postgres(Path(tmp), settings=settings) as url,
     ):
         server = spawn.ServerProcess(url, port=free_port()).start()
         try:

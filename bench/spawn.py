@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,10 +24,15 @@ _SIGTERM = signal.SIGTERM  # the class below has a method named signal
 
 
 @contextmanager
-def embedded_postgres(workdir: Path, *, throwaway: bool = False) -> Iterator[str]:
-    """A PostgreSQL cluster under `workdir` for the duration; yields its URL."""
+def embedded_postgres(
+    workdir: Path, *, throwaway: bool = False, settings: Mapping[str, str] | None = None
+) -> Iterator[str]:
+    """A PostgreSQL cluster under `workdir` for the duration (with extra server `settings`);
+    yields its URL."""
     workdir.chmod(0o755)  # the unprivileged PostgreSQL user must be able to enter it
-    with storage.EmbeddedPostgres(workdir / "pg", database="bench", throwaway=throwaway) as pg:
+    with storage.EmbeddedPostgres(
+        workdir / "pg", database="bench", throwaway=throwaway, settings=settings
+    ) as pg:
         yield pg.url
 
 

@@ -4,10 +4,18 @@ the epoch trigger switched off."""
 
 from __future__ import annotations
 
+import grpc
 import pytest
 
 from aggregator import storage
+from aggregator.server import Server
 from aggregator.storage import NewEvent, Status
+from aggregator.storage.embedded import free_port
+from aggregator.v1 import aggregator_pb2 as pb
+from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
+from tests.integration.conftest import server_config
+from tests.integration.test_operations import scrape, value
+from tests.support import event, request
 
 pytestmark = pytest.mark.integration
 MIB = 1024 * 1024
@@ -98,3 +106,21 @@ def test_without_the_epoch_trigger_nothing_is_answered_from_memory(remembering, 
         assert again.statuses == [Status.DUPLICATE] and again.remembered == 0
     finally:
         sql.execute("ALTER TABLE events ENABLE TRIGGER events_epoch_bump")
+
+
+def test_the_server_answers_a_retried_request_from_memory_when_asked_to(db_url):
+    metrics_port = free_port()
+    config = server_config(db_url, recent_keys_bytes=MIB, metrics_port=metrics_port)
+    with (
+        Server(config) as server,
+        grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        stub = pb_grpc.AggregatorServiceStub(channel)
+        batch = request([event("r1"), event("r2")])
+        first = stub.PublishBatch(batch, timeout=30)
+        retried = stub.PublishBatch(batch, timeout=30)
+        samples = scrape(metrics_port)
+    assert list(first.statuses) == [pb.EVENT_STATUS_ACCEPTED] * 2
+    assert list(retried.statuses) == [pb.EVENT_STATUS_DUPLICATE] * 2
+    assert value(samples, "aggregator_remembered_duplicates_total") == 2
+    assert value(samples, "aggregator_events_total", topic="orders", status="DUPLICATE") == 2
