@@ -103,3 +103,15 @@ def test_ceiling_answers_every_event_accepted_in_order():
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
     finally:
         server.stop(0)
+
+
+def test_writepath_compares_the_writer_with_and_without_memory_to_the_bare_path(capsys):
+    from bench import writepath
+
+    assert writepath.main(["--events", "3000", "--order", "bare,off,on"]) == 0
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()]
+    rates = {line[0]: line for line in lines if len(line) == 3 and line[2] == "events/s"}
+    assert set(rates) == {"bare", "off", "on"}
+    assert all(float(line[1].replace(",", "")) > 0 for line in rates.values())
+    # Every variant reports where its statement time went, the INSERT first among them.
+    assert sum("µs/event" in " ".join(line) for line in lines) >= 6
