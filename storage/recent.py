@@ -1,14 +1,14 @@
 """Recently stored keys: answer an exact re-send DUPLICATE without touching the events table.
 
 Publishers retry, and a retry sends exactly the bytes it sent before. This map holds, for
-the keys this process has recently seen stored, the event as it was received (the object
-the batch already holds: no copy, no hashing), within a memory budget in bytes (about 650
-bytes an entry with a 200-byte payload). A flush transaction answers an event DUPLICATE
-from the map only when its timestamp, source and payload text are identical to the
-remembered ones; everything else (a key not held, the same key with other bytes, even JSON
-equal up to key order) goes to the database, which stays the authority. Remembered events
-are still counted and recorded in the batch ledger by the same transaction as the rest of
-their batch.
+the keys this process has recently seen stored, the event as it was received (its fields in
+a plain tuple: the strings are the batch's own, not copied, and nothing is hashed), within
+a memory budget in bytes (about 700 bytes an entry with a 200-byte payload). A flush
+transaction answers an event DUPLICATE from the map only when its timestamp, source and
+payload text are identical to the remembered ones; everything else (a key not held, the
+same key with other bytes, even JSON equal up to key order) goes to the database, which
+stays the authority. Remembered events are still counted and recorded in the batch ledger
+by the same transaction as the rest of their batch.
 
 Why an answer from the map is what the database would have said at that moment:
 
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
 from aggregator.storage.models import NewEvent
@@ -46,15 +47,22 @@ Key = tuple[str, str]
 _ENTRY_OVERHEAD = 250
 
 
-def _size(event: NewEvent) -> int:
-    """The bytes an entry keeps alive (its strings counted even where shared)."""
-    return (
-        sys.getsizeof(event.topic)
-        + sys.getsizeof(event.event_id)
-        + sys.getsizeof(event.source)
-        + sys.getsizeof(event.payload)
+# What an entry holds: timestamp_ns, source, payload, and the bytes the entry keeps alive.
+Entry = tuple[int, str, str, int]
+
+
+def _entry(event: NewEvent) -> Entry:
+    """A plain tuple, not the NewEvent: the garbage collector stops tracking tuples of
+    strings and ints, so 100,000s of entries cost no collection pauses."""
+    topic, event_id, ts_ns, source, payload = event
+    size = (
+        sys.getsizeof(topic)
+        + sys.getsizeof(event_id)
+        + sys.getsizeof(source)
+        + sys.getsizeof(payload)
         + _ENTRY_OVERHEAD
-    )
+    )  # its strings counted even where shared
+    return (ts_ns, source, payload, size)
 
 
 class RecentKeys:
@@ -66,7 +74,8 @@ class RecentKeys:
             raise ValueError("budget must be at least 1 byte")
         self.budget = budget
         self.bytes = 0
-        self._entries: dict[Key, NewEvent] = {}
+        # Oldest first; OrderedDict pops its oldest in O(1) (a dict's front fills with holes).
+        self._entries: OrderedDict[Key, Entry] = OrderedDict()
         self._epoch: int | None = None
         self._lock = threading.Lock()
 
@@ -76,7 +85,7 @@ class RecentKeys:
     def forget(self) -> None:
         """Forget everything (the database behind may no longer hold what was seen)."""
         with self._lock:
-            self._entries = {}
+            self._entries = OrderedDict()
             self.bytes = 0
             self._epoch = None
 
@@ -88,15 +97,20 @@ class RecentKeys:
         found: set[int] = set()
         with self._lock:
             if epoch is None or epoch != self._epoch:
-                self._entries = {}
+                self._entries = OrderedDict()
                 self.bytes = 0
                 self._epoch = epoch
                 return found
             entries = self._entries
             for i in idxs:
-                event = events[i]
-                # Equal tuples: same topic, id, timestamp, source and payload text.
-                if entries.get((event.topic, event.event_id)) == event:
+                topic, event_id, ts_ns, source, payload = events[i]
+                held = entries.get((topic, event_id))
+                if (
+                    held is not None
+                    and held[0] == ts_ns
+                    and held[2] == payload
+                    and held[1] == source
+                ):
                     found.add(i)
         return found
 
@@ -113,11 +127,9 @@ class RecentKeys:
                 key = (event.topic, event.event_id)
                 held = entries.get(key)
                 if held is not None:
-                    added -= _size(held)
-                entries[key] = event
-                added += _size(event)
+                    added -= held[3]
+                entry = entries[key] = _entry(event)
+                added += entry[3]
             self.bytes += added
-            if self.bytes > self.budget:
-                oldest = iter(list(entries))  # a copy: entries shrinks below
-                while self.bytes > self.budget and entries:
-                    self.bytes -= _size(entries.pop(next(oldest)))
+            while self.bytes > self.budget and entries:
+                self.bytes -= entries.popitem(last=False)[1][3]
