@@ -36,7 +36,8 @@ def dataset(
     return [NewEvent(*events.fields(k)) for k in events.draw(count)]
 
 
-def _parallel(parts: Sequence[Callable[[], None]]) -> float:
+def parallel(parts: Sequence[Callable[[], object]]) -> float:
+    """Seconds until every part, each in its own thread, has finished."""
     threads = [threading.Thread(target=part) for part in parts]
     started = time.perf_counter()
     for thread in threads:
@@ -44,6 +45,29 @@ def _parallel(parts: Sequence[Callable[[], None]]) -> float:
     for thread in threads:
         thread.join()
     return time.perf_counter() - started
+
+
+def write_as_flush_workers(db: storage.Database, batches: Sequence[Sequence[NewEvent]]) -> float:
+    """Write `batches` one transaction each, tickets chained as a flush worker chains them;
+    returns the seconds those writes spent recording in the batch ledger."""
+    recording = 0.0
+    ticket = storage.Ticket()
+    for batch in batches:
+        ticket = storage.Ticket(finished=[ticket.batch_id])
+        db.write_batch(batch, None, ticket)
+        recording += ticket.seconds
+    return recording
+
+
+def bare_in_parallel(
+    url: str, shares: Sequence[Sequence[Sequence[NewEvent]]], *, ordered: bool = True
+) -> float:
+    """Seconds for the design's bare path, one connection per share (sql_paths.bare_path)."""
+
+    def part(mine: Sequence[Sequence[NewEvent]]) -> Callable[[], None]:
+        return lambda: sql_paths.bare_path(url, mine, ordered=ordered)
+
+    return parallel([part(mine) for mine in shares])
 
 
 def measure(
@@ -66,7 +90,7 @@ def measure(
 
     rates: dict[str, float] = {}
     naive = shaped(min(NAIVE_EVENTS, events))
-    rates["naive (INSERT per event, autocommit)"] = len(naive) / _parallel(
+    rates["naive (INSERT per event, autocommit)"] = len(naive) / parallel(
         [lambda: sql_paths.naive_insert(url, naive)]
     )
 
@@ -83,15 +107,11 @@ def measure(
 
         def write(mine: Sequence[Sequence[NewEvent]], c: int) -> Callable[[], None]:
             def part() -> None:
-                ticket = storage.Ticket()
-                for batch in mine:
-                    ticket = storage.Ticket(finished=[ticket.batch_id])  # as flush workers do
-                    db.write_batch(batch, None, ticket)
-                    recording[c] += ticket.seconds
+                recording[c] = write_as_flush_workers(db, mine)
 
             return part
 
-        elapsed = _parallel([write(mine, c) for c, mine in enumerate(shares)])
+        elapsed = parallel([write(mine, c) for c, mine in enumerate(shares)])
     shape = f"{connections} conn, {batch_size}/batch"
     rates[f"storage only ({shape})"] = len(data) / elapsed
     # The same batches, less the time each connection spent recording them in the batch
@@ -107,13 +127,7 @@ def measure(
         for round_ in range(2):
             sql_paths.prepare_bare(url)
             for ordered in (True, False) if round_ == 0 else (False, True):
-
-                def bare_part(
-                    mine: Sequence[Sequence[NewEvent]], ordered: bool = ordered
-                ) -> Callable[[], None]:
-                    return lambda: sql_paths.bare_path(url, mine, ordered=ordered)
-
-                bare[ordered].append(len(data) / _parallel([bare_part(m) for m in shares]))
+                bare[ordered].append(len(data) / bare_in_parallel(url, shares, ordered=ordered))
     finally:
         sql_paths.drop_bare(url)
     rates[BARE.format(connections=connections, batch_size=batch_size)] = sum(bare[True]) / 2
@@ -125,7 +139,7 @@ def measure(
         def copy(mine: Sequence[Sequence[NewEvent]]) -> Callable[[], None]:
             return lambda: sql_paths.raw_copy(url, mine)
 
-        rates[f"raw COPY, no dedup ({connections} conn)"] = len(data) / _parallel(
+        rates[f"raw COPY, no dedup ({connections} conn)"] = len(data) / parallel(
             [copy(mine) for mine in shares]
         )
     finally:

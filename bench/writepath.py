@@ -66,16 +66,10 @@ def _ours(url: str, shares: Sequence[Sequence[Sequence[NewEvent]]], memory: int)
         url, min_connections=len(shares), max_connections=len(shares), recent_keys_bytes=memory
     ) as db:
 
-        def part(mine: Sequence[Sequence[NewEvent]]) -> Callable[[], None]:
-            def write() -> None:
-                ticket = storage.Ticket()
-                for batch in mine:
-                    ticket = storage.Ticket(finished=[ticket.batch_id])  # as flush workers do
-                    db.write_batch(batch, None, ticket)
+        def part(mine: Sequence[Sequence[NewEvent]]) -> Callable[[], float]:
+            return lambda: baselines.write_as_flush_workers(db, mine)
 
-            return write
-
-        return baselines._parallel([part(mine) for mine in shares])
+        return baselines.parallel([part(mine) for mine in shares])
 
 
 def _bare(url: str, shares: Sequence[Sequence[Sequence[NewEvent]]]) -> float:
@@ -83,13 +77,9 @@ def _bare(url: str, shares: Sequence[Sequence[Sequence[NewEvent]]]) -> float:
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("CHECKPOINT")
-        return baselines._parallel([_bare_part(url, mine) for mine in shares])
+        return baselines.bare_in_parallel(url, shares)
     finally:
         sql_paths.drop_bare(url)
-
-
-def _bare_part(url: str, mine: Sequence[Sequence[NewEvent]]) -> Callable[[], None]:
-    return lambda: sql_paths.bare_path(url, mine)
 
 
 def main(argv: list[str] | None = None) -> int:
