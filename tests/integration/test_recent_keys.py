@@ -88,9 +88,10 @@ def test_two_replicas_each_stay_exact_when_the_other_stores_and_rows_are_deleted
 
 def test_a_new_write_connection_forgets_everything(remembering, sql):
     remembering.write_batch([new()])
-    # Every other connection to the test database: the writer's among them.
+    # Every other connection to the test database: the writer's among them (each waited
+    # for until its backend has exited).
     sql.execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity"
         " WHERE datname = current_database() AND pid <> pg_backend_pid()"
         " AND backend_type = 'client backend'"
     )

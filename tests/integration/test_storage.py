@@ -121,3 +121,32 @@ def test_database_unreachable_is_unavailable():
         storage.Database("postgresql://postgres@127.0.0.1:1/none", connect_timeout=1).open(
             timeout=2
         )
+
+
+def test_a_failure_while_counting_undoes_the_whole_batch(db_url, sql):
+    """The counters are updated after the events are inserted, in the same transaction: when
+    that fails, nothing of the batch stays (events, ledger, counters) and the connection
+    works on."""
+    sql.execute(
+        "CREATE FUNCTION refuse_counting() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$ BEGIN IF NEW.topic = 'refused' THEN RAISE EXCEPTION 'not counted'; END IF;"
+        " RETURN NEW; END $$"
+    )
+    sql.execute(
+        "CREATE TRIGGER refuse_counting BEFORE INSERT OR UPDATE ON topic_stats"
+        " FOR EACH ROW EXECUTE FUNCTION refuse_counting()"
+    )
+    ticket = storage.Ticket()
+    try:
+        with storage.Database(db_url, min_connections=1, max_connections=1) as db:
+            with pytest.raises(storage.StorageError, match="not counted"):
+                db.write_batch([new(1), new(2, topic="refused")], ticket=ticket)
+            assert db.write_batch([new(3)]).statuses == [Status.ACCEPTED]
+    finally:
+        sql.execute("DROP TRIGGER refuse_counting ON topic_stats")
+        sql.execute("DROP FUNCTION refuse_counting()")
+    assert sql.execute("SELECT event_id FROM events").fetchall() == [("3",)]
+    assert sql.execute(
+        "SELECT count(*) FROM batch_ledger WHERE batch_id = %s", [ticket.batch_id]
+    ).fetchone() == (0,)
+    assert sql.execute("SELECT sum(received) FROM topic_stats").fetchone() == (1,)
