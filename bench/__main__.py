@@ -143,16 +143,20 @@ def run(args: argparse.Namespace, in_process: bool = False) -> report.Report:
             results, options, skip_first=args.skipFirst, count_errors=args.count_errors
         )
         built.cpu = cpu_shares
+        if "server" in cpu_shares:
+            built.cpu_per_request["server"] = built.cpu_us_per_request(cpu_shares["server"])
         built.delivery = delivery
         if args.ceiling:
             ceiling = spawn.ServerProcess("", port=free_port(), module="bench.ceiling").start()
             try:
-                top, _ = _load(args, ceiling.target, [ceiling.pid], in_process)
+                top, top_cpu = _load(args, ceiling.target, [ceiling.pid], in_process)
             finally:
                 ceiling.stop()
-            built.baselines[CEILING] = report.build(
+            at_ceiling = report.build(
                 top, options, skip_first=args.skipFirst, count_errors=args.count_errors
-            ).events_per_second
+            )
+            built.baselines[CEILING] = at_ceiling.events_per_second
+            built.cpu_per_request["gRPC ceiling"] = at_ceiling.cpu_us_per_request(top_cpu["server"])
         if args.baselines and database_url:
             built.baselines |= baselines.measure(
                 database_url,

@@ -31,12 +31,23 @@ class Report:
     event_latencies: list[tuple[int, int]]  # (latency ns, events acknowledged)
     details: list[tuple[float, int, str, str]]  # (unix time, latency ns, error, status)
     cpu: dict[str, float] = field(default_factory=dict)  # name → share of one core
+    # server → µs of its CPU per request (ours, and the gRPC ceiling's in its own run)
+    cpu_per_request: dict[str, float] = field(default_factory=dict)
     baselines: dict[str, float] = field(default_factory=dict)  # name → events/s
     delivery: dict[str, dict[str, float]] = field(default_factory=dict)  # when → figures
 
     @property
     def events_per_second(self) -> float:
         return self.events / (self.total_ns / 1e9) if self.total_ns else 0.0
+
+    @property
+    def requests_per_second(self) -> float:
+        return len(self.details) / (self.total_ns / 1e9) if self.total_ns else 0.0
+
+    def cpu_us_per_request(self, share: float) -> float:
+        """µs of CPU per request for a process that used `share` of a core in this run."""
+        rate = self.requests_per_second
+        return share / rate * 1e6 if rate else 0.0
 
 
 def build(
@@ -124,6 +135,7 @@ def _event_block(report: Report) -> dict[str, Any]:
             for p in EVENT_PERCENTAGES
         ],
         "cpu": report.cpu,
+        "cpuMicrosecondsPerRequest": report.cpu_per_request,
         "delivery": report.delivery,
         "baselines": {
             name: {"eventsPerSecond": rate, "ratio": report.events_per_second / rate}
@@ -144,7 +156,7 @@ def as_json(report: Report) -> dict[str, Any]:
         "average": int(sum(lat) / len(lat)) if lat else 0,
         "fastest": lat[0] if lat else 0,
         "slowest": lat[-1] if lat else 0,
-        "rps": len(report.details) / (report.total_ns / 1e9) if report.total_ns else 0.0,
+        "rps": report.requests_per_second,
         "errorDistribution": dict(report.errors),
         "statusCodeDistribution": dict(report.codes),
         "latencyDistribution": [
@@ -212,6 +224,10 @@ def summary(report: Report) -> str:
         w("\nCPU (share of one core during the run):\n")
         for name, share in report.cpu.items():
             w(f"  {name}:\t{share:.0%}\n")
+    if report.cpu_per_request:
+        w("\nServer CPU per request:\n")
+        for name, micros in report.cpu_per_request.items():
+            w(f"  {name}:\t{micros:,.0f} µs\n")
     if report.delivery:
         w("\nCommit → subscriber latency (probe events, one at a time):\n")
         for when, figures in report.delivery.items():

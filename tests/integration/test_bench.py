@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import json
+from datetime import UTC, datetime
 
 import pytest
 
@@ -50,6 +52,7 @@ def test_tiny_bench_produces_a_ghz_json_report_with_event_metrics(server, db_url
             db_url,
             "--baseline-events",
             "200",
+            "--ceiling",
         ]
     )
     built = bench_main.run(args, in_process=True)
@@ -65,13 +68,34 @@ def test_tiny_bench_produces_a_ghz_json_report_with_event_metrics(server, db_url
     assert events["count"] == 120
     assert sum(events["statusDistribution"].values()) == 120
     assert events["intendedDuplicateRate"] == 0.3
-    assert len(events["baselines"]) == 6  # naive, storage ±ledger, bare path twice, COPY
+    # naive, storage ±ledger, bare path twice, COPY, the gRPC ceiling
+    assert len(events["baselines"]) == 7
+    # the server here runs in this process: only the ceiling's CPU is its own
+    assert set(events["cpuMicrosecondsPerRequest"]) == {"gRPC ceiling"}
     assert all(b["eventsPerSecond"] > 0 for b in events["baselines"].values())
     assert {"load generator", "PostgreSQL"} <= set(events["cpu"])
     text = report.render(built, "summary")
     for heading in ("Summary:", "Latency distribution:", "Status code distribution:", "Events:"):
         assert heading in text
     assert report.render(built, "csv").startswith("duration (ms),status,error")
+
+
+def test_cpu_per_request_is_the_cpu_share_over_the_request_rate():
+    built = report.Report(
+        options={},
+        end_reason="normal",
+        date=datetime.now(UTC),
+        total_ns=2 * 10**9,
+        latencies=[],
+        codes=collections.Counter(),
+        errors=collections.Counter(),
+        events=0,
+        statuses=collections.Counter(),
+        event_latencies=[],
+        details=[(0.0, 1, "", "OK")] * 1000,  # 1000 requests in 2 s
+    )
+    assert built.requests_per_second == 500
+    assert built.cpu_us_per_request(0.75) == 1500  # 75% of a core over 500 requests/s
 
 
 def test_percentiles_weight_each_event():
