@@ -4,7 +4,8 @@ Starts a fresh embedded PostgreSQL (durable; PostgreSQL's defaults plus any --pg
 and a server, then
 publishes --events events (random UUIDv4 ids, ~200-byte payloads, 30% re-sends, 4 streams
 of 500-event requests, like `make bench`) in rounds of --round events, printing each
-round's rate and the table's size. Target: the last round at least 0.8 times the first.
+round's rate, the table's size and the WAL it wrote (bytes and full-page images per event,
+checkpoints). Target: the last round at least 0.8 times the first.
 """
 
 from __future__ import annotations
@@ -48,16 +49,25 @@ def main(argv: list[str] | None = None) -> int:
         server = spawn.ServerProcess(url, port=free_port()).start()
         try:
             first = 0.0
-            print("round\trows\tevents/s\tvs first\theap MB\tindexes MB", flush=True)
+            print(
+                "round\trows\tevents/s\tvs first\theap MB\tindexes MB"
+                "\tWAL B/event\tpage images/event\tcheckpoints",
+                flush=True,
+            )
+            before = _wal(url)
             for n in range(1, rounds + 1):
                 results, _ = bench_main._load(load_args, server.target, [server.pid], False)
                 built = report.build(results, {}, skip_first=0, count_errors=False)
                 rate = built.events_per_second
                 first = first or rate
                 rows, heap, indexes = _size(url)
+                after = _wal(url)
+                wal_bytes, images, checkpoints = (a - b for a, b in zip(after, before, strict=True))
+                before = after
                 print(
                     f"{n}\t{rows:,}\t{rate:,.0f}\t{rate / first:.2f}x\t"
-                    f"{heap / 2**20:,.0f}\t{indexes / 2**20:,.0f}",
+                    f"{heap / 2**20:,.0f}\t{indexes / 2**20:,.0f}\t"
+                    f"{wal_bytes / built.events:,.0f}\t{images / built.events:.2f}\t{checkpoints}",
                     flush=True,
                 )
         finally:
@@ -70,6 +80,18 @@ def _size(url: str) -> tuple[int, int, int]:
         row = conn.execute(
             "SELECT (SELECT coalesce(sum(accepted), 0) FROM topic_stats)::bigint,"
             " pg_relation_size('events'), pg_indexes_size('events')"
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+def _wal(url: str) -> tuple[int, int, int]:
+    """WAL bytes and full-page images written so far, and checkpoints started (PostgreSQL 14+)."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT wal_bytes::bigint, wal_fpi,"
+            " (SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter)"
+            " FROM pg_stat_wal"
         ).fetchone()
     assert row is not None
     return int(row[0]), int(row[1]), int(row[2])
