@@ -58,6 +58,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duplicate-rate", type=float, default=0.3)
     p.add_argument("--topics", type=int, default=8)
     p.add_argument("--payload-bytes", type=int, default=200)
+    p.add_argument(
+        "--ids",
+        choices=["uuid4", "ordered"],
+        default="uuid4",
+        help="event ids: random UUIDv4s (default) or time-ordered, like UUIDv7s",
+    )
     p.add_argument("--workers", type=int, default=0, help="load processes (default: cores)")
     p.add_argument("--baselines", action="store_true", help="measure the baselines too")
     p.add_argument(
@@ -137,6 +143,7 @@ def run(args: argparse.Namespace, in_process: bool = False) -> report.Report:
             "duplicate_rate": args.duplicate_rate,
             "topics": args.topics,
             "payload_bytes": args.payload_bytes,
+            "ids": args.ids,
             "host": target,
         }
         built = report.build(
@@ -196,6 +203,7 @@ def _load(
                 duplicate_rate=args.duplicate_rate,
                 topics=args.topics,
                 payload_bytes=args.payload_bytes,
+                ordered_ids=args.ids == "ordered",
                 run_id=run_id,
                 start_at=start_at,
             )

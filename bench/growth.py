@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--round", type=int, default=1_000_000, help="events per round")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("-c", "--concurrency", type=int, default=4)
+    parser.add_argument("--ids", choices=["uuid4", "ordered"], default="uuid4")
     parser.add_argument(
         "--pg-setting",
         action="append",
@@ -35,28 +36,48 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=VALUE",
         help="a PostgreSQL server setting for the run (repeatable), e.g. shared_buffers=2GB",
     )
+    parser.add_argument(
+        "--statements",
+        action="store_true",
+        help="also print each round's costliest statements (pg_stat_statements), µs per event",
+    )
     args = parser.parse_args(argv)
     settings = dict(item.split("=", 1) for item in args.pg_setting)
+    if args.statements:
+        settings["shared_preload_libraries"] = "pg_stat_statements"
     rounds = max(1, args.events // args.round)
     load_args = bench_main.parse(
-        ["-c", str(args.concurrency), "--batch-size", str(args.batch_size), "-n", "1"]
+        [
+            "-c",
+            str(args.concurrency),
+            "--batch-size",
+            str(args.batch_size),
+            "-n",
+            "1",
+            "--ids",
+            args.ids,
+        ]
     )
     load_args.total = max(1, args.round // args.batch_size)
     with (
         tempfile.TemporaryDirectory(prefix="aggregator-growth-") as tmp,
         spawn.embedded_postgres(Path(tmp), settings=settings) as url,
     ):
+        if args.statements:
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         server = spawn.ServerProcess(url, port=free_port()).start()
         try:
             first = 0.0
+            statements = _statements(url) if args.statements else {}
             print(
                 "round\trows\tevents/s\tvs first\theap MB\tindexes MB"
-                "\tWAL B/event\tpage images/event\tcheckpoints",
+                "\tWAL B/event\tpage images/event\tcheckpoints\tCPU µs/event: PostgreSQL, server",
                 flush=True,
             )
             before = _wal(url)
             for n in range(1, rounds + 1):
-                results, _ = bench_main._load(load_args, server.target, [server.pid], False)
+                results, cpu = bench_main._load(load_args, server.target, [server.pid], False)
                 built = report.build(results, {}, skip_first=0, count_errors=False)
                 rate = built.events_per_second
                 first = first or rate
@@ -67,9 +88,16 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"{n}\t{rows:,}\t{rate:,.0f}\t{rate / first:.2f}x\t"
                     f"{heap / 2**20:,.0f}\t{indexes / 2**20:,.0f}\t"
-                    f"{wal_bytes / built.events:,.0f}\t{images / built.events:.2f}\t{checkpoints}",
+                    f"{wal_bytes / built.events:,.0f}\t{images / built.events:.2f}\t{checkpoints}\t"
+                    f"{cpu['PostgreSQL'] / rate * 1e6:.1f}, {cpu['server'] / rate * 1e6:.1f}",
                     flush=True,
                 )
+                if args.statements:
+                    now = _statements(url)
+                    spent = {q: t - statements.get(q, 0.0) for q, t in now.items()}
+                    statements = now
+                    for query, ms in sorted(spent.items(), key=lambda item: -item[1])[:5]:
+                        print(f"\t{ms * 1000 / built.events:6.2f} µs/event  {query}", flush=True)
         finally:
             server.stop()
     return 0
@@ -83,6 +111,17 @@ def _size(url: str) -> tuple[int, int, int]:
         ).fetchone()
     assert row is not None
     return int(row[0]), int(row[1]), int(row[2])
+
+
+def _statements(url: str) -> dict[str, float]:
+    """Execution time so far (ms) per statement, by its first line."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT query, total_exec_time FROM pg_stat_statements").fetchall()
+    spent: dict[str, float] = {}
+    for query, ms in rows:
+        line = " ".join(str(query).split())[:70]
+        spent[line] = spent.get(line, 0.0) + float(ms)
+    return spent
 
 
 def _wal(url: str) -> tuple[int, int, int]:

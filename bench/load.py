@@ -43,6 +43,7 @@ class WorkerPlan:
     payload_bytes: int
     run_id: str
     start_at: float  # time.time() at which every worker starts
+    ordered_ids: bool = False  # `run_id-k` ids (time-ordered, like UUIDv7s); else UUIDv4s
 
 
 @dataclass
@@ -69,7 +70,7 @@ def _events(plan: WorkerPlan) -> workload.Workload:
         sources=("bench",),
         payload_bytes=plan.payload_bytes,
         seed=f"{plan.run_id}-{plan.worker}",
-        uuid_ids=True,  # random UUIDv4s, as most publishers send
+        uuid_ids=not plan.ordered_ids,  # random UUIDv4s by default, as most publishers send
     )
 
 

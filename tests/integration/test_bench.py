@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 from datetime import UTC, datetime
 
@@ -139,3 +140,31 @@ def test_writepath_compares_the_writer_with_and_without_memory_to_the_bare_path(
     assert all(float(line[1].replace(",", "")) > 0 for line in rates.values())
     # Every variant reports where its statement time went, the INSERT first among them.
     assert sum("µs/event" in " ".join(line) for line in lines) >= 6
+
+
+def test_the_load_sends_random_uuid4_ids_unless_asked_for_ordered_ones():
+    import uuid
+
+    from bench import load
+
+    plan = load.WorkerPlan(
+        worker=0,
+        target="127.0.0.1:1",
+        call="publish",
+        concurrency=1,
+        connections=1,
+        requests=1,
+        duration=None,
+        rps=0,
+        batch_size=1,
+        duplicate_rate=0.3,
+        topics=1,
+        payload_bytes=200,
+        run_id="r",
+        start_at=0.0,
+    )
+    ids = [load._events(plan).fields(k).event_id for k in range(3)]
+    assert all(uuid.UUID(i).version == 4 for i in ids)
+    ordered = load._events(dataclasses.replace(plan, ordered_ids=True))
+    assert [ordered.fields(k).event_id for k in range(3)] == ["r-0-0", "r-0-1", "r-0-2"]
+    assert bench_main.parse(["--ids", "ordered"]).ids == "ordered"
