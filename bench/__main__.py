@@ -178,6 +178,16 @@ def run(args: argparse.Namespace, in_process: bool = False) -> report.Report:
         return built
 
 
+def stream_offsets(worker: int, streams: int, workers: int, rps: float) -> tuple[float, ...]:
+    """When each of a worker's streams starts, so that at `rps` in total the requests of all
+    streams are evenly spaced (as ghz's constant schedule), not sent in bursts of one per
+    stream. Streams are dealt to workers round-robin: this worker's j-th is stream
+    worker + j * workers of all; stream g of C starts at g / rps and repeats every C / rps."""
+    if rps <= 0:
+        return ()
+    return tuple((worker + j * workers) / rps for j in range(streams))
+
+
 def _load(
     args: argparse.Namespace, target: str, server_pids: list[int], in_process: bool
 ) -> tuple[list[load.WorkerResult], dict[str, float]]:
@@ -204,6 +214,7 @@ def _load(
                 topics=args.topics,
                 payload_bytes=args.payload_bytes,
                 ordered_ids=args.ids == "ordered",
+                offsets=stream_offsets(w, share, workers, args.rps),
                 run_id=run_id,
                 start_at=start_at,
             )

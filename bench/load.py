@@ -44,6 +44,9 @@ class WorkerPlan:
     run_id: str
     start_at: float  # time.time() at which every worker starts
     ordered_ids: bool = False  # `run_id-k` ids (time-ordered, like UUIDv7s); else UUIDv4s
+    # With a rate: when each of this worker's streams/callers sends its first request,
+    # seconds after the start, so that all requests of all workers are evenly spaced.
+    offsets: tuple[float, ...] = ()
 
 
 @dataclass
@@ -118,13 +121,16 @@ def run_worker(plan: WorkerPlan) -> WorkerResult:
             if error:
                 result.errors[error] += 1
 
+    def offset(index: int) -> float:
+        return plan.offsets[index] if index < len(plan.offsets) else 0.0
+
     def stream(index: int) -> None:
         call = channels[index % len(channels)].stream_stream(
             PUBLISH, response_deserializer=pb.PublishResponse.FromString
         )
         window = threading.BoundedSemaphore(WINDOW)
         pending: collections.deque[tuple[int, int]] = collections.deque()
-        begun = time.monotonic()
+        begun = time.monotonic() + offset(index)
 
         def requests() -> Iterator[bytes]:
             n = 0
@@ -160,7 +166,7 @@ def run_worker(plan: WorkerPlan) -> WorkerResult:
         call = channels[index % len(channels)].unary_unary(
             PUBLISH_BATCH, response_deserializer=pb.PublishResponse.FromString
         )
-        begun = time.monotonic()
+        begun = time.monotonic() + offset(index)
         n = 0
         while (raw := next_request()) is not None:
             if interval:

@@ -168,3 +168,11 @@ def test_the_load_sends_random_uuid4_ids_unless_asked_for_ordered_ones():
     ordered = load._events(dataclasses.replace(plan, ordered_ids=True))
     assert [ordered.fields(k).event_id for k in range(3)] == ["r-0-0", "r-0-1", "r-0-2"]
     assert bench_main.parse(["--ids", "ordered"]).ids == "ordered"
+
+
+def test_a_rate_spreads_the_requests_of_all_streams_evenly():
+    # 4 streams dealt to 2 workers at 8 requests/s: streams 0 and 2 in worker 0, 1 and 3 in
+    # worker 1; each repeats every 0.5 s, so together they send every 0.125 s, not in bursts
+    assert bench_main.stream_offsets(0, 2, 2, 8) == (0.0, 0.25)
+    assert bench_main.stream_offsets(1, 2, 2, 8) == (0.125, 0.375)
+    assert bench_main.stream_offsets(0, 4, 1, 0) == ()  # as fast as possible: no schedule
