@@ -10,7 +10,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from aggregator.v1 import aggregator_pb2 as pb
 from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
-from tests.support import ACCEPTED, DUPLICATE, ServerProcess, chunks, event, request
+from tests.support import (
+    ACCEPTED,
+    DUPLICATE,
+    ServerProcess,
+    chunks,
+    event,
+    request,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -141,3 +149,19 @@ def test_stream_still_open_late_in_the_grace_period_ends_with_unavailable(db_url
         gate.set()
         server.kill()
     assert sql.execute("SELECT count(*) FROM events").fetchone() == (1,)
+
+
+def test_the_server_keeps_its_startup_objects_out_of_full_garbage_collections(db_url):
+    """Otherwise every full collection under load re-walks them: 40-55 ms with all threads
+    stopped every ~2 s, most of the ack p99 at half the maximum rate (BENCHMARKS.md)."""
+    server = ServerProcess(db_url, "--log-level", "debug").start()
+    try:
+
+        def frozen() -> list[str]:
+            return [line for line in server.output if "kept out of garbage collection" in line]
+
+        wait_until(frozen, timeout=30, what="the startup objects frozen")
+        count = int(frozen()[0].rsplit(":", 1)[1])
+    finally:
+        assert server.stop() == 0
+    assert count > 10_000  # the modules, protobuf and gRPC objects, the HTTP app, the pools
