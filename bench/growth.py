@@ -4,8 +4,10 @@ Starts a fresh embedded PostgreSQL (durable; PostgreSQL's defaults plus any --pg
 and a server, then
 publishes --events events (random UUIDv4 ids, ~200-byte payloads, 30% re-sends, 4 streams
 of 500-event requests, like `make bench`) in rounds of --round events, printing each
-round's rate, the table's size and the WAL it wrote (bytes and full-page images per event,
-checkpoints). Target: the last round at least 0.8 times the first.
+round's rate, the table's size, the WAL it wrote (bytes and full-page images per event,
+checkpoints), the CPU per event of PostgreSQL and of the server, and with --statements the
+round's costliest statements (pg_stat_statements). Target: the last round at least 0.8
+times the first.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import psycopg
 
@@ -69,22 +72,24 @@ def main(argv: list[str] | None = None) -> int:
         server = spawn.ServerProcess(url, port=free_port()).start()
         try:
             first = 0.0
-            statements = _statements(url) if args.statements else {}
+            statements = _read(url, args.statements).statements
             print(
                 "round\trows\tevents/s\tvs first\theap MB\tindexes MB"
                 "\tWAL B/event\tpage images/event\tcheckpoints\tCPU µs/event: PostgreSQL, server",
                 flush=True,
             )
-            before = _wal(url)
+            before = _read(url, False).wal
             for n in range(1, rounds + 1):
                 results, cpu = bench_main._load(load_args, server.target, [server.pid], False)
                 built = report.build(results, {}, skip_first=0, count_errors=False)
                 rate = built.events_per_second
                 first = first or rate
-                rows, heap, indexes = _size(url)
-                after = _wal(url)
-                wal_bytes, images, checkpoints = (a - b for a, b in zip(after, before, strict=True))
-                before = after
+                now = _read(url, args.statements)
+                rows, heap, indexes = now.size
+                wal_bytes, images, checkpoints = (
+                    a - b for a, b in zip(now.wal, before, strict=True)
+                )
+                before = now.wal
                 print(
                     f"{n}\t{rows:,}\t{rate:,.0f}\t{rate / first:.2f}x\t"
                     f"{heap / 2**20:,.0f}\t{indexes / 2**20:,.0f}\t"
@@ -93,9 +98,8 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
                 if args.statements:
-                    now = _statements(url)
-                    spent = {q: t - statements.get(q, 0.0) for q, t in now.items()}
-                    statements = now
+                    spent = {q: t - statements.get(q, 0.0) for q, t in now.statements.items()}
+                    statements = now.statements
                     for query, ms in sorted(spent.items(), key=lambda item: -item[1])[:5]:
                         print(f"\t{ms * 1000 / built.events:6.2f} µs/event  {query}", flush=True)
         finally:
@@ -103,37 +107,37 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _size(url: str) -> tuple[int, int, int]:
+class _Figures(NamedTuple):
+    size: tuple[int, int, int]  # rows stored, heap bytes, index bytes
+    wal: tuple[int, int, int]  # WAL bytes and full-page images so far, checkpoints started
+    statements: dict[str, float]  # execution ms so far per statement, by its first line
+
+
+def _read(url: str, statements: bool) -> _Figures:
+    """What PostgreSQL says now (pg_stat_wal: PostgreSQL 14+), over one connection."""
     with psycopg.connect(url) as conn:
-        row = conn.execute(
+        size = conn.execute(
             "SELECT (SELECT coalesce(sum(accepted), 0) FROM topic_stats)::bigint,"
             " pg_relation_size('events'), pg_indexes_size('events')"
         ).fetchone()
-    assert row is not None
-    return int(row[0]), int(row[1]), int(row[2])
-
-
-def _statements(url: str) -> dict[str, float]:
-    """Execution time so far (ms) per statement, by its first line."""
-    with psycopg.connect(url) as conn:
-        rows = conn.execute("SELECT query, total_exec_time FROM pg_stat_statements").fetchall()
-    spent: dict[str, float] = {}
-    for query, ms in rows:
-        line = " ".join(str(query).split())[:70]
-        spent[line] = spent.get(line, 0.0) + float(ms)
-    return spent
-
-
-def _wal(url: str) -> tuple[int, int, int]:
-    """WAL bytes and full-page images written so far, and checkpoints started (PostgreSQL 14+)."""
-    with psycopg.connect(url) as conn:
-        row = conn.execute(
+        wal = conn.execute(
             "SELECT wal_bytes::bigint, wal_fpi,"
             " (SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter)"
             " FROM pg_stat_wal"
         ).fetchone()
-    assert row is not None
-    return int(row[0]), int(row[1]), int(row[2])
+        spent: dict[str, float] = {}
+        if statements:
+            for query, ms in conn.execute(
+                "SELECT query, total_exec_time FROM pg_stat_statements"
+            ).fetchall():
+                line = " ".join(str(query).split())[:70]
+                spent[line] = spent.get(line, 0.0) + float(ms)
+    assert size is not None and wal is not None
+    return _Figures(
+        (int(size[0]), int(size[1]), int(size[2])),
+        (int(wal[0]), int(wal[1]), int(wal[2])),
+        spent,
+    )
 
 
 if __name__ == "__main__":

@@ -5,12 +5,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import uuid
 from datetime import UTC, datetime
 
 import pytest
 
 from bench import __main__ as bench_main
-from bench import report
+from bench import load, report
 
 pytestmark = pytest.mark.integration
 
@@ -143,10 +144,6 @@ def test_writepath_compares_the_writer_with_and_without_memory_to_the_bare_path(
 
 
 def test_the_load_sends_random_uuid4_ids_unless_asked_for_ordered_ones():
-    import uuid
-
-    from bench import load
-
     plan = load.WorkerPlan(
         worker=0,
         target="127.0.0.1:1",
