@@ -64,7 +64,7 @@ format: $(STAMP)
 # Big requests against every baseline, small requests against the gRPC ceiling, then HTTP
 # POST /publish against gRPC PublishBatch with the same 500-event batches (bench/transports.py).
 bench: install
-	$(PY) -m bench --spawn --baselines --delivery -n 1200 -c 4 --batch-size 500
+	$(PY) -m bench --spawn --baselines --delivery -n 1200 -c 4 --batch-size 500 --at-fraction 0.5
 	$(PY) -m bench --spawn --ceiling -n 8000 -c 4 --batch-size 1
 	$(PY) -m bench --spawn --ceiling -n 4000 -c 4 --batch-size 1 --call publish-batch
 	$(PY) -m bench.transports -n 240 -c 4 --batch-size 500

@@ -76,6 +76,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also run the same load against a no-work servicer of the same proto",
     )
+    p.add_argument(
+        "--at-fraction",
+        type=float,
+        default=0.0,
+        help="then run the same load at this share of the rate just measured (e.g. 0.5) and "
+        "report its ack latency",
+    )
+    p.add_argument(
+        "--at-duration",
+        type=_duration,
+        default=30.0,
+        help="how long the --at-fraction run lasts (default 30s)",
+    )
     p.add_argument("--database-url", help="the server's database, for --baselines with --target")
     p.add_argument(
         "--baseline-events", type=int, default=0, help="events per baseline (default: as sent)"
@@ -97,6 +110,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.baselines and not (args.spawn or args.database_url):
         p.error("--baselines needs --spawn or --database-url")
+    if not 0 <= args.at_fraction < 1:
+        p.error("--at-fraction must be at least 0 and below 1")
     return args
 
 
@@ -153,6 +168,8 @@ def run(args: argparse.Namespace, in_process: bool = False) -> report.Report:
         if "server" in cpu_shares:
             built.cpu_per_request["server"] = built.cpu_us_per_request(cpu_shares["server"])
         built.delivery = delivery
+        if args.at_fraction:
+            built.at_fraction = _at_fraction(args, built, target, server_pids, in_process)
         if args.ceiling:
             ceiling = spawn.ServerProcess("", port=free_port(), module="bench.ceiling").start()
             try:
@@ -176,6 +193,30 @@ def run(args: argparse.Namespace, in_process: bool = False) -> report.Report:
                 events=args.baseline_events or max(50_000, min(built.events, 400_000)),
             )
         return built
+
+
+def _at_fraction(
+    args: argparse.Namespace,
+    at_max: report.Report,
+    target: str,
+    server_pids: list[int],
+    in_process: bool,
+) -> dict[str, float]:
+    """The same load at `args.at_fraction` of the request rate `at_max` measured, evenly
+    spaced, for `args.at_duration`: its ack latency over all requests and without the first
+    second's (new connections warming up; publishers keep theirs open)."""
+    rps = args.at_fraction * at_max.requests_per_second
+    paced = argparse.Namespace(**(vars(args) | {"rps": rps, "duration": args.at_duration}))
+    results, _ = _load(paced, target, server_pids, in_process)
+    figures = {"fraction": args.at_fraction, "requestsPerSecond": rps}
+    warm_up = max(1, round(rps))  # one second of requests
+    for name, skip in (("", 0), (" after the first second", warm_up)):
+        run = report.build(results, {}, skip_first=skip, count_errors=False)
+        for pct in (50, 99):
+            figures[f"p{pct} ms{name}"] = report.percentile(run.latencies, pct) / 1e6
+        if not skip:
+            figures |= {"requests": len(run.details), "eventsPerSecond": run.events_per_second}
+    return figures
 
 
 def stream_offsets(worker: int, streams: int, workers: int, rps: float) -> tuple[float, ...]:

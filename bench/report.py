@@ -35,6 +35,8 @@ class Report:
     cpu_per_request: dict[str, float] = field(default_factory=dict)
     baselines: dict[str, float] = field(default_factory=dict)  # name → events/s
     delivery: dict[str, dict[str, float]] = field(default_factory=dict)  # when → figures
+    # the same load at a share of this run's rate (--at-fraction): its rate and ack latency
+    at_fraction: dict[str, float] = field(default_factory=dict)
 
     @property
     def events_per_second(self) -> float:
@@ -137,6 +139,7 @@ def _event_block(report: Report) -> dict[str, Any]:
         "cpu": report.cpu,
         "cpuMicrosecondsPerRequest": report.cpu_per_request,
         "delivery": report.delivery,
+        "atFraction": report.at_fraction,
         "baselines": {
             name: {"eventsPerSecond": rate, "ratio": report.events_per_second / rate}
             for name, rate in report.baselines.items()
@@ -233,6 +236,16 @@ def summary(report: Report) -> str:
         for when, figures in report.delivery.items():
             text = ", ".join(f"{name} {value:,.1f}" for name, value in figures.items())
             w(f"  {when}:\t{text}\n")
+    if report.at_fraction:
+        at = report.at_fraction
+        w(
+            f"\nAt {at['fraction']:.0%} of that rate ({at['requestsPerSecond']:,.1f} requests/s,"
+            f" {at['eventsPerSecond']:,.0f} events/s, {at['requests']:,.0f} requests),"
+            " ack latency:\n"
+        )
+        for name, value in at.items():
+            if name.startswith("p"):
+                w(f"  {name}:\t{value:,.1f}\n")
     if report.baselines:
         w("\nBaselines (same run, same database, same data):\n")
         for name, item in events["baselines"].items():

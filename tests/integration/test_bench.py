@@ -173,3 +173,23 @@ def test_a_rate_spreads_the_requests_of_all_streams_evenly():
     assert bench_main.stream_offsets(0, 2, 2, 8) == (0.0, 0.25)
     assert bench_main.stream_offsets(1, 2, 2, 8) == (0.125, 0.375)
     assert bench_main.stream_offsets(0, 4, 1, 0) == ()  # as fast as possible: no schedule
+
+
+def test_at_fraction_runs_the_same_load_paced_at_a_share_of_the_measured_rate(server):
+    target = ["--target", f"127.0.0.1:{server.port}"]
+    shape = ["-n", "40", "-c", "2", "--batch-size", "20"]
+    args = bench_main.parse([*target, *shape, "--at-fraction", "0.5", "--at-duration", "2s"])
+    built = bench_main.run(args, in_process=True)
+    at = built.at_fraction
+    assert at["fraction"] == 0.5
+    assert at["requestsPerSecond"] == pytest.approx(built.requests_per_second / 2)
+    # paced, not as fast as possible: about rate times duration requests, never more than that
+    # plus one per stream (each stream sends on its own schedule until the deadline)
+    assert 0 < at["requests"] <= at["requestsPerSecond"] * 2 + 2
+    assert at["eventsPerSecond"] == pytest.approx(at["requests"] * 20 / 2, rel=0.5)
+    assert 0 < at["p50 ms"] <= at["p99 ms"]
+    assert "p99 ms after the first second" in at
+    assert "At 50% of that rate" in report.render(built, "summary")
+    assert json.loads(report.render(built, "json"))["events"]["atFraction"] == at
+    with pytest.raises(SystemExit):
+        bench_main.parse(["--at-fraction", "1.5"])
