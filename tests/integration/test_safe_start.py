@@ -127,6 +127,25 @@ def test_a_cluster_made_with_trust_auth_gets_a_password():
     shutil.rmtree(base, ignore_errors=True)
 
 
+def test_a_durable_embedded_cluster_stays_crash_safe_and_skips_the_wal_zero_fill():
+    base = cluster_dir("aggregator-durable-pg-")
+    try:
+        cluster = storage.EmbeddedPostgres(base / "pg", database="durable")
+        with cluster, psycopg.connect(cluster.url) as conn:
+            names = ("fsync", "synchronous_commit", "full_page_writes", "wal_init_zero")
+            asked = "SELECT name, setting FROM pg_settings WHERE name = ANY(%s)"
+            shown: dict[str, str] = dict(conn.execute(asked, [list(names)]).fetchall())
+        # what `make run` data relies on, and the one setting sized for ingestion
+        assert shown == {
+            "fsync": "on",
+            "synchronous_commit": "on",
+            "full_page_writes": "on",
+            "wal_init_zero": "off",
+        }
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def test_building_the_package_is_quiet_and_ships_the_sql(tmp_path):
     source = tmp_path / "src"  # a copy: building in place would leave build/ in the checkout
     source.mkdir()
