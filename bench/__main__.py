@@ -168,8 +168,6 @@ def run(args: argparse.Namespace, in_process: bool = False) -> report.Report:
         if "server" in cpu_shares:
             built.cpu_per_request["server"] = built.cpu_us_per_request(cpu_shares["server"])
         built.delivery = delivery
-        if args.at_fraction:
-            built.at_fraction = _at_fraction(args, built, target, server_pids, in_process)
         if args.ceiling:
             ceiling = spawn.ServerProcess("", port=free_port(), module="bench.ceiling").start()
             try:
@@ -192,6 +190,8 @@ def run(args: argparse.Namespace, in_process: bool = False) -> report.Report:
                 recent_keys_bytes=args.recent_keys_bytes,
                 events=args.baseline_events or max(50_000, min(built.events, 400_000)),
             )
+        if args.at_fraction:  # last: the baselines see the database the full-speed run left
+            built.at_fraction = _at_fraction(args, built, target, server_pids, in_process)
         return built
 
 
