@@ -61,8 +61,9 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# Big requests against every baseline, small requests against the gRPC ceiling, then HTTP
-# POST /publish against gRPC PublishBatch with the same 500-event batches (bench/transports.py).
+# Big requests against every baseline (then 30 s at half their rate, same server), small
+# requests against the gRPC ceiling, then HTTP POST /publish against gRPC PublishBatch with
+# the same 500-event batches (bench/transports.py).
 bench: install
 	$(PY) -m bench --spawn --baselines --delivery -n 1200 -c 4 --batch-size 500 --at-fraction 0.5
 	$(PY) -m bench --spawn --ceiling -n 8000 -c 4 --batch-size 1
