@@ -150,6 +150,12 @@ def test_postgres_then_aggregator_become_healthy_and_the_server_is_not_root(stac
     stack.wait_healthy("postgres")
     stack.wait_healthy("aggregator")
     assert stack.sql("SHOW server_encoding") == "UTF8"
+    # crash-safe, and no WAL zero fill (docker-compose.yml says why)
+    shown = stack.sql(
+        "SELECT string_agg(setting, ' ' ORDER BY name) FROM pg_settings WHERE name"
+        " IN ('fsync', 'synchronous_commit', 'full_page_writes', 'wal_init_zero')"
+    )
+    assert shown == "on on on off"  # fsync, full_page_writes, synchronous_commit, wal_init_zero
 
     aggregator = stack.container("aggregator")
     assert aggregator["Config"]["User"] == "aggregator"
