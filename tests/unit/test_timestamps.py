@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
+from psycopg.types.datetime import DatetimeBinaryDumper
 
 from aggregator.server import timestamps
+from aggregator.storage.models import split_ns
+from aggregator.storage.writer import _NanosAsTimestamptz
 
 
 @pytest.mark.parametrize(
@@ -44,3 +49,23 @@ def test_formatting_round_trips_with_only_the_digits_needed():
         text = timestamps.format_rfc3339(ns)
         assert timestamps.to_ns(*timestamps.parse_rfc3339(text)) == ns
     assert timestamps.format_rfc3339(1_714_564_800_500_000_000) == "2024-05-01T12:00:00.5Z"
+
+
+def test_the_flush_writes_ts_in_timestamptz_binary_form_as_a_datetime_would():
+    # The writer's COPY sends an event's nanoseconds without building a datetime; the bytes
+    # must be what psycopg's own timestamptz dumper makes of split_ns (µs rounded down).
+    ours, reference = _NanosAsTimestamptz(int), DatetimeBinaryDumper(datetime)
+    edges = [
+        timestamps.MIN_SECONDS * 10**9,
+        timestamps.MAX_SECONDS * 10**9 + 999_999_999,
+        0,
+        -1,
+        -999,
+        -1000,
+        -1001,
+    ]
+    edges += [946_684_800 * 10**9 - 1, 946_684_800 * 10**9, 1_764_000_000_123_456_789]
+    for ns in edges:
+        expected = reference.dump(split_ns(ns)[0])
+        assert expected is not None
+        assert ours.dump(ns) == bytes(expected), ns
