@@ -33,6 +33,15 @@ log = logging.getLogger(__name__)
 _STORED_AS_SENT = (ACCEPTED, DUPLICATE)
 
 _STAGING_TYPES = ["int4", "bool", "text", "text", "timestamptz", "int2", "text", "text"]
+# Errors that depend on the rows sent: isolate the culprits by splitting the batch.
+_ROW_ERRORS = (pg_errors.DataError, pg_errors.IntegrityError)
+# Errors a retry of the same transaction resolves.
+_TRANSIENT = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
+_TRANSIENT_ATTEMPTS = 5
+_VISIBILITY_ATTEMPTS = 5
+
+Conn = psycopg.Connection[tuple[object, ...]]
+
 _US_TO_2000 = 946_684_800_000_000  # µs from the Unix epoch to PostgreSQL's, 2000-01-01
 _pack_int8 = struct.Struct("!q").pack
 
@@ -48,14 +57,6 @@ class _NanosAsTimestamptz(adapt.Dumper):
 
     def dump(self, obj: int) -> bytes:
         return _pack_int8(obj // 1000 - _US_TO_2000)
-# Errors that depend on the rows sent: isolate the culprits by splitting the batch.
-_ROW_ERRORS = (pg_errors.DataError, pg_errors.IntegrityError)
-# Errors a retry of the same transaction resolves.
-_TRANSIENT = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
-_TRANSIENT_ATTEMPTS = 5
-_VISIBILITY_ATTEMPTS = 5
-
-Conn = psycopg.Connection[tuple[object, ...]]
 
 
 def create_staging(conn: Conn) -> None:
