@@ -49,8 +49,8 @@ _pack_int8 = struct.Struct("!q").pack
 class _NanosAsTimestamptz(adapt.Dumper):
     """COPY's `ts` column straight from an event's nanoseconds since the Unix epoch, in
     timestamptz's binary form (µs since 2000-01-01, rounded down like split_ns; the rest
-    goes to ts_nanos): no datetime per event. Registered by oid only, on the flush cursor,
-    where only COPY's set_types looks dumpers up that way."""
+    goes to ts_nanos): no datetime per event. Registered by oid only, on write connections,
+    where only the staging COPY's set_types looks dumpers up that way."""
 
     format = pq.Format.BINARY
     oid = postgres.types["timestamptz"].oid
@@ -60,8 +60,10 @@ class _NanosAsTimestamptz(adapt.Dumper):
 
 
 def create_staging(conn: Conn) -> None:
-    """Create this connection's staging table (a TEMP table, so one per connection)."""
+    """Create this connection's staging table (a TEMP table, so one per connection), and
+    tell the connection how the table's `ts` is sent."""
     conn.execute(queries.get("create_staging"))
+    conn.adapters.register_dumper(None, _NanosAsTimestamptz)
 
 
 def write_batch(
@@ -187,7 +189,6 @@ def _write_once(
                 # row decides it (DUPLICATE or CONFLICT), like any key already stored.
                 rows = [r for r in rows if r[0] not in remembered]
         if rows:
-            cur.adapters.register_dumper(None, _NanosAsTimestamptz)
             with cur.copy(queries.get("copy_staging")) as copy:
                 copy.set_types(_STAGING_TYPES)
                 for r in rows:
