@@ -150,3 +150,16 @@ def test_a_failure_while_counting_undoes_the_whole_batch(db_url, sql):
         "SELECT count(*) FROM batch_ledger WHERE batch_id = %s", [ticket.batch_id]
     ).fetchone() == (0,)
     assert sql.execute("SELECT sum(received) FROM topic_stats").fetchone() == (1,)
+
+
+def test_a_write_connection_ended_between_two_writes_is_replaced_not_failed(db_url, sql):
+    """The pool skips its check for a connection that just wrote and has heard nothing
+    since; a backend that was terminated has said so, so the check runs and replaces it."""
+    with storage.Database(db_url, min_connections=1, max_connections=1) as db:
+        assert db.write_batch([new("before")]).statuses == [Status.ACCEPTED]
+        sql.execute(
+            "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " AND backend_type = 'client backend'"
+        )
+        assert db.write_batch([new("after")]).statuses == [Status.ACCEPTED]
