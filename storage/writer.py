@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import psycopg
 from psycopg import adapt, postgres, pq
@@ -44,6 +45,8 @@ Conn = psycopg.Connection[tuple[object, ...]]
 
 _US_TO_2000 = 946_684_800_000_000  # µs from the Unix epoch to PostgreSQL's, 2000-01-01
 _pack_int8 = struct.Struct("!q").pack
+_INTRANS = pq.TransactionStatus.INTRANS
+_INERROR = pq.TransactionStatus.INERROR
 
 
 class _NanosAsTimestamptz(adapt.Dumper):
@@ -57,6 +60,22 @@ class _NanosAsTimestamptz(adapt.Dumper):
 
     def dump(self, obj: int) -> bytes:
         return _pack_int8(obj // 1000 - _US_TO_2000)
+
+
+@contextmanager
+def _rolled_back_on_error(conn: Conn) -> Iterator[None]:
+    """Around a block that sends its own BEGIN … COMMIT, so that the COMMIT goes in one
+    pipeline with the statements before it (psycopg's transaction blocks send it alone):
+    if the block fails, the transaction is rolled back."""
+    try:
+        yield
+    except BaseException:
+        if conn.info.transaction_status in (_INTRANS, _INERROR):
+            try:
+                conn.rollback()
+            except psycopg.Error:
+                log.debug("ROLLBACK failed on a failing connection", exc_info=True)
+        raise
 
 
 def create_staging(conn: Conn) -> None:
@@ -176,7 +195,8 @@ def _write_once(
             first[key] = i
         rows.append((i, is_first, topic, event_id, ts_ns, ts_ns % 1000, source, payload))
 
-    with conn.transaction(), conn.cursor() as cur:
+    with conn.cursor() as cur, _rolled_back_on_error(conn):
+        cur.execute("BEGIN")
         if recent is not None and idxs:
             row = cur.execute(queries.get("events_epoch")).fetchone()
             if row is not None and row[1]:  # the trigger that moves the epoch is in place
@@ -208,25 +228,28 @@ def _write_once(
         for topic, n in rejected.items():
             counts.setdefault(topic, [0, 0, 0, 0])[Status.REJECTED - 1] += n
         _fold_topics_without_events(cur, counts)
-        if counts:
-            topics = sorted(counts)
-            cur.execute(
-                queries.get("add_topic_stats"),
-                {
-                    "topic": topics,
-                    "accepted": [counts[t][0] for t in topics],
-                    "duplicates": [counts[t][1] for t in topics],
-                    "rejected": [counts[t][2] for t in topics],
-                    "conflicts": [counts[t][3] for t in topics],
-                },
-            )
-        if ticket is not None:
-            ledger.record(cur, ticket, idxs if refused is None else [refused], result, counts)
-        if rows:
-            # Subscribers (on every server) look again after the commit: those of the
-            # topics stored here, and those waiting for older transactions to finish
-            # ("" when nothing new was stored: only this transaction's end matters).
-            cur.execute(queries.get("notify_topics"), {"topics": sorted(stored_topics) or [""]})
+        # The rest needs no answer: sent with the COMMIT, in one round trip.
+        with conn.pipeline():
+            if counts:
+                topics = sorted(counts)
+                cur.execute(
+                    queries.get("add_topic_stats"),
+                    {
+                        "topic": topics,
+                        "accepted": [counts[t][0] for t in topics],
+                        "duplicates": [counts[t][1] for t in topics],
+                        "rejected": [counts[t][2] for t in topics],
+                        "conflicts": [counts[t][3] for t in topics],
+                    },
+                )
+            if ticket is not None:
+                ledger.record(cur, ticket, idxs if refused is None else [refused], result, counts)
+            if rows:
+                # Subscribers (on every server) look again after the commit: those of the
+                # topics stored here, and those waiting for older transactions to finish
+                # ("" when nothing new was stored: only this transaction's end matters).
+                cur.execute(queries.get("notify_topics"), {"topics": sorted(stored_topics) or [""]})
+            cur.execute("COMMIT")
     # Committed: what this transaction counted is now part of the batch's result.
     if recent is not None:
         result.remembered += len(remembered)
