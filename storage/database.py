@@ -41,10 +41,11 @@ _START = Position()
 def _readable(conn: Conn) -> bool:
     """Whether the idle connection's socket has something to read (an error, its end)."""
     try:
-        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
     except (OSError, ValueError, psycopg.Error):
         return True  # closed: let the check say so
-    return bool(readable)
 
 
 class Database:
