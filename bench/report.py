@@ -34,6 +34,7 @@ class Report:
     # server → µs of its CPU per request (ours, and the gRPC ceiling's in its own run)
     cpu_per_request: dict[str, float] = field(default_factory=dict)
     baselines: dict[str, float] = field(default_factory=dict)  # name → events/s
+    ceiling_runs: list[float] = field(default_factory=list)  # events/s, before and after ours
     delivery: dict[str, dict[str, float]] = field(default_factory=dict)  # when → figures
     # the same load at a share of this run's rate (--at-fraction): its rate and ack latency
     at_fraction: dict[str, float] = field(default_factory=dict)
@@ -144,6 +145,7 @@ def _event_block(report: Report) -> dict[str, Any]:
             name: {"eventsPerSecond": rate, "ratio": report.events_per_second / rate}
             for name, rate in report.baselines.items()
         },
+        "ceilingRuns": report.ceiling_runs,
     }
 
 
@@ -253,6 +255,9 @@ def summary(report: Report) -> str:
                 f"  {name}:\t{item['eventsPerSecond']:>10,.0f} events/s\t"
                 f"end-to-end is {item['ratio']:.2f}x\n"
             )
+    if report.ceiling_runs:
+        runs = " and ".join(f"{rate:,.0f}" for rate in report.ceiling_runs)
+        w(f"  (the ceiling's runs, before and after ours: {runs} events/s)\n")
     return out.getvalue()
 
 

@@ -72,6 +72,10 @@ def test_tiny_bench_produces_a_ghz_json_report_with_event_metrics(server, db_url
     assert events["intendedDuplicateRate"] == 0.3
     # naive, storage ±ledger, bare path twice, COPY, the gRPC ceiling
     assert len(events["baselines"]) == 7
+    # the ceiling, run before and after ours, counts as the mean of the two
+    runs = events["ceilingRuns"]
+    assert len(runs) == 2 and all(rate > 0 for rate in runs)
+    assert events["baselines"][bench_main.CEILING]["eventsPerSecond"] == sum(runs) / 2
     # the server here runs in this process: only the ceiling's CPU is its own
     assert set(events["cpuMicrosecondsPerRequest"]) == {"gRPC ceiling"}
     assert all(b["eventsPerSecond"] > 0 for b in events["baselines"].values())
