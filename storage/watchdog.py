@@ -34,6 +34,8 @@ class Watchdog:
         self._cut: set[int] = set()
         self._ids = itertools.count()
         self._closed = False
+        self._wake_at = float("inf")  # when the thread looks at the guards next
+        self.passes = 0  # how many times it has looked
         self._thread = threading.Thread(target=self._run, name="db-watchdog", daemon=True)
         self._thread.start()
 
@@ -41,9 +43,14 @@ class Watchdog:
     def guard(self, conn: Conn, timeout: float) -> Iterator[None]:
         """Cut `conn` if the block is still running after `timeout` seconds."""
         key = next(self._ids)
+        deadline = time.monotonic() + max(0.0, timeout)
         with self._cond:
-            self._guards[key] = (time.monotonic() + max(0.0, timeout), conn)
-            self._cond.notify()
+            self._guards[key] = (deadline, conn)
+            # Guards mostly share one timeout, so a new deadline is rarely the earliest:
+            # the thread is woken only when it would otherwise look too late.
+            if deadline < self._wake_at:
+                self._wake_at = deadline
+                self._cond.notify()
         try:
             yield
         finally:
@@ -57,6 +64,7 @@ class Watchdog:
     def close(self) -> None:
         with self._cond:
             self._closed = True
+            self._wake_at = float("-inf")
             self._cond.notify()
         self._thread.join()
 
@@ -71,7 +79,9 @@ class Watchdog:
                     self._cut.add(key)
                     _shut_down(self._guards[key][1])
                 waiting = [at for k, (at, _) in self._guards.items() if k not in self._cut]
-                self._cond.wait(min(waiting) - now if waiting else None)
+                self._wake_at = min(waiting) if waiting else float("inf")
+                self.passes += 1
+                self._cond.wait(self._wake_at - now if waiting else None)
 
 
 def _shut_down(conn: Conn) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import grpc
+import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from aggregator.server import Server
+from aggregator.storage.watchdog import Watchdog
 from aggregator.v1 import aggregator_pb2 as pb
 from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
 from bench.pgproxy import PgProxy
@@ -67,3 +69,25 @@ def test_frozen_database_connections_fail_calls_in_time_and_hold_no_thread(
         wait_until(lambda: health_status(health) == SERVING, what="health SERVING again")
         response = stub.PublishBatch(request([event("before"), event("after")]), timeout=60)
         assert statuses(response) == [DUPLICATE, ACCEPTED]
+
+
+def test_the_watchdog_cuts_a_short_guard_taken_while_a_longer_one_is_watched(db_url):
+    """The watchdog thread sleeps until the earliest deadline it knows: a guard that ends
+    sooner than every other one must wake it, or it would be cut only when they expire."""
+    watchdog = Watchdog()
+    try:
+        with (
+            psycopg.connect(db_url, autocommit=True) as idle,
+            psycopg.connect(db_url, autocommit=True) as busy,
+        ):
+            wait_until(lambda: watchdog.passes > 0, what="the watchdog idle, no guards")
+            looked = watchdog.passes
+            with watchdog.guard(idle, 600.0):
+                # Its thread has looked since, and now sleeps until that guard's deadline.
+                wait_until(lambda: watchdog.passes > looked, what="the watchdog looked")
+                with pytest.raises(psycopg.OperationalError), watchdog.guard(busy, 0.2):
+                    busy.execute("SELECT pg_sleep(20)")  # runs out only if not cut
+                # The longer guard is still in place: its connection was left alone.
+                assert idle.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        watchdog.close()
