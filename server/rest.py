@@ -27,7 +27,7 @@ from aggregator.server import cursors, errors, rest_models, security, timestamps
 from aggregator.server.config import Config
 from aggregator.server.ingest import Ingest
 from aggregator.server.metrics import Metrics
-from aggregator.server.validation import Incoming
+from aggregator.server.validation import Incoming, check_topic
 
 T = TypeVar("T")
 MAX_WAIT = 60.0  # seconds a GET /events?wait= may hold its connection
@@ -207,8 +207,18 @@ def create_app(
         responses={401: _ERRORS[401]},
         summary="Counters in total and per topic",
     )
-    async def stats() -> Response:
-        current = await run(core.stats)
+    async def stats(
+        topic: str | None = Query(
+            None,
+            description="only this topic's counters under `topics` and `per_topic` (the "
+            "totals stay those of every topic); without it, every topic's",
+        ),
+    ) -> Response:
+        if topic is not None:
+            reason = check_topic(topic)
+            if reason:
+                raise errors.RequestInvalid(reason)
+        current = await run(lambda: core.stats(topic=topic))
         return _json(200, stats_result(current, core))
 
     @app.get("/health", response_model=rest_models.HealthOut, summary="Liveness")

@@ -213,6 +213,21 @@ def test_stats_keep_the_original_keys_and_add_ours(http):
     assert stats["per_topic"]["orders"]["accepted"] == 2
 
 
+def test_stats_of_one_topic_keep_every_topics_totals(http):
+    http.post("/publish", json=[ev("a"), ev("a"), ev("b", topic="audit")])
+    stats = http.get("/stats", params={"topic": "audit"}).json()
+    assert (stats["received"], stats["unique_processed"], stats["duplicate_dropped"]) == (3, 2, 1)
+    assert stats["topics"] == ["audit"]
+    assert stats["per_topic"] == {
+        "audit": {"received": 1, "accepted": 1, "duplicates": 0, "rejected": 0, "conflicts": 0}
+    }
+    unknown = http.get("/stats", params={"topic": "nothing-here"}).json()
+    assert (unknown["received"], unknown["topics"], unknown["per_topic"]) == (3, [], {})
+    invalid = http.get("/stats", params={"topic": ""})
+    assert invalid.status_code == 400
+    assert "topic" in invalid.text
+
+
 def test_health_and_readiness(http):
     assert http.get("/health").json() == {"status": "SERVING"}
     assert http.get("/health/ready").json() == {"status": "SERVING"}
