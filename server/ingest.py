@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from aggregator import storage
 from aggregator.server import batcher, errors, subscriptions
 from aggregator.server.config import Config
-from aggregator.server.validation import Incoming, Rejected, check_event
+from aggregator.server.validation import Incoming, Rejected, check_event, check_topic
 
 DEFAULT_PAGE_SIZE = 100
 
@@ -163,5 +163,13 @@ class Ingest:
     def stats(
         self, *, after: str = "", limit: int | None = None, topic: str | None = None
     ) -> storage.Stats:
-        """Exact totals, and per-topic counters in topic order (see Database.stats)."""
+        """Exact totals, and per-topic counters in topic order (see Database.stats).
+
+        Raises:
+            errors.RequestInvalid: `topic` is given and not a valid topic.
+        """
+        if topic is not None:
+            reason = check_topic(topic)
+            if reason:
+                raise errors.RequestInvalid(reason)
         return self._database.stats(after=after, limit=limit, topic=topic)

@@ -260,10 +260,6 @@ class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
     ) -> pb.GetStatsResponse:
         if request.page_size < 0:
             raise errors.RequestInvalid("page_size: must not be negative")
-        if request.topic:
-            reason = check_topic(request.topic)
-            if reason:
-                raise errors.RequestInvalid(reason)
         page_size = min(request.page_size or STATS_PAGE_SIZE, STATS_PAGE_SIZE)
         stats = self._core.stats(
             after=cursors.decode_stats(request.page_token),
