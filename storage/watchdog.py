@@ -64,7 +64,6 @@ class Watchdog:
     def close(self) -> None:
         with self._cond:
             self._closed = True
-            self._wake_at = float("-inf")
             self._cond.notify()
         self._thread.join()
 
