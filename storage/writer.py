@@ -1,8 +1,10 @@
 """Writes one batch of events in one transaction and classifies every event.
 
-COPY into the connection's staging table, then one INSERT … SELECT … ON CONFLICT DO
-NOTHING, then a comparison of every event that was not inserted against the stored
-row. Counters are updated in the same transaction, so they are exact.
+COPY into the connection's staging table, then one INSERT … SELECT … ON CONFLICT that
+inserts new keys and settles stored ones (DUPLICATE when the content is the same), then
+a comparison against the stored row for the few left: CONFLICTs (which fields differ) and
+later copies of a key in the batch. Counters are updated in the same transaction, so they
+are exact.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ _ROW_ERRORS = (pg_errors.DataError, pg_errors.IntegrityError)
 # Errors a retry of the same transaction resolves.
 _TRANSIENT = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
 _TRANSIENT_ATTEMPTS = 5
-_VISIBILITY_ATTEMPTS = 5
 
 Conn = psycopg.Connection[tuple[object, ...]]
 
@@ -214,13 +215,18 @@ def _write_once(
                 for r in rows:
                     copy.write_row(r)
             cur.execute(queries.get("insert_from_staging"))
-            inserted: set[int] = set()
-            for returned in cur.fetchall():
-                i = first[returned]  # type: ignore[index]
-                inserted.add(i)
-                stored_topics.add(events[i].topic)
-            not_inserted = [r[0] for r in rows if r[0] not in inserted]
-            _classify_not_inserted(cur, not_inserted, result)
+            # idx of a first copy → True: inserted; False: stored with other content.
+            returned = {first[t, e]: new for t, e, new in cur.fetchall()}  # type: ignore[index]
+            differing = []  # CONFLICTs, and later copies of a key in the batch
+            for i, is_first, *_ in rows:
+                new = returned.get(i)
+                if new:
+                    stored_topics.add(events[i].topic)
+                elif new is None and is_first:
+                    outcomes[i] = DUPLICATE  # stored with the same content
+                else:
+                    differing.append(i)
+            _compare_with_stored(cur, differing, result)
 
         for i in idxs:
             slot = counts.setdefault(events[i].topic, [0, 0, 0, 0])
@@ -279,36 +285,36 @@ def _fold_topics_without_events(
             counts.setdefault("", [0, 0, 0, 0])[Status.REJECTED - 1] += rejected
 
 
-def _classify_not_inserted(
-    cur: psycopg.Cursor[tuple[object, ...]], pending: list[int], result: BatchResult
+def _compare_with_stored(
+    cur: psycopg.Cursor[tuple[object, ...]], idxs: list[int], result: BatchResult
 ) -> None:
-    """DUPLICATE or CONFLICT for each event whose key was already stored."""
-    for _ in range(_VISIBILITY_ATTEMPTS):
-        if not pending:
-            return
-        cur.execute(queries.get("compare_with_stored"), {"idx": pending})
-        seen = set()
-        for idx, same_ts, same_source, same_payload in cur.fetchall():
-            i = int(idx)  # type: ignore[call-overload]
-            seen.add(i)
-            if same_ts and same_source and same_payload:
-                result.outcomes[i] = DUPLICATE
-            else:
-                differs = [
-                    name
-                    for name, same in (
-                        ("timestamp", same_ts),
-                        ("source", same_source),
-                        ("payload", same_payload),
-                    )
-                    if not same
-                ]
-                result.outcomes[i] = Outcome(
-                    Status.CONFLICT,
-                    "conflict: this topic and event_id are already stored with a different "
-                    + ", ".join(differs),
+    """DUPLICATE or CONFLICT (with the fields that differ) for each event in `idxs`, whose
+    key's row this transaction inserted or locked."""
+    if not idxs:
+        return
+    cur.execute(queries.get("compare_with_stored"), {"idx": idxs})
+    found = 0
+    for idx, same_ts, same_source, same_payload in cur.fetchall():
+        i = int(idx)  # type: ignore[call-overload]
+        found += 1
+        if same_ts and same_source and same_payload:
+            result.outcomes[i] = DUPLICATE
+        else:
+            differs = [
+                name
+                for name, same in (
+                    ("timestamp", same_ts),
+                    ("source", same_source),
+                    ("payload", same_payload),
                 )
-        pending = [i for i in pending if i not in seen]
-    if pending:
-        # Not inserted yet not visible: never guess a status.
-        raise StorageError(f"{len(pending)} events were neither inserted nor found stored")
+                if not same
+            ]
+            result.outcomes[i] = Outcome(
+                Status.CONFLICT,
+                "conflict: this topic and event_id are already stored with a different "
+                + ", ".join(differs),
+            )
+    if found != len(idxs):
+        # A row this transaction holds is missing (deleted under a remembered key): never
+        # guess a status.
+        raise StorageError(f"{len(idxs) - found} events were neither inserted nor found stored")

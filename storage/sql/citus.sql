@@ -13,6 +13,9 @@ CREATE EXTENSION IF NOT EXISTS citus;  -- needs citus in shared_preload_librarie
 -- Events are spread by event_id: the primary key (topic, event_id) contains it, so the
 -- INSERT ... ON CONFLICT (topic, event_id) that decides ACCEPTED/DUPLICATE stays one shard's
 -- unique check. ListEvents for a topic reads every shard (merged on the coordinator).
+-- Not yet run on Citus: that INSERT tells new rows from CONFLICTs by `tx =
+-- pg_current_xact_id()` in its RETURNING (storage/sql/queries.sql), which holds only where
+-- the column's default and the RETURNING run in the same transaction (see events.tx below).
 -- The epoch trigger (migration 0004) would fire on the coordinator only, not for rows
 -- deleted on a worker: without it, servers see the trigger missing and stop answering
 -- re-sends from memory (storage/recent.py), which is the safe side.

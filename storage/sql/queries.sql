@@ -19,8 +19,13 @@ FROM STDIN (FORMAT BINARY)
 
 -- name: insert_from_staging
 -- seq is drawn in arrival order (idx), rows are inserted in a fixed key order so two
--- batches with overlapping keys cannot deadlock.
-INSERT INTO events (topic, event_id, ts, ts_nanos, source, payload, seq)
+-- batches with overlapping keys cannot deadlock. A key already stored is settled here too:
+-- ON CONFLICT DO UPDATE always sees the committed row (also one a concurrent transaction
+-- committed while this statement waited for it) and locks it; only when its content
+-- differs is it "updated" (received_at set to itself: nothing changes) and returned, so
+-- a first copy not returned is a DUPLICATE without a second look. Returned rows tell an
+-- insert (tx is this transaction's) from a CONFLICT.
+INSERT INTO events AS e (topic, event_id, ts, ts_nanos, source, payload, seq)
 OVERRIDING SYSTEM VALUE
 SELECT topic, event_id, ts, ts_nanos, source, payload::jsonb, seq
 FROM (
@@ -28,12 +33,15 @@ FROM (
     FROM (SELECT * FROM staging WHERE is_first ORDER BY idx) AS arrived
 ) AS numbered
 ORDER BY topic, event_id
-ON CONFLICT (topic, event_id) DO NOTHING
-RETURNING topic, event_id
+ON CONFLICT (topic, event_id) DO UPDATE SET received_at = e.received_at
+WHERE (e.ts, e.ts_nanos, e.source, e.payload)
+      IS DISTINCT FROM (excluded.ts, excluded.ts_nanos, excluded.source, excluded.payload)
+RETURNING topic, event_id, tx = pg_current_xact_id()
 
 -- name: compare_with_stored
--- A new statement takes a new snapshot, so it also sees rows that concurrent
--- transactions committed while our INSERT waited on them.
+-- Which fields differ, for CONFLICTs and for later copies of a key in the batch. Each
+-- key here was inserted or locked by this transaction's INSERT (or is a remembered one),
+-- so its row is visible.
 SELECT s.idx, e.ts = s.ts AND e.ts_nanos = s.ts_nanos, e.source = s.source,
        e.payload = s.payload::jsonb
 FROM unnest(%(idx)s::int[]) AS pending(idx)

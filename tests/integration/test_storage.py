@@ -52,8 +52,14 @@ def wait_until(condition, timeout=30.0):
         time.sleep(0.01)
 
 
-def test_key_committed_by_a_concurrent_transaction_is_rechecked_not_guessed(database, db_url):
-    """Our INSERT waits on another transaction's new row, then skips it without seeing it."""
+@pytest.mark.parametrize(
+    ("stored_payload", "expected"),
+    [('{"v": 1}', Status.DUPLICATE), ('{"v": 2}', Status.CONFLICT)],
+)
+def test_key_committed_by_a_concurrent_transaction_is_settled_not_guessed(
+    database, db_url, stored_payload, expected
+):
+    """Our INSERT waits on another transaction's new row, which its snapshot cannot see."""
     # Connections close (rolling back) before the pool joins, so a failure cannot hang.
     with (
         futures.ThreadPoolExecutor(1) as pool,
@@ -62,7 +68,8 @@ def test_key_committed_by_a_concurrent_transaction_is_rechecked_not_guessed(data
     ):
         other.execute(
             "INSERT INTO events (topic, event_id, ts, source, payload)"
-            " VALUES ('t', 'race', '2023-11-14 22:13:20.000000+00', 'src', '{\"v\": 1}')"
+            " VALUES ('t', 'race', '2023-11-14 22:13:20.000000+00', 'src', %s)",
+            (stored_payload,),
         )
         pending = pool.submit(
             database.write_batch,
@@ -80,7 +87,45 @@ def test_key_committed_by_a_concurrent_transaction_is_rechecked_not_guessed(data
         )
         other.commit()
         result = pending.result(timeout=30)
-    assert result.statuses == [Status.DUPLICATE, Status.ACCEPTED]
+    assert result.statuses == [expected, Status.ACCEPTED]
+    if expected == Status.CONFLICT:
+        assert result.outcomes[0].reason.endswith("with a different payload")
+
+
+def test_resends_leave_the_stored_rows_as_they_were(database, sql):
+    """Re-sends are settled by the INSERT itself (ON CONFLICT DO UPDATE … WHERE the content
+    differs): a CONFLICT's no-op update must change nothing a reader or the epoch sees."""
+    database.write_batch([new("same"), new("other")])
+    columns = "topic, event_id, ts, ts_nanos, source, payload, seq, received_at, tx"
+    before = sql.execute(f"SELECT {columns} FROM events ORDER BY event_id").fetchall()
+    epoch = sql.execute("SELECT epoch FROM events_epoch").fetchone()
+
+    result = database.write_batch(
+        [
+            new("same"),
+            new("other", payload='{"v": 2}'),
+            new("other", payload='{"v": 1}', ts_ns=1_700_000_000_000_000_124),
+            new("other"),
+            new("same", payload='{"v":1}'),  # the same JSON, written differently
+        ]
+    )
+    assert result.statuses == [
+        Status.DUPLICATE,
+        Status.CONFLICT,
+        Status.CONFLICT,
+        Status.DUPLICATE,
+        Status.DUPLICATE,
+    ]
+    assert result.outcomes[1].reason.endswith("with a different payload")
+    assert result.outcomes[2].reason.endswith("with a different timestamp")
+    assert sql.execute(f"SELECT {columns} FROM events ORDER BY event_id").fetchall() == before
+    assert sql.execute("SELECT epoch FROM events_epoch").fetchone() == epoch
+    assert database.stats().topics["t"] == storage.Counters(
+        received=7, accepted=2, duplicates=3, rejected=0, conflicts=2
+    )
+    # A change to stored content out of band still moves the epoch (storage.recent).
+    sql.execute("UPDATE events SET payload = '{\"v\": 3}' WHERE event_id = 'same'")
+    assert sql.execute("SELECT epoch FROM events_epoch").fetchone() == (epoch[0] + 1,)
 
 
 def test_parallel_writers_of_overlapping_batches_store_each_key_once(database, sql):
