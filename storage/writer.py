@@ -186,15 +186,20 @@ def _write_once(
     remembered: set[int] = set()
     # Built before the transaction opens: the database waits for nothing of this.
     first: dict[tuple[str, str], int] = {}  # key → its first event in the batch
+    copies: list[tuple[int, int]] = []  # (event, the first event of its key: the same)
     rows = []
     for i in idxs:
         outcomes[i] = ACCEPTED  # unless the database says otherwise below
-        topic, event_id, ts_ns, source, payload = events[i]
+        event = events[i]
+        topic, event_id, ts_ns, source, payload = event
         key = (topic, event_id)
-        is_first = key not in first
-        if is_first:
+        earlier = first.get(key)
+        if earlier is None:
             first[key] = i
-        rows.append((i, is_first, topic, event_id, ts_ns, ts_ns % 1000, source, payload))
+        elif events[earlier] == event:
+            copies.append((i, earlier))  # settled with its first copy, not staged
+            continue
+        rows.append((i, earlier is None, topic, event_id, ts_ns, ts_ns % 1000, source, payload))
 
     with conn.cursor() as cur, _rolled_back_on_error(conn):
         cur.execute("BEGIN")
@@ -217,7 +222,7 @@ def _write_once(
             cur.execute(queries.get("insert_from_staging"))
             # idx of a first copy → True: inserted; False: stored with other content.
             returned = {first[t, e]: new for t, e, new in cur.fetchall()}  # type: ignore[index]
-            differing = []  # CONFLICTs, and later copies of a key in the batch
+            differing = []  # CONFLICTs, and later copies of a key that differ from the first
             for i, is_first, *_ in rows:
                 new = returned.get(i)
                 if new:
@@ -227,6 +232,9 @@ def _write_once(
                 else:
                     differing.append(i)
             _compare_with_stored(cur, differing, result)
+        for i, earlier in copies:
+            settled = outcomes[earlier]
+            outcomes[i] = DUPLICATE if settled in _STORED_AS_SENT else settled
 
         for i in idxs:
             slot = counts.setdefault(events[i].topic, [0, 0, 0, 0])

@@ -128,6 +128,36 @@ def test_resends_leave_the_stored_rows_as_they_were(database, sql):
     assert sql.execute("SELECT epoch FROM events_epoch").fetchone() == (epoch[0] + 1,)
 
 
+def test_copies_inside_a_batch_are_settled_against_their_first_copy(database):
+    database.write_batch([new("stored"), new("clash")])
+    v2 = '{"v": 2}'
+    result = database.write_batch(
+        [
+            new("fresh"),
+            new("stored"),
+            new("clash", payload=v2),
+            new("fresh"),  # exact copies of the three above
+            new("stored"),
+            new("clash", payload=v2),
+            new("fresh", payload='{"v": 3}'),  # the key of the first, other content
+        ]
+    )
+    assert result.statuses == [
+        Status.ACCEPTED,
+        Status.DUPLICATE,
+        Status.CONFLICT,
+        Status.DUPLICATE,
+        Status.DUPLICATE,
+        Status.CONFLICT,
+        Status.CONFLICT,
+    ]
+    assert result.outcomes[5] == result.outcomes[2]
+    assert result.outcomes[6].reason.endswith("with a different payload")
+    assert database.stats().topics["t"] == storage.Counters(
+        received=9, accepted=3, duplicates=3, rejected=0, conflicts=3
+    )
+
+
 def test_parallel_writers_of_overlapping_batches_store_each_key_once(database, sql):
     writers, count = 4, 2000
     barrier = threading.Barrier(writers)
