@@ -223,14 +223,14 @@ def _write_once(
             # idx of a first copy → True: inserted; False: stored with other content.
             returned = {first[t, e]: new for t, e, new in cur.fetchall()}  # type: ignore[index]
             differing = []  # CONFLICTs, and later copies of a key that differ from the first
-            for i, is_first, *_ in rows:
-                new = returned.get(i)
+            for r in rows:  # (idx, is_first, topic, …)
+                new = returned.get(r[0])
                 if new:
-                    stored_topics.add(events[i].topic)
-                elif new is None and is_first:
-                    outcomes[i] = DUPLICATE  # stored with the same content
+                    stored_topics.add(r[2])
+                elif new is None and r[1]:
+                    outcomes[r[0]] = DUPLICATE  # stored with the same content
                 else:
-                    differing.append(i)
+                    differing.append(r[0])
             _compare_with_stored(cur, differing, result)
         for i, earlier in copies:
             settled = outcomes[earlier]
