@@ -300,11 +300,9 @@ def _compare_with_stored(
     key's row this transaction inserted or locked."""
     if not idxs:
         return
-    cur.execute(queries.get("compare_with_stored"), {"idx": idxs})
-    found = 0
-    for idx, same_ts, same_source, same_payload in cur.fetchall():
+    compared = cur.execute(queries.get("compare_with_stored"), {"idx": idxs}).fetchall()
+    for idx, same_ts, same_source, same_payload in compared:
         i = int(idx)  # type: ignore[call-overload]
-        found += 1
         if same_ts and same_source and same_payload:
             result.outcomes[i] = DUPLICATE
         else:
@@ -322,7 +320,8 @@ def _compare_with_stored(
                 "conflict: this topic and event_id are already stored with a different "
                 + ", ".join(differs),
             )
-    if found != len(idxs):
+    if len(compared) != len(idxs):
         # A row this transaction holds is missing (deleted under a remembered key): never
         # guess a status.
-        raise StorageError(f"{len(idxs) - found} events were neither inserted nor found stored")
+        missing = len(idxs) - len(compared)
+        raise StorageError(f"{missing} events were neither inserted nor found stored")
