@@ -27,6 +27,7 @@ FlushObserver = Callable[[float, int, storage.BatchResult], None]
 MIB = 1024 * 1024
 EVENT_OVERHEAD_BYTES = 200  # what one event costs in memory besides its payload, roughly
 TOGETHER, ALONE, ISOLATING = 0, 1, 2  # Submission.solo
+_SETTLING = threading.Lock()  # a Submission's done flag and its callbacks, together
 
 
 class Submission:
@@ -35,7 +36,17 @@ class Submission:
     `outcomes` (one per event, in order) is set once the events are committed.
     """
 
-    __slots__ = ("_done", "error", "events", "nbytes", "outcomes", "rejected", "solo", "weight")
+    __slots__ = (
+        "_callbacks",
+        "_done",
+        "error",
+        "events",
+        "nbytes",
+        "outcomes",
+        "rejected",
+        "solo",
+        "weight",
+    )
 
     def __init__(self, events: list[storage.NewEvent], rejected: dict[str, int]) -> None:
         self.events = events
@@ -49,6 +60,22 @@ class Submission:
         self.outcomes: list[storage.Outcome] | None = None
         self.error: BaseException | None = None
         self._done = threading.Event()
+        self._callbacks: list[Callable[[], None]] | None = []  # None once done
+
+    def when_done(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (from the thread that settles this, or now) once it is done."""
+        with _SETTLING:
+            if self._callbacks is not None:
+                self._callbacks.append(callback)
+                return
+        callback()
+
+    def _settled(self) -> None:
+        with _SETTLING:
+            self._done.set()
+            callbacks, self._callbacks = self._callbacks, None
+        for callback in callbacks or ():
+            callback()
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._done.wait(timeout)
@@ -59,11 +86,11 @@ class Submission:
 
     def resolve(self, outcomes: list[storage.Outcome]) -> None:
         self.outcomes = outcomes
-        self._done.set()
+        self._settled()
 
     def fail(self, error: BaseException) -> None:
         self.error = error
-        self._done.set()
+        self._settled()
 
     def abandon(self) -> None:
         """The call ended: release its waiter now; unless a worker took it, it is dropped."""
@@ -131,17 +158,7 @@ class Batcher:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while True:
-                if self._closing:
-                    raise errors.ShuttingDown()
-                if submission.done or (abandoned is not None and abandoned.is_set()):
-                    raise errors.Abandoned()
-                # A submission larger than the whole queue still goes in when it is empty.
-                if self._pending == 0 or (
-                    self._pending + submission.weight <= self._max_pending
-                    and self._pending_bytes + submission.nbytes <= self._max_pending_bytes
-                ):
-                    break
+            while not self._admit(submission, abandoned):
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise errors.Overloaded(
@@ -150,10 +167,33 @@ class Batcher:
                     )
                 # Bounded wait so that `abandoned` is noticed; wake_all() shortens it.
                 self._cond.wait(0.5 if remaining is None else min(remaining, 0.5))
-            self._queue.append(submission)
-            self._pending += submission.weight
-            self._pending_bytes += submission.nbytes
-            self._cond.notify_all()
+
+    def offer(self, submission: Submission) -> bool:
+        """Queue `submission` if there is room now, without waiting; False if not.
+
+        Raises:
+            Abandoned, ShuttingDown: as submit().
+        """
+        with self._cond:
+            return self._admit(submission, None)
+
+    def _admit(self, submission: Submission, abandoned: threading.Event | None) -> bool:
+        """Queue `submission` if there is room (the lock held); False if not."""
+        if self._closing:
+            raise errors.ShuttingDown()
+        if submission.done or (abandoned is not None and abandoned.is_set()):
+            raise errors.Abandoned()
+        # A submission larger than the whole queue still goes in when it is empty.
+        if self._pending and (
+            self._pending + submission.weight > self._max_pending
+            or self._pending_bytes + submission.nbytes > self._max_pending_bytes
+        ):
+            return False
+        self._queue.append(submission)
+        self._pending += submission.weight
+        self._pending_bytes += submission.nbytes
+        self._cond.notify_all()
+        return True
 
     def wake_all(self) -> None:
         """Make submitters re-check their `abandoned` flags now."""

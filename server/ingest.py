@@ -7,9 +7,13 @@ convert their wire formats around it. Storage errors pass through for `errors.cl
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from datetime import UTC, datetime
 
 from aggregator import storage
@@ -37,6 +41,17 @@ class Pending:
     @property
     def done(self) -> bool:
         return self.submission.done
+
+
+def _wake(loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
+    """From any thread: complete `future` on its loop, unless it ended meanwhile."""
+
+    def complete() -> None:
+        if not future.done():
+            future.set_result(None)
+
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+        loop.call_soon_threadsafe(complete)
 
 
 class Ingest:
@@ -107,10 +122,42 @@ class Ingest:
         """Make submitters blocked on a full queue re-check whether their call ended."""
         self._batcher.wake_all()
 
+    async def submit_async(
+        self,
+        pending: Pending,
+        executor: Executor,
+        *,
+        timeout: float | None = None,
+        abandoned: threading.Event | None = None,
+    ) -> None:
+        """submit() for a coroutine: queued at once when there is room; otherwise the wait
+        for room blocks a thread of `executor`, not the event loop."""
+        if pending.done or self._batcher.offer(pending.submission):
+            return
+        await asyncio.get_running_loop().run_in_executor(
+            executor,
+            functools.partial(
+                self._batcher.submit, pending.submission, timeout=timeout, abandoned=abandoned
+            ),
+        )
+
     def outcomes(self, pending: Pending) -> list[storage.Outcome]:
         """Wait until the request is committed; one outcome per event, in request order."""
+        pending.submission.wait()
+        return self._settled(pending)
+
+    async def outcomes_async(self, pending: Pending) -> list[storage.Outcome]:
+        """outcomes() for a coroutine: the flush that settles the request wakes the loop."""
         submission = pending.submission
-        submission.wait()
+        if not submission.done:
+            loop = asyncio.get_running_loop()
+            settled = loop.create_future()
+            submission.when_done(functools.partial(_wake, loop, settled))
+            await settled
+        return self._settled(pending)
+
+    def _settled(self, pending: Pending) -> list[storage.Outcome]:
+        submission = pending.submission
         if submission.error is not None:
             raise submission.error
         committed = submission.outcomes
