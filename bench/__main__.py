@@ -82,6 +82,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         " and after ours (their mean is the baseline)",
     )
     p.add_argument(
+        "--ceiling-stack",
+        choices=("aio", "threads"),
+        default="aio",
+        help="the ceiling's grpcio server: grpc.aio, as ours (default), or the threaded one",
+    )
+    p.add_argument(
         "--at-fraction",
         type=float,
         default=0.0,
@@ -200,7 +206,9 @@ def run(args: argparse.Namespace, in_process: bool = False) -> report.Report:
 
 def _ceiling(args: argparse.Namespace, in_process: bool) -> tuple[float, float]:
     """The same load against the no-work servicer: (events/s, its CPU µs per request)."""
-    ceiling = spawn.ServerProcess("", port=free_port(), module="bench.ceiling").start()
+    ceiling = spawn.ServerProcess(
+        "", "--stack", args.ceiling_stack, port=free_port(), module="bench.ceiling"
+    ).start()
     try:
         results, cpu = _load(args, ceiling.target, [ceiling.pid], in_process)
     finally:

@@ -110,29 +110,31 @@ def test_percentiles_weight_each_event():
     assert report.weighted_percentile([(10, 1), (20, 99)], 50) == 20
 
 
-def test_ceiling_answers_every_event_accepted_in_order():
+@pytest.mark.parametrize("stack", ["aio", "threads"])
+def test_ceiling_answers_every_event_accepted_in_order(stack):
     import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from aggregator.v1 import aggregator_pb2 as pb
     from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
-    from bench import ceiling
+    from bench import ceiling, spawn
     from tests.support import event, request
 
-    server, port = ceiling.serve("127.0.0.1", 0, max_workers=4)
+    server = spawn.ServerProcess("", "--stack", stack, module="bench.ceiling").start()
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as chan:
+        with grpc.insecure_channel(server.target) as chan:
             stub = pb_grpc.AggregatorServiceStub(chan)
             answers = list(stub.Publish(iter([request([event()] * n, n) for n in (1, 3)])))
             assert [(a.sequence, len(a.statuses)) for a in answers] == [(1, 1), (3, 3)]
             one = stub.PublishBatch(request([event()], 9))
             assert list(one.statuses) == [pb.EVENT_STATUS_ACCEPTED]
-            from grpc_health.v1 import health_pb2, health_pb2_grpc
-
             asked = health_pb2.HealthCheckRequest(service=ceiling.SERVICE)
             reply = health_pb2_grpc.HealthStub(chan).Check(asked)  # what ServerProcess waits for
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        serving = [line for line in server.output if line.startswith("serving")]
+        assert ("grpc.aio" in serving[0]) == (stack == "aio")
     finally:
-        server.stop(0)
+        server.stop()
 
 
 def test_writepath_compares_the_writer_with_and_without_memory_to_the_bare_path(capsys):
