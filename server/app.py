@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent import futures
 from types import TracebackType
+from typing import Any, TypeVar
 
 import grpc
+import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from aggregator import storage
@@ -25,6 +28,35 @@ from aggregator.server.subscriptions import Hub
 log = logging.getLogger(__name__)
 
 MAX_SEND_BYTES = 64 * 1024 * 1024
+T = TypeVar("T")
+
+
+class _LoopThread:
+    """The asyncio event loop the gRPC face runs on, in a thread of its own."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="grpc-loop", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+        self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+
+    def submit(self, coroutine: Coroutine[Any, Any, T]) -> futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run `coroutine` on the loop and wait for its result (from another thread)."""
+        return self.submit(coroutine).result()
+
+    def close(self) -> None:
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
 
 
 class Server:
@@ -41,7 +73,8 @@ class Server:
         self._servicer: AggregatorServicer | None = None
         self._hub = Hub(config.max_subscribers)
         self._listener: storage.Listener | None = None
-        self._grpc: grpc.Server | None = None
+        self._loop: _LoopThread | None = None
+        self._grpc: grpc.aio.Server | None = None
         self._stop_metrics: Callable[[], None] | None = None
         self.metrics = Metrics(max_topics=config.metrics_topics)
         self.metrics_port: int | None = None
@@ -95,38 +128,11 @@ class Server:
             self._listener = storage.Listener(url, self._hub.news).start()
             self.core = Ingest(config, self._database, self._batcher, self._hub)
             self._servicer = AggregatorServicer(config, self.core)
-            self._grpc = grpc.server(
-                futures.ThreadPoolExecutor(
-                    max_workers=config.max_concurrent_rpcs + 4, thread_name_prefix="grpc"
-                ),
-                maximum_concurrent_rpcs=config.max_concurrent_rpcs,
-                interceptors=self._interceptors(tokens),
-                options=[
-                    ("grpc.max_receive_message_length", config.max_message_bytes),
-                    # Replies are ours (pages are bounded); only requests need the tighter cap.
-                    ("grpc.max_send_message_length", max(config.max_message_bytes, MAX_SEND_BYTES)),
-                    *listen.grpc_options(config.reuse_port),
-                ],
-            )
-            handlers.register(self._grpc, self._servicer)
-            health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, self._grpc)
-            reflection.enable(
-                self._grpc,
-                (
-                    rpc.SERVICE_NAME,
-                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                ),
-            )
-            credentials = None
-            if config.tls_cert and config.tls_key:
-                credentials = security.server_credentials(
-                    config.tls_cert, config.tls_key, config.tls_client_ca
-                )
-            self.port = listen.add_port(self._grpc, f"{config.host}:{config.port}", credentials)
-            self._grpc.start()
+            self._loop = _LoopThread()
+            self._grpc = self._loop.run(self._start_grpc(tokens))
             if config.http_port:
                 self._start_http(tokens)
-            self._health.start()  # SERVING once both faces listen
+            self._health.start(self._loop.loop)  # SERVING once both faces listen
             if config.metrics_port:
                 metrics_host = config.metrics_host or config.host
                 self._stop_metrics = self.metrics.serve(metrics_host, config.metrics_port)
@@ -147,6 +153,35 @@ class Server:
             " (TLS)" if config.tls_cert else "",
         )
         return self
+
+    async def _start_grpc(self, tokens: frozenset[str]) -> grpc.aio.Server:
+        """The gRPC face, on the event loop it then runs on; sets self.port."""
+        config = self.config
+        assert self._servicer is not None and self._health is not None
+        server = grpc.aio.server(
+            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+            interceptors=self._interceptors(tokens),
+            options=[
+                ("grpc.max_receive_message_length", config.max_message_bytes),
+                # Replies are ours (pages are bounded); only requests need the tighter cap.
+                ("grpc.max_send_message_length", max(config.max_message_bytes, MAX_SEND_BYTES)),
+                *listen.grpc_options(config.reuse_port),
+            ],
+        )
+        handlers.register(server, self._servicer)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, server)
+        reflection.enable(
+            server,
+            (rpc.SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name),
+        )
+        credentials = None
+        if config.tls_cert and config.tls_key:
+            credentials = security.server_credentials(
+                config.tls_cert, config.tls_key, config.tls_client_ca
+            )
+        self.port = listen.add_port(server, f"{config.host}:{config.port}", credentials)
+        await server.start()
+        return server
 
     def _start_http(self, tokens: frozenset[str]) -> None:
         """The HTTP/JSON face on the same core, health, tokens and TLS settings."""
@@ -172,7 +207,7 @@ class Server:
         scheme = "https" if config.tls_cert else "http"
         log.info("serving HTTP on %s://%s:%d (docs at /docs)", scheme, config.host, self.http_port)
 
-    def _interceptors(self, tokens: frozenset[str]) -> list[grpc.ServerInterceptor]:
+    def _interceptors(self, tokens: frozenset[str]) -> list[grpc.aio.ServerInterceptor]:
         interceptors = [
             self.metrics.interceptor(),
             security.HealthWatchLimit(self.config.max_health_watchers, tokens),
@@ -198,16 +233,23 @@ class Server:
         self._hub.close()  # subscribers get UNAVAILABLE now: they only read
         if self._http is not None:
             self._http.begin_stop()  # answers what it has read, while the batcher still runs
-        if self._grpc is not None:
-            done = self._grpc.stop(grace)
-            if not done.wait(grace / 2) and self._servicer is not None:
-                log.info("ending %d open streams", self._servicer.open_streams)
-                self._servicer.drain()
-            done.wait()
+        if self._grpc is not None and self._loop is not None:
+            stopped = self._loop.submit(self._grpc.stop(grace))
+            try:
+                stopped.result(grace / 2)
+            except futures.TimeoutError:
+                if self._servicer is not None:
+                    log.info("ending %d open streams", self._servicer.open_streams)
+                    self._servicer.drain()
+            stopped.result()
+            self._grpc = None
         self._release()
         log.info("stopped")
 
     def _release(self) -> None:
+        if self._grpc is not None and self._loop is not None:  # a start that failed later
+            self._loop.run(self._grpc.stop(None))
+            self._grpc = None
         if self._http is not None:
             self._http.stop()
         if self._stop_metrics is not None:
@@ -224,6 +266,10 @@ class Server:
             self._database.close()
         if self._embedded is not None:
             self._embedded.stop()
+        if self._loop is not None:
+            self._loop.close()
+        if self._servicer is not None:
+            self._servicer.blocking.shutdown(wait=False, cancel_futures=True)
 
     def __enter__(self) -> Server:
         return self.start()

@@ -23,9 +23,10 @@ server/http.py for HTTP.
 from __future__ import annotations
 
 import logging
-from typing import ClassVar, NoReturn
+from typing import Any, ClassVar, NoReturn
 
 import grpc
+import grpc.aio
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -162,4 +163,12 @@ def abort(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
     # What abort_with_status does, spelled out so grpc_testing's context supports it too.
     context.set_trailing_metadata(status.trailing_metadata)
     context.abort(status.code, status.details)
+    raise AssertionError("abort returned")  # it always raises
+
+
+async def abort_async(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> NoReturn:
+    """abort() for the asyncio server's calls."""
+    status = to_status(classify(exc))
+    context.set_trailing_metadata(status.trailing_metadata)
+    await context.abort(status.code, status.details)
     raise AssertionError("abort returned")  # it always raises

@@ -4,33 +4,31 @@ This is the one place where gRPC calls meet server errors: whatever a method rai
 the status `errors.classify` gives it. Requests arrive as bytes and are decoded here, so a
 malformed message gets INVALID_ARGUMENT (gRPC's own deserializer would answer INTERNAL) and,
 on a stream, the requests before it are answered. Methods come from the service descriptor.
+
+The server runs on grpc.aio: Publish, Subscribe and PublishBatch run on its event loop; the
+reads (ListEvents, GetStats) block on the database: plain functions, run in the servicer's
+blocking pool.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import asyncio
+import inspect
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
+import grpc.aio
 from google.protobuf import message
 
 from aggregator.server import errors, rpc
 from aggregator.server.servicer import AggregatorServicer
 
-Behavior = Callable[[Any, grpc.ServicerContext], Any]
+Behavior = Callable[[Any, Any], Any]
 
 
-def _translated(behavior: Behavior, response_streaming: bool) -> Behavior:
-    """`behavior`, ending the call with the status of whatever it raises."""
-    if response_streaming:
-
-        def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            try:
-                yield from behavior(request, context)
-            except Exception as exc:
-                errors.abort(context, exc)
-
-        return stream
+def _sync_translated(behavior: Behavior) -> Behavior:
+    """A blocking `behavior` for grpcio-testing's (synchronous) server."""
 
     def unary(request: Any, context: grpc.ServicerContext) -> Any:
         try:
@@ -41,12 +39,9 @@ def _translated(behavior: Behavior, response_streaming: bool) -> Behavior:
     return unary
 
 
-def _decoding(
-    kind: type[message.Message],
-    behavior: Behavior,
-    request_streaming: bool,
-    precheck: Callable[[type[message.Message], bytes], None],
-) -> Behavior:
+def _decoder(
+    kind: type[message.Message], precheck: Callable[[type[message.Message], bytes], None]
+) -> Callable[[bytes], message.Message]:
     def decode(raw: bytes) -> message.Message:
         precheck(kind, raw)
         try:
@@ -54,37 +49,78 @@ def _decoding(
         except message.DecodeError as exc:
             raise errors.RequestInvalid(f"request is not a valid {kind.__name__}: {exc}") from None
 
-    if request_streaming:
-        return lambda raw, context: behavior((decode(item) for item in raw), context)
-    return lambda raw, context: behavior(decode(raw), context)
+    return decode
+
+
+async def _decoded(
+    raw: AsyncIterator[bytes], decode: Callable[[bytes], message.Message]
+) -> AsyncIterator[message.Message]:
+    async for item in raw:
+        yield decode(item)
+
+
+def _is_async(behavior: Behavior) -> bool:
+    return inspect.isasyncgenfunction(behavior) or inspect.iscoroutinefunction(behavior)
 
 
 def translated(servicer: AggregatorServicer) -> dict[str, Behavior]:
-    """The servicer's methods by name, taking decoded messages, with errors translated."""
+    """The servicer's blocking (unary) methods by name, taking decoded messages, with
+    errors translated: for grpcio-testing, whose server is synchronous."""
     return {
-        m.name: _translated(getattr(servicer, m.name), m.server_streaming)
+        m.name: _sync_translated(getattr(servicer, m.name))
         for m in rpc.SERVICE.methods
+        if not _is_async(getattr(servicer, m.name))
     }
 
 
-def register(server: grpc.Server, servicer: AggregatorServicer) -> None:
+def _handler(servicer: AggregatorServicer, method: Any) -> grpc.RpcMethodHandler:
+    """The method for grpc.aio: requests decoded, errors translated."""
+    behavior = getattr(servicer, method.name)
+    decode = _decoder(rpc.message_class(method.input_type), servicer.precheck)
+    streaming_in = method.client_streaming
+
+    async def stream(raw: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            request = _decoded(raw, decode) if streaming_in else decode(raw)
+            async for response in behavior(request, context):
+                yield response
+        except Exception as exc:
+            await errors.abort_async(context, exc)
+
+    async def unary(raw: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await behavior(decode(raw), context)
+        except Exception as exc:
+            await errors.abort_async(context, exc)
+
+    async def blocking(raw: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            request = decode(raw)
+            return await asyncio.get_running_loop().run_in_executor(
+                servicer.blocking,
+                behavior,
+                request,
+                context,  # which they do not use
+            )
+        except Exception as exc:
+            await errors.abort_async(context, exc)
+
+    call: Behavior
+    if inspect.isasyncgenfunction(behavior):
+        call = stream
+    else:
+        assert not streaming_in and not method.server_streaming, method.name
+        call = unary if inspect.iscoroutinefunction(behavior) else blocking
+    return rpc.method_handler(
+        (streaming_in, method.server_streaming),
+        call,
+        response_serializer=rpc.message_class(method.output_type).SerializeToString,
+    )
+
+
+def register(server: grpc.aio.Server, servicer: AggregatorServicer) -> None:
     """Add every method of the service to `server`."""
-    handlers = {
-        m.name: rpc.method_handler(
-            (m.client_streaming, m.server_streaming),
-            _translated(
-                _decoding(
-                    rpc.message_class(m.input_type),
-                    getattr(servicer, m.name),
-                    m.client_streaming,
-                    servicer.precheck,
-                ),
-                m.server_streaming,
-            ),
-            response_serializer=rpc.message_class(m.output_type).SerializeToString,
-        )
-        for m in rpc.SERVICE.methods
-    }
+    handlers = {m.name: _handler(servicer, m) for m in rpc.SERVICE.methods}
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(rpc.SERVICE_NAME, handlers),)
     )

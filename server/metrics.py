@@ -7,11 +7,13 @@ streams included. Each Server owns its registry; nothing is global.
 
 from __future__ import annotations
 
+import inspect
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+import grpc.aio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from aggregator import storage
@@ -149,87 +151,95 @@ class Metrics:
 
         return stop
 
-    def interceptor(self) -> grpc.ServerInterceptor:
+    def interceptor(self) -> grpc.aio.ServerInterceptor:
         return _Interceptor(self)
 
 
-class _Interceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Counts every call and message, whatever its shape: async generators (responses
+    counted as they are yielded), coroutines that answer once, and coroutines that write a
+    stream themselves (grpc_health's Watch: its messages are not counted)."""
+
     def __init__(self, metrics: Metrics) -> None:
         self._m = metrics
 
-    def intercept_service(
-        self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails
-    ) -> Any:
-        handler = continuation(details)
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
         if handler is None:
             return None
         _, _, path = details.method.partition("/")
         service, _, method = path.partition("/")
         shape = rpc.shape_of(handler)
-        streaming_in, streaming_out = shape
+        streaming_in, _ = shape
         labels = (rpc.KINDS[shape], service, method)
         m = self._m
+        # This method's children, looked up once per call rather than per message.
+        received, sent = m.received.labels(*labels), m.sent.labels(*labels)
 
-        def counted_in(requests: Iterator[Any]) -> Iterator[Any]:
-            for request in requests:
-                m.received.labels(*labels).inc()
+        async def counted_in(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+            async for request in requests:
+                received.inc()
                 yield request
 
-        def account(context: grpc.ServicerContext) -> Callable[[bool], None]:
-            """Start counting one call; returns what its handler calls when it ends.
+        def account(context: grpc.aio.ServicerContext[Any, Any]) -> list[str]:
+            """Start counting one call; its handler appends how it ended ("ok", "failed").
 
-            The call is counted once it has ended on the wire (a termination callback), not
-            when its handler returns: only then is it known whether the client cancelled it.
+            The call is counted once it has ended on the wire (a done callback), not when
+            its handler returns: only then is it known whether the client cancelled it.
             """
             started = time.monotonic()
             m.started.labels(*labels).inc()
-            ended: list[bool] = []  # the handler's outcome (failed?), once it has one
+            ended: list[str] = []
 
-            def terminated() -> None:
-                code = context.code() if hasattr(context, "code") else None
-                if code is None and (rpc.cancelled_by_peer(context) or not ended):
+            def terminated(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+                code = context.code()
+                if code is None and (context.cancelled() or not ended):
                     code = grpc.StatusCode.CANCELLED  # the client went away, we did not fail
                 if code is None:
-                    code = grpc.StatusCode.UNKNOWN if ended[0] else grpc.StatusCode.OK
+                    code = grpc.StatusCode.UNKNOWN if ended[0] == "failed" else grpc.StatusCode.OK
                 m.handled.labels(*labels, code.name).inc()
                 m.handling.labels(*labels).observe(time.monotonic() - started)
 
-            if not context.add_callback(terminated):
-                terminated()  # already over: cancelled before the handler ran
-            return ended.append
+            context.add_done_callback(terminated)
+            return ended
 
-        def behave(behavior: Callable[..., Any]) -> Callable[..., Any]:
-            def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
-                handler_ended = account(context)
-                if streaming_in:
-                    request = counted_in(request)
-                else:
-                    m.received.labels(*labels).inc()
-                if streaming_out:
-                    return _counted_out(behavior(request, context), handler_ended)
+        def arguments(request: Any) -> Any:
+            if streaming_in:
+                return counted_in(request)
+            received.inc()
+            return request
+
+        behavior = rpc.behavior_of(handler)
+        wrapped: Callable[..., Any]
+        if inspect.isasyncgenfunction(behavior):
+
+            async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                ended = account(context)
                 try:
-                    response = behavior(request, context)
-                except BaseException:
-                    handler_ended(True)
+                    async for response in behavior(arguments(request), context):
+                        sent.inc()
+                        yield response
+                except Exception:
+                    ended.append("failed")
                     raise
-                m.sent.labels(*labels).inc()
-                handler_ended(False)
+                ended.append("ok")
+
+        else:
+
+            async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                ended = account(context)
+                try:
+                    response = await behavior(arguments(request), context)
+                except Exception:
+                    ended.append("failed")
+                    raise
+                if response is not None:
+                    sent.inc()
+                ended.append("ok")
                 return response
 
-            return wrapped
-
-        def _counted_out(
-            responses: Iterator[Any], handler_ended: Callable[[bool], None]
-        ) -> Iterator[Any]:
-            failed = False
-            try:
-                for response in responses:
-                    m.sent.labels(*labels).inc()
-                    yield response
-            except BaseException:
-                failed = True
-                raise
-            finally:
-                handler_ended(failed)
-
-        return rpc.replace_behavior(handler, behave(rpc.behavior_of(handler)))
+        return rpc.replace_behavior(handler, wrapped)

@@ -10,11 +10,12 @@ our files, so `grpcurl describe` shows the limits and statuses.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable
 from importlib import resources
 from typing import Any
 
 import grpc
+import grpc.aio
 from google.protobuf import descriptor_pb2, descriptor_pool, text_format
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
@@ -46,15 +47,15 @@ def _add_v1_file(pool: descriptor_pool.DescriptorPool) -> None:
     pool.Add(v1)
 
 
-class _Servicer(reflection.ReflectionServicer):  # type: ignore[misc]
+class _Servicer(reflection.aio.ReflectionServicer):  # type: ignore[misc]
     def __init__(self, service_names: Iterable[str], documented: dict[str, bytes]) -> None:
         super().__init__(service_names)
         self._documented = documented
 
-    def ServerReflectionInfo(
-        self, request_iterator: Iterator[Any], context: grpc.ServicerContext
-    ) -> Iterator[Any]:
-        for response in super().ServerReflectionInfo(request_iterator, context):
+    async def ServerReflectionInfo(
+        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        async for response in super().ServerReflectionInfo(request_iterator, context):
             if response.HasField("file_descriptor_response"):
                 files = response.file_descriptor_response.file_descriptor_proto
                 for i, raw in enumerate(files):
@@ -63,7 +64,7 @@ class _Servicer(reflection.ReflectionServicer):  # type: ignore[misc]
             yield response
 
 
-def enable(server: grpc.Server, service_names: Iterable[str]) -> None:
+def enable(server: grpc.aio.Server, service_names: Iterable[str]) -> None:
     """Serve reflection (both versions) for `service_names` and for reflection itself."""
     _add_v1_file(descriptor_pool.Default())
     servicer = _Servicer((*service_names, *SERVICE_NAMES), documented_files())

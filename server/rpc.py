@@ -74,16 +74,3 @@ def replace_behavior(
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
-
-
-def cancelled_by_peer(context: grpc.ServicerContext) -> bool:
-    """Whether the client cancelled the call (or its deadline passed), asked once it has ended.
-
-    grpcio's synchronous server has no public flag for this: `is_active()` is False for every
-    ended call, and a request iterator can end with StopIteration when the client cancelled,
-    because the empty read may reach the handler before the cancellation does. The server's
-    own record of the close (`_state.client`) is read here, in this one place; any other
-    context (grpc_testing's, a future grpcio's) answers False.
-    """
-    state = getattr(context, "_state", None)
-    return getattr(state, "client", None) == "cancelled"

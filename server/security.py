@@ -9,12 +9,12 @@ The HTTP face (server/rest.py) checks the same tokens with `authorization_valid`
 from __future__ import annotations
 
 import hmac
-import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
+import grpc.aio
 
 from aggregator.server import errors, rpc
 
@@ -86,7 +86,7 @@ def _authorization(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
     return None
 
 
-class HealthWatchLimit(grpc.ServerInterceptor):  # type: ignore[misc]
+class HealthWatchLimit(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """At most `limit` open `Health.Watch` streams from callers without a valid token.
 
     Each open stream holds one of the server's call slots (`--max-concurrent-rpcs`) for as
@@ -97,49 +97,35 @@ class HealthWatchLimit(grpc.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, limit: int, tokens: Iterable[str] = ()) -> None:
         self._limit = limit
         self._tokens = [t.encode() for t in tokens]
-        self._open = 0
-        self._lock = threading.Lock()
+        self._open = 0  # changed on the event loop only
 
-    def intercept_service(
-        self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails
-    ) -> Any:
-        handler = continuation(details)
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
         if details.method != WATCH_METHOD or handler is None:
             return handler
         if authorization_valid(_authorization(details.invocation_metadata), self._tokens):
             return handler
         watch = handler.unary_stream
 
-        def limited(
-            request: Any, context: grpc.ServicerContext, send_response_callback: Any = None
-        ) -> Any:
-            with self._lock:
-                full = self._open >= self._limit
-                if not full:
-                    self._open += 1
-            if full:
-                errors.abort(
+        async def limited(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            if self._open >= self._limit:
+                await errors.abort_async(
                     context,
                     errors.Overloaded(
                         f"{self._limit} Health.Watch streams without a token are open (the "
                         f"limit); use Health.Check, or watch with a bearer token"
                     ),
                 )
-            released = threading.Event()
+            self._open += 1
+            try:
+                await watch(request, context)
+            finally:
+                self._open -= 1
 
-            def release() -> None:
-                with self._lock:
-                    if not released.is_set():
-                        released.set()
-                        self._open -= 1
-
-            if not context.add_callback(release):
-                release()
-                return None
-            return watch(request, context, send_response_callback)
-
-        # Like the health servicer's own Watch: answered by callbacks, holding no thread.
-        limited.experimental_non_blocking = True  # type: ignore[attr-defined]
         return grpc.unary_stream_rpc_method_handler(
             limited,
             request_deserializer=handler.request_deserializer,
@@ -147,7 +133,7 @@ class HealthWatchLimit(grpc.ServerInterceptor):  # type: ignore[misc]
         )
 
 
-class BearerAuth(grpc.ServerInterceptor):  # type: ignore[misc]
+class BearerAuth(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Requires `authorization: Bearer <token>` with one of `tokens` on every other method."""
 
     def __init__(self, tokens: Iterable[str]) -> None:
@@ -158,16 +144,18 @@ class BearerAuth(grpc.ServerInterceptor):  # type: ignore[misc]
     def _allowed(self, metadata: Iterable[tuple[str, Any]] | None) -> bool:
         return authorization_valid(_authorization(metadata), self._tokens)
 
-    def intercept_service(
-        self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails
-    ) -> Any:
-        if details.method.startswith(OPEN_PREFIXES) or self._allowed(details.invocation_metadata):
-            return continuation(details)
-        handler = continuation(details)
-        if handler is None:
-            return None
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(OPEN_PREFIXES):
+            return handler
+        if self._allowed(details.invocation_metadata):
+            return handler
 
-        def deny(request: Any, context: grpc.ServicerContext) -> Any:
-            errors.abort(context, errors.Unauthenticated())
+        async def deny(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            await errors.abort_async(context, errors.Unauthenticated())
 
         return rpc.method_handler(rpc.shape_of(handler), deny)

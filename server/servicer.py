@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
+import functools
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import NamedTuple
 
 import grpc
+import grpc.aio
 from google.protobuf import message, timestamp_pb2
 
 from aggregator import storage
@@ -36,67 +41,78 @@ _Item = _Prepared | BaseException | None
 
 
 class _Stream:
-    """The unanswered requests of one Publish stream, in arrival order, bounded."""
+    """The unanswered requests of one Publish stream, in arrival order, bounded.
+
+    Used on the event loop only (one reader task pushes, the call's generator pops), except
+    `ended`, which a thread waiting for room in the write queue watches.
+    """
 
     def __init__(self, max_inflight: int, max_bytes: int) -> None:
+        self.loop = asyncio.get_running_loop()
         self._max_inflight = max_inflight
         self._max_bytes = max_bytes
         self._bytes = 0  # of the queued requests' events
-        self._cond = threading.Condition()
         self._items: collections.deque[_Item] = collections.deque()
         self._closed = False  # no more items will be accepted
         self._current: _Item = None  # the item being answered
+        self._room: asyncio.Future[None] | None = None  # the reader waits for room
+        self._ready: asyncio.Future[None] | None = None  # the writer waits for an item
         self.ended = threading.Event()  # the call is over, for whatever reason
 
-    def push(self, prepared: _Prepared) -> bool:
+    @staticmethod
+    def _wake(waiter: asyncio.Future[None] | None) -> None:
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def push(self, prepared: _Prepared) -> bool:
         """Append a request, waiting while too many (or too many bytes) are unanswered.
 
         False if the stream is closed. One request larger than the byte bound still goes
         in when nothing else is queued.
         """
         nbytes = prepared.pending.submission.nbytes
-        with self._cond:
-            while (
-                len(self._items) >= self._max_inflight
-                or (self._items and self._bytes + nbytes > self._max_bytes)
-            ) and not self._closed:
-                if self.ended.is_set():
-                    return False
-                self._cond.wait()
-            if self._closed or self.ended.is_set():
-                return False
-            self._items.append(prepared)
-            self._bytes += nbytes
-            self._cond.notify_all()
-            return True
+        while not self._closed and (
+            len(self._items) >= self._max_inflight
+            or (self._items and self._bytes + nbytes > self._max_bytes)
+        ):
+            self._room = self.loop.create_future()
+            await self._room
+        if self._closed:
+            return False
+        self._items.append(prepared)
+        self._bytes += nbytes
+        self._wake(self._ready)
+        return True
 
     def close(self, final: BaseException | None = None) -> None:
         """Accept no more requests; the writer ends with `final` after the queued ones."""
-        with self._cond:
-            if not self._closed:
-                self._closed = True
-                self._items.append(final)
-                self._cond.notify_all()
+        if not self._closed:
+            self._closed = True
+            self._items.append(final)
+            self._wake(self._ready)
+            self._wake(self._room)
 
-    def pop(self) -> _Item:
-        with self._cond:
-            while not self._items:
-                self._cond.wait()
-            item = self._items.popleft()
-            if isinstance(item, _Prepared):
-                self._bytes -= item.pending.submission.nbytes
-            self._current = item
-            self._cond.notify_all()
-            return item
+    async def pop(self) -> _Item:
+        while not self._items:
+            self._ready = self.loop.create_future()
+            await self._ready
+        item = self._items.popleft()
+        if isinstance(item, _Prepared):
+            self._bytes -= item.pending.submission.nbytes
+        self._current = item
+        self._wake(self._room)
+        return item
 
     def end(self) -> None:
         """The call is over: drop its unanswered requests unless a flush worker has them."""
-        with self._cond:
-            self.ended.set()
-            for item in (self._current, *self._items):
-                if isinstance(item, _Prepared):
-                    item.pending.submission.abandon()
-            self._cond.notify_all()
+        if self.ended.is_set():
+            return
+        self.ended.set()
+        for item in (self._current, *self._items):
+            if isinstance(item, _Prepared):
+                item.pending.submission.abandon()
+        self.close()
+        self._wake(self._room)
 
 
 def _time_bound(field: str, value: timestamp_pb2.Timestamp) -> int:
@@ -110,20 +126,32 @@ class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
     """protobuf → plain values → the ingestion core → protobuf. Errors propagate to the
     method wrappers in server/handlers.py, which translate them."""
 
-    def __init__(self, config: Config, core: ingest.Ingest) -> None:
+    def __init__(
+        self, config: Config, core: ingest.Ingest, blocking: Executor | None = None
+    ) -> None:
         self._config = config
         self._core = core
+        # Threads for what blocks: waiting for room in the write queue, reads, Subscribe.
+        self._blocking = blocking or ThreadPoolExecutor(
+            max_workers=config.max_concurrent_rpcs + 4, thread_name_prefix="blocking"
+        )
         self._streams: set[_Stream] = set()
         self._streams_lock = threading.Lock()
         self._draining = False
 
+    @property
+    def blocking(self) -> Executor:
+        return self._blocking
+
     def drain(self) -> None:
-        """Shutdown: every open stream answers what it has read, then ends with UNAVAILABLE."""
+        """Shutdown (from any thread): every open stream answers what it has read, then
+        ends with UNAVAILABLE."""
         with self._streams_lock:
             self._draining = True
             streams = list(self._streams)
         for stream in streams:
-            stream.close(errors.ShuttingDown())
+            with contextlib.suppress(RuntimeError):  # its loop is closed: the call is over
+                stream.loop.call_soon_threadsafe(stream.close, errors.ShuttingDown())
 
     @property
     def open_streams(self) -> int:
@@ -132,23 +160,13 @@ class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
 
     # -- Publish ----------------------------------------------------------------------
 
-    def Publish(
-        self, request_iterator: Iterator[pb.PublishRequest], context: grpc.ServicerContext
-    ) -> Iterator[pb.PublishResponse]:
+    async def Publish(
+        self, requests: AsyncIterator[pb.PublishRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.PublishResponse]:
+        """Reads requests in a task of its own (prepared and queued as they come) while
+        answering them here, in order, each once it is committed."""
         stream = _Stream(self._config.max_inflight_requests, self._config.max_inflight_bytes)
-
-        def on_end() -> None:
-            stream.end()
-            self._core.wake_waiters()
-            with self._streams_lock:
-                self._streams.discard(stream)
-
-        # Registered before the slot is taken: whenever the call ends, the slot is freed.
-        if not context.add_callback(on_end):
-            return  # the call already ended: take nothing
         with self._streams_lock:
-            if stream.ended.is_set():
-                return  # ended in between: on_end has run
             if len(self._streams) >= self._config.max_streams:
                 raise errors.TooManyStreams(
                     f"the server already has {len(self._streams)} open Publish streams "
@@ -157,40 +175,55 @@ class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
             self._streams.add(stream)
             if self._draining:
                 stream.close(errors.ShuttingDown())
-        reader = threading.Thread(
-            target=self._read_stream,
-            args=(request_iterator, stream),
-            name="publish-reader",
-            daemon=True,
-        )
-        reader.start()
-        while True:
-            item = stream.pop()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            outcomes = self._core.outcomes(item.pending)
-            yield convert.publish_response(item.sequence, outcomes)
+        reader = asyncio.create_task(self._read_stream(requests, stream, context))
 
-    def _read_stream(self, requests: Iterator[pb.PublishRequest], stream: _Stream) -> None:
+        def on_end(*_: object) -> None:
+            """Whenever the call ends (also cancelled while a response was being sent)."""
+            if not stream.ended.is_set():
+                stream.end()
+                reader.cancel()
+                self._core.wake_waiters()
+                with self._streams_lock:
+                    self._streams.discard(stream)
+
+        context.add_done_callback(on_end)
+        try:
+            while True:
+                item = await stream.pop()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                outcomes = await self._core.outcomes_async(item.pending)
+                yield convert.publish_response(item.sequence, outcomes)
+        finally:
+            on_end()
+
+    async def _read_stream(
+        self,
+        requests: AsyncIterator[pb.PublishRequest],
+        stream: _Stream,
+        context: grpc.aio.ServicerContext,
+    ) -> None:
         """Read requests and queue them until the client is done, the call ends, or an error."""
         final: BaseException | None = None
         try:
-            for request in requests:
+            async for request in requests:
                 prepared = _Prepared(request.sequence, self._prepare(request))
-                if not stream.push(prepared):
+                if not await stream.push(prepared):
                     return
                 try:
-                    self._core.submit(prepared.pending, abandoned=stream.ended)
+                    await self._core.submit_async(
+                        prepared.pending, self._blocking, abandoned=stream.ended
+                    )
                 except (errors.ShuttingDown, errors.Abandoned) as exc:
                     prepared.pending.submission.fail(exc)
                     return
-        except grpc.RpcError:
-            return  # the call was cancelled or timed out; nothing more to read
         except errors.RequestInvalid as exc:
             final = exc
         except Exception as exc:
+            if stream.ended.is_set() or context.done():
+                return  # the call was cancelled or timed out; nothing more to read
             log.exception("reading a Publish stream failed")
             final = exc
         finally:
@@ -198,15 +231,16 @@ class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
 
     # -- PublishBatch -----------------------------------------------------------------
 
-    def PublishBatch(
-        self, request: pb.PublishRequest, context: grpc.ServicerContext
+    async def PublishBatch(
+        self, request: pb.PublishRequest, context: grpc.aio.ServicerContext
     ) -> pb.PublishResponse:
         pending = self._prepare(request)
-        # When the call ends (deadline, cancel), release this thread and drop the work.
-        if not context.add_callback(pending.submission.abandon):
-            pending.submission.abandon()
-        self._core.submit(pending, timeout=self._config.enqueue_timeout)
-        return convert.publish_response(request.sequence, self._core.outcomes(pending))
+        # When the call ends (deadline, cancel), its events are dropped unless a flush
+        # worker has them already; after an answer this changes nothing.
+        context.add_done_callback(lambda _: pending.submission.abandon())
+        await self._core.submit_async(pending, self._blocking, timeout=self._config.enqueue_timeout)
+        outcomes = await self._core.outcomes_async(pending)
+        return convert.publish_response(request.sequence, outcomes)
 
     # -- reads ------------------------------------------------------------------------
 
@@ -239,21 +273,31 @@ class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
             cursor=cursor,
         )
 
-    def Subscribe(
-        self, request: pb.SubscribeRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.SubscribeResponse]:
+    async def Subscribe(
+        self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.SubscribeResponse]:
         """Stored events after the cursor, then live ones. Each response is sent only when
-        the client has room for it (HTTP/2 flow control): a slow reader holds one page."""
+        the client has room for it (HTTP/2 flow control): a slow reader holds one page.
+        Reading and waiting for news block, so they run in the blocking pool."""
         topic = request.topic
         after = None if request.from_now else cursors.decode(request.after, topic, field="after")
-        with self._core.subscribe(topic, after=after) as subscription:
-            context.add_callback(subscription.cancel)  # cancelled or expired: stop at once
+        loop = asyncio.get_running_loop()
+        subscribe = functools.partial(self._core.subscribe, topic, after=after)
+        with await loop.run_in_executor(self._blocking, subscribe) as subscription:
+            context.add_done_callback(lambda _: subscription.cancel())  # stop at once
             yield pb.SubscribeResponse(cursor=cursors.encode(topic, subscription.position))
-            for page in subscription.pages():
-                yield pb.SubscribeResponse(
-                    events=[convert.stored_event(row) for row in page.events],
-                    cursor=cursors.encode(topic, page.position),
-                )
+            pages = subscription.pages()
+            try:
+                while True:
+                    page = await loop.run_in_executor(self._blocking, next, pages, None)
+                    if page is None:
+                        return
+                    yield pb.SubscribeResponse(
+                        events=[convert.stored_event(row) for row in page.events],
+                        cursor=cursors.encode(topic, page.position),
+                    )
+            finally:
+                subscription.cancel()
 
     def GetStats(
         self, request: pb.GetStatsRequest, context: grpc.ServicerContext

@@ -185,6 +185,8 @@ def test_reflection_streams_closed_by_the_client_are_not_counted_as_errors(db_ur
             lambda: handled("OK") + handled("CANCELLED") >= 1 + cancelled,
             what="every stream counted",
         )
-        assert handled("OK") == 1
-        assert handled("CANCELLED") == cancelled
+        # Never an error. grpc.aio hands a handler that waits for the next request the
+        # client's cancel as the end of the requests, so a stream whose handler then ends
+        # normally counts OK; one still running when the cancel arrives counts CANCELLED.
         assert handled("UNKNOWN") == 0
+        assert handled("OK") + handled("CANCELLED") == 1 + cancelled

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from grpc_health.v1 import health_pb2
 
 from aggregator.server import rpc
@@ -18,6 +20,7 @@ class _Context:
 def test_health_is_not_serving_before_start():
     health = DatabaseHealth(database=None)  # type: ignore[arg-type]  # never pinged here
     for name in ("", rpc.SERVICE_NAME):
-        reply = health.servicer.Check(health_pb2.HealthCheckRequest(service=name), _Context())
+        check = health.servicer.Check(health_pb2.HealthCheckRequest(service=name), _Context())
+        reply = asyncio.run(check)
         assert reply.status == NOT_SERVING
     assert not health.serving
