@@ -3,7 +3,7 @@ four call shapes (unary or streaming requests by unary or streaming responses)."
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -15,6 +15,8 @@ SERVICE: descriptor.ServiceDescriptor = pb.DESCRIPTOR.services_by_name["Aggregat
 SERVICE_NAME: str = SERVICE.full_name
 
 Shape = tuple[bool, bool]  # (requests stream, responses stream)
+# What a grpc.aio server interceptor is given to find the handler it wraps.
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]]
 
 _FACTORIES: dict[Shape, Callable[..., grpc.RpcMethodHandler]] = {
     (False, False): grpc.unary_unary_rpc_method_handler,

@@ -112,7 +112,6 @@ class _Stream:
             if isinstance(item, _Prepared):
                 item.pending.submission.abandon()
         self.close()
-        self._wake(self._room)
 
 
 def _time_bound(field: str, value: timestamp_pb2.Timestamp) -> int:
