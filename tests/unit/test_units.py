@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -127,6 +128,34 @@ def test_full_queue_times_out_with_overloaded_and_a_big_request_still_fits_an_em
     queue.close()
     with pytest.raises(errors.ShuttingDown):
         queue.submit(submission(1))
+
+
+def test_offer_queues_only_when_there_is_room_and_never_waits():
+    writer = GatedWriter()
+    queue = batcher.Batcher(writer, workers=1, max_batch_events=10, max_pending_events=10)
+    queue.submit(submission(1))
+    assert writer.entered.wait(10)  # taken: the queue is empty again
+    assert queue.offer(submission(10))
+    started = time.monotonic()
+    assert not queue.offer(submission(1))  # full: refused at once, nothing queued
+    assert time.monotonic() - started < 1
+    assert queue.pending_events == 10
+    writer.release.set()
+    queue.close()
+    with pytest.raises(errors.ShuttingDown):
+        queue.offer(submission(1))
+
+
+def test_settle_callbacks_run_once_whether_registered_before_or_after():
+    item = submission(1)
+    calls = []
+    item.when_done(lambda: calls.append("before"))
+    assert calls == []
+    item.resolve([storage.Outcome(storage.Status.ACCEPTED)])
+    item.abandon()  # already settled: changes nothing, calls nothing again
+    item.fail(errors.ShuttingDown())
+    item.when_done(lambda: calls.append("after"))  # called at once
+    assert calls == ["before", "after"]
 
 
 def test_batcher_fails_the_batch_when_the_database_stays_unavailable():
