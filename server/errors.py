@@ -157,18 +157,23 @@ def to_status(error: ServerError) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
+def _status_with_details(context: Any, exc: BaseException) -> grpc.Status:
+    """The status `exc` maps to, its details (RetryInfo) already set on `context`: what
+    abort_with_status does, spelled out so grpc_testing's context supports it too."""
+    status = to_status(classify(exc))
+    context.set_trailing_metadata(status.trailing_metadata)
+    return status
+
+
 def abort(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
     """End the call with the status `exc` maps to."""
-    status = to_status(classify(exc))
-    # What abort_with_status does, spelled out so grpc_testing's context supports it too.
-    context.set_trailing_metadata(status.trailing_metadata)
+    status = _status_with_details(context, exc)
     context.abort(status.code, status.details)
     raise AssertionError("abort returned")  # it always raises
 
 
 async def abort_async(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> NoReturn:
     """abort() for the asyncio server's calls."""
-    status = to_status(classify(exc))
-    context.set_trailing_metadata(status.trailing_metadata)
+    status = _status_with_details(context, exc)
     await context.abort(status.code, status.details)
     raise AssertionError("abort returned")  # it always raises
