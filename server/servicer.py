@@ -125,13 +125,11 @@ class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
     """protobuf → plain values → the ingestion core → protobuf. Errors propagate to the
     method wrappers in server/handlers.py, which translate them."""
 
-    def __init__(
-        self, config: Config, core: ingest.Ingest, blocking: Executor | None = None
-    ) -> None:
+    def __init__(self, config: Config, core: ingest.Ingest) -> None:
         self._config = config
         self._core = core
         # Threads for what blocks: waiting for room in the write queue, reads, Subscribe.
-        self._blocking = blocking or ThreadPoolExecutor(
+        self._blocking = ThreadPoolExecutor(
             max_workers=config.max_concurrent_rpcs + 4, thread_name_prefix="blocking"
         )
         self._streams: set[_Stream] = set()
