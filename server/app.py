@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from aggregator import storage
 from aggregator.server import handlers, listen, reflection, rest, rpc, security
-from aggregator.server.batcher import Batcher, WriteBatch
+from aggregator.server.batcher import Batcher
 from aggregator.server.config import Config
 from aggregator.server.health import DatabaseHealth
 from aggregator.server.ingest import Ingest
@@ -24,7 +24,6 @@ from aggregator.server.metrics import Metrics
 from aggregator.server.rest_server import HttpServer
 from aggregator.server.servicer import AggregatorServicer
 from aggregator.server.subscriptions import Hub
-from aggregator.storage.writer_process import WriterProcess
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +68,6 @@ class Server:
         self._embedded: storage.EmbeddedPostgres | None = None
         self._database: storage.Database | None = None
         self._batcher: Batcher | None = None
-        self._writer: WriterProcess | None = None
         self._health: DatabaseHealth | None = None
         self.core: Ingest | None = None
         self._servicer: AggregatorServicer | None = None
@@ -101,13 +99,10 @@ class Server:
                 self._embedded = storage.EmbeddedPostgres(config.data_dir / "postgres")
                 url = self._embedded.start()
                 log.info("embedded PostgreSQL at %s", self._embedded.display_url)
-            # The flush workers' connections are the writer process's, when there is one;
-            # this pool then only serves health checks and migrations.
-            flush_here = 0 if config.writer_process else config.flush_workers
             self._database = storage.Database(
                 url,
-                min_connections=max(1, flush_here),
-                max_connections=flush_here + 1,  # one spare for health and migrations
+                min_connections=config.flush_workers,
+                max_connections=config.flush_workers + 1,  # one spare for health and migrations
                 read_connections=config.read_connections,
                 operation_timeout=config.db_retry_timeout,
                 recent_keys_bytes=config.recent_keys_bytes,
@@ -117,17 +112,8 @@ class Server:
             if applied:
                 log.info("schema migrated to version %d", applied[-1])
             self._health = DatabaseHealth(self._database)
-            write: WriteBatch = self._database.write_batch
-            if config.writer_process:
-                self._writer = WriterProcess(
-                    url,
-                    channels=config.flush_workers,
-                    operation_timeout=config.db_retry_timeout,
-                    recent_keys_bytes=config.recent_keys_bytes,
-                ).start()
-                write = self._writer.write_batch
             self._batcher = Batcher(
-                write,
+                self._database.write_batch,
                 workers=config.flush_workers,
                 max_batch_events=config.max_batch_events,
                 max_pending_events=config.max_pending_events,
@@ -138,9 +124,7 @@ class Server:
                 on_database_error=lambda kind: self.metrics.database_errors.labels(kind).inc(),
             )
             self.metrics.watch_queue(lambda: self._batcher.pending_events if self._batcher else 0)
-            self.metrics.watch_pool(
-                self._writer.pool_stats if self._writer else self._database.pool_stats
-            )
+            self.metrics.watch_pool(self._database.pool_stats)
             self._listener = storage.Listener(url, self._hub.news).start()
             self.core = Ingest(config, self._database, self._batcher, self._hub)
             self._servicer = AggregatorServicer(config, self.core)
@@ -274,8 +258,6 @@ class Server:
             # Commits what is still queued, for at most one more grace period; after that
             # (the database is down) the rest fails unacknowledged and the exit is bounded.
             self._batcher.close(timeout=self.config.shutdown_grace)
-        if self._writer is not None:
-            self._writer.close()
         if self._health is not None:
             self._health.stop()
         if self._listener is not None:

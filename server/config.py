@@ -19,7 +19,6 @@ class Config:
     database_url: str | None = None
     data_dir: Path = Path(".data")
     flush_workers: int = 2
-    writer_process: bool = True
     read_connections: int = 4
     max_batch_events: int = 5000
     recent_keys_bytes: int = 0  # off: see README, GUARANTEES
@@ -88,12 +87,6 @@ _OPTIONS: dict[str, tuple[str, Callable[[str], object], str]] = {
         "AGGREGATOR_FLUSH_WORKERS",
         int,
         "batches written in parallel, one database connection each",
-    ),
-    "writer_process": (
-        "AGGREGATOR_WRITER_PROCESS",
-        _flag,
-        "run the flush transactions in a child process, so that they never wait for the "
-        "serving process's interpreter; off, they run in this process's threads",
     ),
     "read_connections": (
         "AGGREGATOR_READ_CONNECTIONS",

@@ -99,19 +99,14 @@ class Database:
             open=False,
             name="aggregator",
         )
-        # No read pool with read_connections=0 (a process that only writes).
-        self._read_pool = (
-            None
-            if read_connections == 0
-            else psycopg_pool.ConnectionPool(
-                url,
-                min_size=1,
-                max_size=read_connections,
-                kwargs=kwargs,
-                check=self._check,
-                open=False,
-                name="aggregator-read",
-            )
+        self._read_pool = psycopg_pool.ConnectionPool(
+            url,
+            min_size=1,
+            max_size=read_connections,
+            kwargs=kwargs,
+            check=self._check,
+            open=False,
+            name="aggregator-read",
         )
 
     def _configure(self, conn: Conn) -> None:
@@ -140,22 +135,17 @@ class Database:
             self._failed_at = time.monotonic()
             raise
 
-    def open(self, *, timeout: float = 30.0, wait: bool = True) -> None:
-        """Connect; raise Unavailable if the database cannot be reached within `timeout`.
-
-        Without `wait`, connect in the background: an operation before the database answers
-        waits for a connection as usual (and fails with Unavailable when none comes)."""
+    def open(self, *, timeout: float = 30.0) -> None:
+        """Connect; raise Unavailable if the database cannot be reached within `timeout`."""
         try:
-            self._pool.open(wait=wait, timeout=timeout)
-            if self._read_pool is not None:
-                self._read_pool.open(wait=wait, timeout=timeout)
+            self._pool.open(wait=True, timeout=timeout)
+            self._read_pool.open(wait=True, timeout=timeout)
         except psycopg_pool.PoolTimeout as exc:
             self.close()
             raise Unavailable(f"could not connect to the database within {timeout:g}s") from exc
 
     def close(self, timeout: float = 5.0) -> None:
-        if self._read_pool is not None:
-            self._read_pool.close(timeout)
+        self._read_pool.close(timeout)
         self._pool.close(timeout)
         self._watchdog.close()
 
@@ -179,7 +169,7 @@ class Database:
         its connection is cut. A read that finds no free connection while the database
         answers is Busy (overload); otherwise a missing connection means it is unreachable.
         """
-        pool = self._read_pool if read and self._read_pool is not None else self._pool
+        pool = self._read_pool if read else self._pool
         started = time.monotonic()
         errors_before = pool.get_stats().get("connections_errors", 0)
         try:

@@ -24,7 +24,6 @@ def test_busy_readers_get_resource_exhausted_while_writes_and_health_carry_on(db
         assert database is not None
         # Every read connection is taken, as by long-running readers.
         pool = database._read_pool
-        assert pool is not None
         held = [pool.getconn() for _ in range(config.read_connections)]
         try:
             for call, message in (
