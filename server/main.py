@@ -17,19 +17,32 @@ from aggregator.server import config as config_module
 from aggregator.server import security
 from aggregator.server.app import Server
 
+# Young-generation threshold of the garbage collector (CPython's default: 700).
+GC_YOUNG_THRESHOLD = 20_000
 
-def _freeze_startup_objects(log: logging.Logger) -> None:
-    """Keep what startup built (modules, protobuf and gRPC objects, the HTTP app, pools:
-    ~70,000 objects) out of every later full garbage collection.
 
-    Events queued for a flush outlive the young generations, so under load the collector
-    runs a full pass every ~2 s; over the startup objects each pass took 40-55 ms with every
-    thread stopped (collecting nothing): at half the maximum rate, most of the ack p99
-    (BENCHMARKS.md). Startup objects that become garbage are still freed by reference
-    counting; only reference cycles among them would stay.
+def _tune_garbage_collection(log: logging.Logger) -> None:
+    """Keep what startup built out of every later collection, and collect rarely.
+
+    Startup (modules, protobuf and gRPC objects, the HTTP app, pools: ~70,000 objects) is
+    frozen: under load the collector ran a full pass every ~2 s, and over the startup
+    objects each took 40-55 ms with every thread stopped, collecting nothing (at half the
+    maximum rate, most of the ack p99; BENCHMARKS.md, session 19). Startup objects that
+    become garbage are still freed by reference counting; only reference cycles among them
+    would stay.
+
+    A young collection runs whenever tracked objects allocated minus freed pass the
+    threshold. A 500-event request holds ~1,500 of them until its commit, so at CPython's
+    700 the collector ran ~2 times per request, promoted what the queue held and ran a
+    full pass over it about once a second: ~2.7 s of a 16 s run at 500 events per request
+    (BENCHMARKS.md, session 25). The server's objects are freed by reference counting as
+    their requests are answered; at 20,000 the collector runs a few times per run, and
+    still runs (so reference cycles are still freed) once 20,000 more objects are alive
+    than at its last pass.
     """
     gc.collect()
     gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     log.debug("startup objects kept out of garbage collection: %d", gc.get_freeze_count())
 
 
@@ -60,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     except (storage.StorageError, OSError, security.NoTokens) as exc:
         log.error("cannot start: %s", exc)
         return 1
-    _freeze_startup_objects(log)
+    _tune_garbage_collection(log)
     try:
         # A timed wait: a signal the kernel hands to another thread (gRPC's, uvicorn's) only
         # runs its Python handler when the main thread is back in the interpreter.
