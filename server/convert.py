@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -21,13 +22,17 @@ EVENT_STATUS: dict[Status, pb.EventStatus.ValueType] = {
 }
 
 
+# Incoming((…)) without the Python-level __new__ a NamedTuple has: it is built per event.
+_new_incoming = functools.partial(tuple.__new__, Incoming)
+
+
 def incoming(event: pb.Event) -> Incoming:
     if event.HasField("timestamp"):
         ts = event.timestamp
-        return Incoming(
-            event.topic, event.event_id, ts.seconds, ts.nanos, event.source, event.payload
+        return _new_incoming(
+            (event.topic, event.event_id, ts.seconds, ts.nanos, event.source, event.payload)
         )
-    return Incoming(event.topic, event.event_id, None, 0, event.source, event.payload)
+    return _new_incoming((event.topic, event.event_id, None, 0, event.source, event.payload))
 
 
 def publish_response(sequence: int, outcomes: Sequence[Outcome]) -> pb.PublishResponse:

@@ -6,6 +6,7 @@ Transports convert their wire format into `Incoming` (plain values) before calli
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import orjson
@@ -34,6 +35,10 @@ class Rejected(NamedTuple):
 
     reason: str
     stats_topic: str
+
+
+# NewEvent((…)) without the Python-level __new__ a NamedTuple has: it is built per event.
+_new_event = functools.partial(tuple.__new__, NewEvent)
 
 
 def check_event(event: Incoming, max_payload_bytes: int) -> NewEvent | Rejected:
@@ -86,7 +91,9 @@ def _check(event: Incoming, max_payload_bytes: int) -> NewEvent | str:
             return "payload: a JSON string holds \\u0000 (NUL), which PostgreSQL cannot store"
     else:
         payload = "{}"
-    return NewEvent(event.topic, event_id, timestamps.to_ns(seconds, event.nanos), source, payload)
+    return _new_event(
+        (event.topic, event_id, timestamps.to_ns(seconds, event.nanos), source, payload)
+    )
 
 
 def _holds_nul(document: object) -> bool:
