@@ -38,7 +38,6 @@ class Submission:
 
     __slots__ = (
         "_callbacks",
-        "_done",
         "error",
         "events",
         "nbytes",
@@ -59,8 +58,9 @@ class Submission:
         self.solo = TOGETHER
         self.outcomes: list[storage.Outcome] | None = None
         self.error: BaseException | None = None
-        self._done = threading.Event()
-        self._callbacks: list[Callable[[], None]] | None = []  # None once done
+        # Called once it is done; None once it is. No threading.Event per request: most
+        # callers wait on an event loop (when_done), and wait() makes one only when asked.
+        self._callbacks: list[Callable[[], None]] | None = []
 
     def when_done(self, callback: Callable[[], None]) -> None:
         """Call `callback` (from the thread that settles this, or now) once it is done."""
@@ -72,17 +72,22 @@ class Submission:
 
     def _settled(self) -> None:
         with _SETTLING:
-            self._done.set()
             callbacks, self._callbacks = self._callbacks, None
         for callback in callbacks or ():
             callback()
 
     def wait(self, timeout: float | None = None) -> bool:
-        return self._done.wait(timeout)
+        """Block until it is done (True), or for at most `timeout` seconds (False)."""
+        with _SETTLING:
+            if self._callbacks is None:
+                return True
+            settled = threading.Event()
+            self._callbacks.append(settled.set)
+        return settled.wait(timeout)
 
     @property
     def done(self) -> bool:
-        return self._done.is_set()
+        return self._callbacks is None
 
     def resolve(self, outcomes: list[storage.Outcome]) -> None:
         self.outcomes = outcomes

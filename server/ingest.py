@@ -43,15 +43,33 @@ class Pending:
         return self.submission.done
 
 
-def _wake(loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
-    """From any thread: complete `future` on its loop, unless it ended meanwhile."""
+class _Doorbell:
+    """Completes one event loop's futures from other threads: every future settled before
+    the loop gets round to them costs one wake-up (a flush settles its requests together,
+    so most of them share one), where call_soon_threadsafe per future wakes it per request."""
 
-    def complete() -> None:
-        if not future.done():
-            future.set_result(None)
+    __slots__ = ("_lock", "_loop", "_ready")
 
-    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-        loop.call_soon_threadsafe(complete)
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._ready: list[asyncio.Future[None]] = []
+
+    def ring(self, future: asyncio.Future[None]) -> None:
+        """From any thread: complete `future` on the loop, unless it ended meanwhile."""
+        with self._lock:
+            self._ready.append(future)
+            if len(self._ready) > 1:
+                return  # the loop is woken already and takes this one too
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            self._loop.call_soon_threadsafe(self._complete)
+
+    def _complete(self) -> None:
+        with self._lock:
+            ready, self._ready = self._ready, []
+        for future in ready:
+            if not future.done():
+                future.set_result(None)
 
 
 class Ingest:
@@ -68,6 +86,7 @@ class Ingest:
         self._database = database
         self._batcher = queue
         self._hub = hub
+        self._doorbells: dict[asyncio.AbstractEventLoop, _Doorbell] = {}
         self.started_at = datetime.now(UTC)
         self._started_monotonic = time.monotonic()
 
@@ -151,8 +170,11 @@ class Ingest:
         submission = pending.submission
         if not submission.done:
             loop = asyncio.get_running_loop()
+            doorbell = self._doorbells.get(loop)
+            if doorbell is None:
+                doorbell = self._doorbells[loop] = _Doorbell(loop)
             settled = loop.create_future()
-            submission.when_done(functools.partial(_wake, loop, settled))
+            submission.when_done(functools.partial(doorbell.ring, settled))
             await settled
         return self._settled(pending)
 

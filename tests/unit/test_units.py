@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
 import pytest
 
 from aggregator import storage
-from aggregator.server import batcher, config, convert, cursors, errors, validation
+from aggregator.server import batcher, config, convert, cursors, errors, ingest, validation
 from tests.support import event
 
 
@@ -156,6 +157,52 @@ def test_settle_callbacks_run_once_whether_registered_before_or_after():
     item.fail(errors.ShuttingDown())
     item.when_done(lambda: calls.append("after"))  # called at once
     assert calls == ["before", "after"]
+
+
+def test_wait_blocks_until_settled_from_another_thread():
+    item = submission(1)
+    assert not item.wait(0.01) and not item.done
+    waiter_saw: list[bool] = []
+    waiter = threading.Thread(target=lambda: waiter_saw.append(item.wait(30)))
+    waiter.start()
+    item.resolve([storage.Outcome(storage.Status.ACCEPTED)])
+    waiter.join(30)
+    assert waiter_saw == [True]
+    assert item.done and item.wait(0)
+
+
+def test_requests_settled_together_wake_their_event_loop_once():
+    """A flush settles its requests one after another on its own thread; the loop that
+    waits for them is woken once for all of them, not once per request."""
+    core = ingest.Ingest(config.Config(), None, None, None)  # type: ignore[arg-type]
+    items = [submission(1) for _ in range(20)]
+    accepted = [storage.Outcome(storage.Status.ACCEPTED)]
+    loop = asyncio.new_event_loop()
+    wakes = []
+    call_soon_threadsafe = loop.call_soon_threadsafe
+
+    def counted(*args):
+        wakes.append(args[0])
+        return call_soon_threadsafe(*args)
+
+    loop.call_soon_threadsafe = counted  # type: ignore[method-assign,assignment]
+
+    async def publish_all() -> list[list[storage.Outcome]]:
+        waiting = [
+            asyncio.ensure_future(core.outcomes_async(ingest.Pending(1, None, item)))
+            for item in items
+        ]
+        await asyncio.sleep(0)  # one turn of the loop: each now waits for its commit
+        flush = threading.Thread(target=lambda: [item.resolve(accepted) for item in items])
+        flush.start()
+        flush.join()  # the loop is blocked meanwhile: all are settled before it looks
+        return await asyncio.gather(*waiting)
+
+    try:
+        assert loop.run_until_complete(publish_all()) == [accepted] * 20
+    finally:
+        loop.close()
+    assert len(wakes) == 1
 
 
 def test_batcher_fails_the_batch_when_the_database_stays_unavailable():
