@@ -43,7 +43,12 @@ def _tune_garbage_collection(log: logging.Logger) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
-    log.debug("startup objects kept out of garbage collection: %d", gc.get_freeze_count())
+    log.debug(
+        "young garbage collections after %d net new objects; "
+        "startup objects kept out of garbage collection: %d",
+        gc.get_threshold()[0],
+        gc.get_freeze_count(),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
