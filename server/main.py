@@ -34,7 +34,7 @@ def _tune_garbage_collection(log: logging.Logger) -> None:
     A young collection runs whenever tracked objects allocated minus freed pass the
     threshold. A 500-event request holds ~1,500 of them until its commit, so at CPython's
     700 the collector ran ~2 times per request, promoted what the queue held and ran a
-    full pass over it about once a second: ~2.7 s of a 16 s run at 500 events per request
+    full pass over it about once a second: 2.6-3.4 s of a ~20 s run at 500 events a request
     (BENCHMARKS.md, session 25). The server's objects are freed by reference counting as
     their requests are answered; at 20,000 the collector runs a few times per run, and
     still runs (so reference cycles are still freed) once 20,000 more objects are alive
