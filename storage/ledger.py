@@ -63,14 +63,29 @@ class Ticket:
         return int.from_bytes(self.batch_id.bytes[:8], "big", signed=True)
 
 
-def record(
-    cur: Cursor,
-    ticket: Ticket,
+# The ledger part of the `settle_batch` statement when a write has no ticket: nothing.
+_UNRECORDED: dict[str, object] = {
+    "batch_id": None,
+    "first_idx": None,
+    "idxs": None,
+    "statuses": None,
+    "reasons": None,
+    "counts": None,
+    "finished": [],
+    "lock": None,
+}
+
+
+def fields(
+    ticket: Ticket | None,
     idxs: Sequence[int],
     result: BatchResult,
     counts: Mapping[str, Sequence[int]],
-) -> None:
-    """Inside the flush transaction: what it decided for events `idxs` (ascending)."""
+) -> dict[str, object]:
+    """The `settle_batch` parameters that record, inside the flush transaction, what it
+    decided for events `idxs` (ascending): written by the statement that also counts them."""
+    if ticket is None:
+        return _UNRECORDED
     started = time.perf_counter()
     outcomes = result.outcomes
     if not idxs:
@@ -84,20 +99,18 @@ def record(
     for found in _WITH_REASON.finditer(decided):  # a C-speed scan for the few that have one
         i = idxs[found.start()]
         reasons[str(i)] = outcomes[i].reason
-    cur.execute(
-        queries.get("record_batch"),
-        {
-            "batch_id": ticket.batch_id,
-            "first_idx": first,
-            "idxs": listed,
-            "statuses": decided,
-            "reasons": Jsonb(reasons),
-            "counts": Jsonb(counts),
-            "finished": ticket.finished,
-            "lock": ticket.lock,
-        },
-    )
+    recorded: dict[str, object] = {
+        "batch_id": ticket.batch_id,
+        "first_idx": first,
+        "idxs": listed,
+        "statuses": decided,
+        "reasons": Jsonb(reasons),
+        "counts": Jsonb(counts),
+        "finished": ticket.finished,
+        "lock": ticket.lock,
+    }
     ticket.seconds += time.perf_counter() - started
+    return recorded
 
 
 def resume(

@@ -242,27 +242,22 @@ def _write_once(
         for topic, n in rejected.items():
             counts.setdefault(topic, [0, 0, 0, 0])[Status.REJECTED - 1] += n
         _fold_topics_without_events(cur, counts)
-        # The rest needs no answer: sent with the COMMIT, in one round trip.
+        # The rest needs no answer: one statement, sent with the COMMIT in one round trip.
+        # Subscribers (on every server) look again after the commit: those of the topics
+        # stored here, and those waiting for older transactions to finish ("" when nothing
+        # new was stored: only this transaction's end matters).
+        topics = sorted(counts)
+        settle = {
+            "topic": topics,
+            "accepted": [counts[t][0] for t in topics],
+            "duplicates": [counts[t][1] for t in topics],
+            "rejected": [counts[t][2] for t in topics],
+            "conflicts": [counts[t][3] for t in topics],
+            "notify": (sorted(stored_topics) or [""]) if rows else [],
+            **ledger.fields(ticket, idxs if refused is None else [refused], result, counts),
+        }
         with conn.pipeline():
-            if counts:
-                topics = sorted(counts)
-                cur.execute(
-                    queries.get("add_topic_stats"),
-                    {
-                        "topic": topics,
-                        "accepted": [counts[t][0] for t in topics],
-                        "duplicates": [counts[t][1] for t in topics],
-                        "rejected": [counts[t][2] for t in topics],
-                        "conflicts": [counts[t][3] for t in topics],
-                    },
-                )
-            if ticket is not None:
-                ledger.record(cur, ticket, idxs if refused is None else [refused], result, counts)
-            if rows:
-                # Subscribers (on every server) look again after the commit: those of the
-                # topics stored here, and those waiting for older transactions to finish
-                # ("" when nothing new was stored: only this transaction's end matters).
-                cur.execute(queries.get("notify_topics"), {"topics": sorted(stored_topics) or [""]})
+            cur.execute(queries.get("settle_batch"), settle)
             cur.execute("COMMIT")
     # Committed: what this transaction counted is now part of the batch's result.
     if recent is not None:

@@ -26,8 +26,9 @@ SELECT create_distributed_table('events', 'event_id');
 SELECT create_reference_table('topic_stats');
 
 -- The batch ledger is looked up by batch_id, which its primary key contains. Not yet run on
--- Citus: its write is one statement with a data-modifying CTE (a multi-shard DELETE of
--- answered batches beside the INSERT), which Citus may refuse; its advisory lock is the
+-- Citus: its write is part of one statement of data-modifying CTEs (`settle_batch`: a
+-- multi-shard DELETE of answered batches and the counters' reference-table upsert beside
+-- the INSERT), which Citus may refuse; its advisory lock is the
 -- coordinator's, which holds while every server connects to the coordinator.
 SELECT create_distributed_table('batch_ledger', 'batch_id');
 

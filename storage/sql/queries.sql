@@ -48,22 +48,42 @@ FROM unnest(%(idx)s::int[]) AS pending(idx)
 JOIN staging s ON s.idx = pending.idx  -- a hash join; `idx = ANY(array)` scans per row
 JOIN events e ON e.topic = s.topic AND e.event_id = s.event_id
 
--- name: add_topic_stats
-INSERT INTO topic_stats AS t
-    (topic, shard, received, accepted, duplicates, rejected, conflicts)
-SELECT u.topic, mod(pg_backend_pid(), 16),
-       u.accepted + u.duplicates + u.rejected + u.conflicts,
-       u.accepted, u.duplicates, u.rejected, u.conflicts
-FROM unnest(%(topic)s::text[], %(accepted)s::bigint[], %(duplicates)s::bigint[],
-            %(rejected)s::bigint[], %(conflicts)s::bigint[])
-     AS u(topic, accepted, duplicates, rejected, conflicts)
-ORDER BY u.topic
-ON CONFLICT (topic, shard) DO UPDATE SET
-    received   = t.received + excluded.received,
-    accepted   = t.accepted + excluded.accepted,
-    duplicates = t.duplicates + excluded.duplicates,
-    rejected   = t.rejected + excluded.rejected,
-    conflicts  = t.conflicts + excluded.conflicts
+-- name: settle_batch
+-- What a flush transaction writes after its INSERT, as one statement sent with the COMMIT
+-- in one pipeline: one psycopg execute instead of three (each cost the flushing process
+-- ~70 µs of CPU, a tenth of a small flush's). Every part may be empty. Data-modifying
+-- CTEs run once and to completion whether or not the query reads them.
+--   counted: per-topic counters (a row per topic and backend shard); none for empty arrays.
+--   forgotten, recorded: the batch ledger (storage/ledger.py): the batches this worker
+--   has answered are deleted, this transaction's decisions recorded; no row when batch_id
+--   is NULL. The advisory lock (keyed by the batch) is held until this transaction ends,
+--   so a retry that takes it too waits for a COMMIT still in flight before reading it.
+--   The SELECT: delivered at commit (never for a rollback) to every server's listener.
+WITH counted AS (
+    INSERT INTO topic_stats AS t
+        (topic, shard, received, accepted, duplicates, rejected, conflicts)
+    SELECT u.topic, mod(pg_backend_pid(), 16),
+           u.accepted + u.duplicates + u.rejected + u.conflicts,
+           u.accepted, u.duplicates, u.rejected, u.conflicts
+    FROM unnest(%(topic)s::text[], %(accepted)s::bigint[], %(duplicates)s::bigint[],
+                %(rejected)s::bigint[], %(conflicts)s::bigint[])
+         AS u(topic, accepted, duplicates, rejected, conflicts)
+    ORDER BY u.topic
+    ON CONFLICT (topic, shard) DO UPDATE SET
+        received   = t.received + excluded.received,
+        accepted   = t.accepted + excluded.accepted,
+        duplicates = t.duplicates + excluded.duplicates,
+        rejected   = t.rejected + excluded.rejected,
+        conflicts  = t.conflicts + excluded.conflicts
+), forgotten AS (
+    DELETE FROM batch_ledger WHERE batch_id = ANY(%(finished)s::uuid[])
+), recorded AS (
+    INSERT INTO batch_ledger (batch_id, first_idx, idxs, statuses, reasons, counts)
+    SELECT %(batch_id)s, %(first_idx)s, %(idxs)s, %(statuses)s, %(reasons)s, %(counts)s
+    FROM (SELECT pg_advisory_xact_lock(%(lock)s)) AS held
+    WHERE %(batch_id)s::uuid IS NOT NULL
+)
+SELECT pg_notify('aggregator_events', topic) FROM unnest(%(notify)s::text[]) AS topic
 
 -- name: read_after
 -- One topic in delivery order after a position, for ListEvents and Subscribe. Only rows
@@ -83,10 +103,6 @@ LIMIT %(limit)s
 -- name: settled_horizon
 -- Every transaction with an id below this one has finished: the position "now".
 SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint
-
--- name: notify_topics
--- Delivered at commit (never for a rollback) to every server's listener.
-SELECT pg_notify('aggregator_events', topic) FROM unnest(%(topics)s::text[]) AS topic
 
 -- name: stats_totals
 SELECT coalesce(sum(received), 0)::bigint, coalesce(sum(accepted), 0)::bigint,
@@ -117,16 +133,6 @@ SELECT current_setting('server_encoding'), current_setting('server_version_num')
        current_database()
 
 -- Batch ledger (storage/ledger.py).
-
--- name: record_batch
--- The advisory lock (keyed by the batch) is held until this transaction ends, so a retry
--- that takes it too waits for a COMMIT still in flight before reading the ledger.
-WITH forgotten AS (
-    DELETE FROM batch_ledger WHERE batch_id = ANY(%(finished)s::uuid[])
-)
-INSERT INTO batch_ledger (batch_id, first_idx, idxs, statuses, reasons, counts)
-SELECT %(batch_id)s, %(first_idx)s, %(idxs)s, %(statuses)s, %(reasons)s, %(counts)s
-FROM (SELECT pg_advisory_xact_lock(%(lock)s)) AS held
 
 -- name: set_lock_timeout
 SELECT set_config('lock_timeout', %(timeout)s, true)

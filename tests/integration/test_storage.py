@@ -238,3 +238,36 @@ def test_a_write_connection_ended_between_two_writes_is_replaced_not_failed(db_u
             " AND backend_type = 'client backend'"
         )
         assert db.write_batch([new("after")]).statuses == [Status.ACCEPTED]
+
+
+@pytest.mark.parametrize("with_ticket", [True, False])
+def test_counters_ledger_and_notifications_are_written_together(database, db_url, sql, with_ticket):
+    """One statement after the INSERT counts the batch, records it in the ledger (deleting
+    the batches its ticket lists as answered) and notifies subscribers at commit; without
+    a ticket, it records nothing and still counts and notifies."""
+    answered = storage.Ticket()
+    database.write_batch([new("earlier")], ticket=answered)
+    ticket = storage.Ticket(finished=[answered.batch_id]) if with_ticket else None
+    with psycopg.connect(db_url, autocommit=True) as listener:
+        listener.execute("LISTEN aggregator_events")
+        result = database.write_batch(
+            [new("a"), new("b", topic="u"), new("a", '{"v": 2}'), new("earlier")],
+            {"t": 1},
+            ticket=ticket,
+        )
+        notified = sorted(n.payload for n in listener.notifies(timeout=10, stop_after=2))
+    assert result.statuses == [Status.ACCEPTED, Status.ACCEPTED, Status.CONFLICT, Status.DUPLICATE]
+    assert notified == ["t", "u"]
+    stats = database.stats()
+    assert stats.topics["t"] == storage.Counters(
+        received=5, accepted=2, duplicates=1, rejected=1, conflicts=1
+    )
+    assert stats.topics["u"] == storage.Counters(
+        received=1, accepted=1, duplicates=0, rejected=0, conflicts=0
+    )
+    ledger = sql.execute("SELECT batch_id, first_idx, statuses FROM batch_ledger").fetchall()
+    if ticket is not None:
+        decided = bytes([Status.ACCEPTED, Status.ACCEPTED, Status.CONFLICT, Status.DUPLICATE])
+        assert ledger == [(ticket.batch_id, 0, decided)]
+    else:
+        assert ledger == [(answered.batch_id, 0, bytes([Status.ACCEPTED]))]
