@@ -2,10 +2,7 @@
 
 A free worker takes everything pending (up to max_batch_events) and writes it in one
 transaction, so light load gets low latency and heavy load gets big batches. Nothing
-waits for a fixed linger. While one worker is flushing, another starts a second flush
-beside it only once the oldest queued request has waited OVERLAP_AFTER seconds, or a
-whole batch is pending: small requests arriving during a short flush then go together
-into the next one (one flush's cost, not one each), and none waits long behind a big one.
+waits for a fixed linger.
 """
 
 from __future__ import annotations
@@ -31,9 +28,6 @@ MIB = 1024 * 1024
 EVENT_OVERHEAD_BYTES = 200  # what one event costs in memory besides its payload, roughly
 TOGETHER, ALONE, ISOLATING = 0, 1, 2  # Submission.solo
 _SETTLING = threading.Lock()  # a Submission's done flag and its callbacks, together
-# How long a queued request waits for the flush in progress to end before a second
-# worker writes it beside that flush: about a small flush's duration.
-OVERLAP_AFTER = 0.002
 
 
 class Submission:
@@ -48,7 +42,6 @@ class Submission:
         "events",
         "nbytes",
         "outcomes",
-        "queued_at",
         "rejected",
         "solo",
         "weight",
@@ -63,7 +56,6 @@ class Submission:
         # In a transaction of its own after a refusal: ALONE first, then ISOLATING the
         # refused rows (see Batcher._requeue).
         self.solo = TOGETHER
-        self.queued_at = 0.0  # time.monotonic() when it was last queued
         self.outcomes: list[storage.Outcome] | None = None
         self.error: BaseException | None = None
         # Called once it is done; None once it is. No threading.Event per request: most
@@ -123,7 +115,6 @@ class Batcher:
         max_pending_events: int = 100_000,
         max_pending_bytes: int = 256 * MIB,
         max_batch_bytes: int = 64 * MIB,
-        overlap_after: float = OVERLAP_AFTER,
         retry_timeout: float = 30.0,
         on_database_state: Callable[[bool], None] = lambda ok: None,
         on_flush: FlushObserver | None = None,
@@ -134,7 +125,6 @@ class Batcher:
         self._max_pending = max_pending_events
         self._max_pending_bytes = max_pending_bytes
         self._max_batch_bytes = max_batch_bytes
-        self._overlap_after = overlap_after
         self._retry_timeout = retry_timeout
         self._on_database_state = on_database_state
         self._on_flush = on_flush
@@ -143,7 +133,6 @@ class Batcher:
         self._queue: collections.deque[Submission] = collections.deque()
         self._pending = 0  # events (weights) queued, not yet taken by a worker
         self._pending_bytes = 0  # and their bytes (Submission.nbytes)
-        self._flushing = 0  # workers between taking a batch and settling it
         self._closing = False
         self._stop_retrying = threading.Event()
         self._workers = [
@@ -205,7 +194,6 @@ class Batcher:
             or self._pending_bytes + submission.nbytes > self._max_pending_bytes
         ):
             return False
-        submission.queued_at = time.monotonic()
         self._queue.append(submission)
         self._pending += submission.weight
         self._pending_bytes += submission.nbytes
@@ -231,28 +219,12 @@ class Batcher:
             for worker in self._workers:
                 worker.join()
 
-    def _deferral(self) -> float:
-        """Seconds to leave the queue to the flush in progress (the lock held): 0 when no
-        other worker is flushing, a whole batch is pending, the oldest request has waited
-        OVERLAP_AFTER, or the batcher is closing."""
-        if not self._flushing or self._closing or self._pending >= self._max_batch:
-            return 0.0
-        return self._queue[0].queued_at + self._overlap_after - time.monotonic()
-
     def _take(self) -> list[Submission] | None:
-        """The next batch, once this worker should write it; None when closed and empty.
-        The caller settles it and then calls _taken_done()."""
         with self._cond:
-            while True:
-                if self._queue:
-                    wait = self._deferral()
-                    if wait <= 0:
-                        break
-                    self._cond.wait(wait)
-                elif self._closing:
+            while not self._queue:
+                if self._closing:
                     return None
-                else:
-                    self._cond.wait()
+                self._cond.wait()
             batch: list[Submission] = []
             size = nbytes = 0
             while self._queue and (
@@ -272,42 +244,31 @@ class Batcher:
                 size += item.weight
                 nbytes += item.nbytes
             self._cond.notify_all()  # room for waiting submitters
-            self._flushing += 1
             return batch
-
-    def _taken_done(self) -> None:
-        with self._cond:
-            self._flushing -= 1
 
     def _run(self) -> None:
         finished: list[uuid.UUID] = []  # answered batches whose ledger rows can go
         while (batch := self._take()) is not None:
+            if not batch:
+                continue
+            if self._stop_retrying.is_set():  # closing gave up on the database
+                for item in batch:
+                    item.fail(errors.ShuttingDown())
+                continue
+            ticket = storage.Ticket(finished=finished)
             try:
-                finished = self._settle(batch, finished)
-            finally:
-                self._taken_done()
-
-    def _settle(self, batch: list[Submission], finished: list[uuid.UUID]) -> list[uuid.UUID]:
-        """Write a taken batch and answer its requests; returns the answered batches whose
-        ledger rows the worker's next transaction deletes."""
-        if not batch:
-            return finished
-        if self._stop_retrying.is_set():  # closing gave up on the database
-            for item in batch:
-                item.fail(errors.ShuttingDown())
-            return finished
-        ticket = storage.Ticket(finished=finished)
-        try:
-            committed = self._flush(batch, ticket)
-        except BaseException as exc:  # never leave a caller waiting forever
-            log.exception("flush failed")
-            for item in batch:
-                if not item.done:
-                    item.fail(exc)
-            return [*finished, ticket.batch_id]
-        if committed and any(item.events or item.rejected for item in batch):
-            return [ticket.batch_id]  # the commit deleted the older rows
-        return [*finished, ticket.batch_id]
+                committed = self._flush(batch, ticket)
+            except BaseException as exc:  # never leave a caller waiting forever
+                log.exception("flush failed")
+                for item in batch:
+                    if not item.done:
+                        item.fail(exc)
+                finished = [*finished, ticket.batch_id]
+            else:
+                if committed and any(item.events or item.rejected for item in batch):
+                    finished = [ticket.batch_id]  # the commit deleted the older rows
+                else:
+                    finished = [*finished, ticket.batch_id]
 
     def _flush(self, batch: list[Submission], ticket: storage.Ticket) -> bool:
         """Write `batch` and resolve its submissions; False if it was put back instead."""
