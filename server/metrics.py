@@ -162,6 +162,10 @@ class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def __init__(self, metrics: Metrics) -> None:
         self._m = metrics
+        # method → (the handler the interceptors after this one gave, its counting
+        # wrapper): built once per method rather than per call. Only methods the server
+        # has a handler for get an entry, so the map stays as small as the service.
+        self._counted: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -171,14 +175,25 @@ class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None:
             return None
-        _, _, path = details.method.partition("/")
+        known = self._counted.get(details.method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        counted = self._counting(details.method, handler)
+        self._counted[details.method] = (handler, counted)
+        return counted
+
+    def _counting(self, method_path: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """`handler`, counting its calls and messages."""
+        _, _, path = method_path.partition("/")
         service, _, method = path.partition("/")
         shape = rpc.shape_of(handler)
         streaming_in, _ = shape
         labels = (rpc.KINDS[shape], service, method)
         m = self._m
-        # This method's children, looked up once per call rather than per message.
+        # This method's children, looked up once per method rather than per call or message
+        # (`handled` also has the status code: per call).
         received, sent = m.received.labels(*labels), m.sent.labels(*labels)
+        calls_started, handling = m.started.labels(*labels), m.handling.labels(*labels)
 
         async def counted_in(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
             async for request in requests:
@@ -192,7 +207,7 @@ class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             its handler returns: only then is it known whether the client cancelled it.
             """
             started = time.monotonic()
-            m.started.labels(*labels).inc()
+            calls_started.inc()
             ended: list[str] = []
 
             def terminated(context: grpc.aio.ServicerContext[Any, Any]) -> None:
@@ -202,7 +217,7 @@ class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 if code is None:
                     code = grpc.StatusCode.UNKNOWN if ended[0] == "failed" else grpc.StatusCode.OK
                 m.handled.labels(*labels, code.name).inc()
-                m.handling.labels(*labels).observe(time.monotonic() - started)
+                handling.observe(time.monotonic() - started)
 
             context.add_done_callback(terminated)
             return ended

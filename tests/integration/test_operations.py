@@ -61,7 +61,11 @@ def test_metrics_endpoint_has_grpc_and_aggregator_metrics(db_url):
         stub = pb_grpc.AggregatorServiceStub(channel)
         stub.PublishBatch(request([event("m1"), event("m1"), event(topic="")]))
         publish_stream(stub, [request([event(f"s{i}")], i) for i in range(3)])
-        samples = scrape_once_handled(port, 2)
+        # Second calls of each method: counted like the first (the counting wrapper is
+        # built once per method and reused).
+        stub.PublishBatch(request([event("m2")]))
+        publish_stream(stub, [request([event(f"t{i}")], i) for i in range(2)])
+        samples = scrape_once_handled(port, 4)
 
     publish = {
         "grpc_type": "bidi_stream",
@@ -69,13 +73,15 @@ def test_metrics_endpoint_has_grpc_and_aggregator_metrics(db_url):
         "grpc_method": "Publish",
     }
     batch = {**publish, "grpc_type": "unary", "grpc_method": "PublishBatch"}
-    assert value(samples, "grpc_server_started_total", **publish) == 1
-    assert value(samples, "grpc_server_handled_total", **publish, grpc_code="OK") == 1
-    assert value(samples, "grpc_server_msg_received_total", **publish) == 3
-    assert value(samples, "grpc_server_msg_sent_total", **publish) == 3
-    assert value(samples, "grpc_server_handled_total", **batch, grpc_code="OK") == 1
-    assert value(samples, "grpc_server_handling_seconds_count", **batch) == 1
-    assert value(samples, "aggregator_events_total", topic="orders", status="ACCEPTED") == 4
+    assert value(samples, "grpc_server_started_total", **publish) == 2
+    assert value(samples, "grpc_server_handled_total", **publish, grpc_code="OK") == 2
+    assert value(samples, "grpc_server_msg_received_total", **publish) == 5
+    assert value(samples, "grpc_server_msg_sent_total", **publish) == 5
+    assert value(samples, "grpc_server_started_total", **batch) == 2
+    assert value(samples, "grpc_server_handled_total", **batch, grpc_code="OK") == 2
+    assert value(samples, "grpc_server_msg_received_total", **batch) == 2
+    assert value(samples, "grpc_server_handling_seconds_count", **batch) == 2
+    assert value(samples, "aggregator_events_total", topic="orders", status="ACCEPTED") == 7
     assert value(samples, "aggregator_events_total", topic="orders", status="DUPLICATE") == 1
     assert value(samples, "aggregator_events_total", topic="", status="REJECTED") == 1
     assert value(samples, "aggregator_batch_events_count") >= 2

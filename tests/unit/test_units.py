@@ -238,3 +238,34 @@ def test_batcher_hands_each_request_exactly_its_own_outcomes_in_order():
         [],
         ["0", "1"],
     ]
+
+
+def test_the_metrics_interceptor_wraps_each_method_once_not_per_call():
+    """The counting wrapper is built for a method's first call and reused; a different
+    handler for the method (another interceptor's, say) gets a wrapper of its own."""
+    import grpc
+
+    from aggregator.server import metrics
+
+    async def answer(request, context):
+        return request
+
+    registered = grpc.unary_unary_rpc_method_handler(answer)
+    other = grpc.unary_unary_rpc_method_handler(answer)
+    interceptor = metrics.Metrics().interceptor()
+
+    class Details:
+        method = "/aggregator.v1.AggregatorService/PublishBatch"
+        invocation_metadata = ()
+
+    def intercept(handler):
+        async def continuation(details):
+            return handler
+
+        return asyncio.run(interceptor.intercept_service(continuation, Details()))
+
+    first = intercept(registered)
+    assert first is not registered and first.unary_unary is not answer
+    assert intercept(registered) is first
+    assert intercept(other) is not first
+    assert intercept(None) is None
