@@ -6,10 +6,20 @@ import asyncio
 import threading
 import time
 
+import grpc
 import pytest
 
 from aggregator import storage
-from aggregator.server import batcher, config, convert, cursors, errors, ingest, validation
+from aggregator.server import (
+    batcher,
+    config,
+    convert,
+    cursors,
+    errors,
+    ingest,
+    metrics,
+    validation,
+)
 from tests.support import event
 
 
@@ -243,9 +253,6 @@ def test_batcher_hands_each_request_exactly_its_own_outcomes_in_order():
 def test_the_metrics_interceptor_wraps_each_method_once_not_per_call():
     """The counting wrapper is built for a method's first call and reused; a different
     handler for the method (another interceptor's, say) gets a wrapper of its own."""
-    import grpc
-
-    from aggregator.server import metrics
 
     async def answer(request, context):
         return request
