@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 
 import psycopg
 from psycopg import adapt, postgres, pq
@@ -36,12 +36,6 @@ log = logging.getLogger(__name__)
 _STORED_AS_SENT = (ACCEPTED, DUPLICATE)
 
 _STAGING_TYPES = ["int4", "bool", "text", "text", "timestamptz", "int2", "text", "text"]
-_STAGING_COLUMNS = ("idx", "is_first", "topic", "event_id", "ts", "ts_nanos", "source", "payload")
-# Up to this many rows a flush stages them by an INSERT of arrays in the same pipeline as its
-# BEGIN and the INSERT into events: two round trips a flush instead of six (BEGIN, COPY's
-# three, the INSERT, the settling statement with the COMMIT). Larger batches take COPY, which
-# costs less per row. BENCHMARKS.md, session 27, has the figures behind the number.
-_PIPELINED_ROWS = 32
 # Errors that depend on the rows sent: isolate the culprits by splitting the batch.
 _ROW_ERRORS = (pg_errors.DataError, pg_errors.IntegrityError)
 # Errors a retry of the same transaction resolves.
@@ -69,28 +63,6 @@ class _NanosAsTimestamptz(adapt.Dumper):
         return _pack_int8(obj // 1000 - _US_TO_2000)
 
 
-class _Timestamps(list[int]):
-    """Events' nanoseconds since the Unix epoch, sent as one timestamptz[] (staging's `ts`
-    for rows staged without COPY)."""
-
-
-class _TimestampsDumper(adapt.Dumper):
-    """_Timestamps in timestamptz[]'s binary form: one dimension, no NULLs, each element
-    as _NanosAsTimestamptz sends it."""
-
-    format = pq.Format.BINARY
-    oid = postgres.types["timestamptz"].array_oid
-
-    def dump(self, obj: list[int]) -> bytes:
-        header = _pack_header(1, 0, _TIMESTAMPTZ_OID, len(obj), 1)  # ndim, nulls, type, n, lbound
-        return header + b"".join(_pack_element(8, ns // 1000 - _US_TO_2000) for ns in obj)
-
-
-_TIMESTAMPTZ_OID = postgres.types["timestamptz"].oid
-_pack_header = struct.Struct("!5i").pack
-_pack_element = struct.Struct("!iq").pack  # length, value
-
-
 @contextmanager
 def _rolled_back_on_error(conn: Conn) -> Iterator[None]:
     """Around a block that sends its own BEGIN … COMMIT, so that the COMMIT goes in one
@@ -112,7 +84,6 @@ def create_staging(conn: Conn) -> None:
     tell the connection how the table's `ts` is sent."""
     conn.execute(queries.get("create_staging"))
     conn.adapters.register_dumper(None, _NanosAsTimestamptz)
-    conn.adapters.register_dumper(_Timestamps, _TimestampsDumper)
 
 
 def write_batch(
@@ -230,11 +201,7 @@ def _write_once(
             continue
         rows.append((i, earlier is None, topic, event_id, ts_ns, ts_ns % 1000, source, payload))
 
-    # A few rows: one pipeline from BEGIN to COMMIT, whose reads (the INSERT's RETURNING,
-    # the rare comparison) each cost one round trip, and the COMMIT's sync one more.
-    pipelined = recent is None and 0 < len(rows) <= _PIPELINED_ROWS
-    whole: AbstractContextManager[object] = conn.pipeline() if pipelined else nullcontext()
-    with conn.cursor() as cur, _rolled_back_on_error(conn), whole:
+    with conn.cursor() as cur, _rolled_back_on_error(conn):
         cur.execute("BEGIN")
         if recent is not None and idxs:
             row = cur.execute(queries.get("events_epoch")).fetchone()
@@ -247,19 +214,11 @@ def _write_once(
                 # A later copy of a remembered key stays staged as not first: the stored
                 # row decides it (DUPLICATE or CONFLICT), like any key already stored.
                 rows = [r for r in rows if r[0] not in remembered]
-        if pipelined:
-            columns: dict[str, list[object]] = {
-                name: list(values)
-                for name, values in zip(_STAGING_COLUMNS, zip(*rows, strict=True), strict=True)
-            }
-            columns["ts"] = _Timestamps(columns["ts"])  # type: ignore[assignment,arg-type]
-            cur.execute(queries.get("fill_staging"), columns)
-        elif rows:
+        if rows:
             with cur.copy(queries.get("copy_staging")) as copy:
                 copy.set_types(_STAGING_TYPES)
                 for r in rows:
                     copy.write_row(r)
-        if rows:
             cur.execute(queries.get("insert_from_staging"))
             # idx of a first copy → True: inserted; False: stored with other content.
             returned = {first[t, e]: new for t, e, new in cur.fetchall()}  # type: ignore[index]
@@ -297,7 +256,7 @@ def _write_once(
             "notify": (sorted(stored_topics) or [""]) if rows else [],
             **ledger.fields(ticket, idxs if refused is None else [refused], result, counts),
         }
-        with nullcontext() if pipelined else conn.pipeline():
+        with conn.pipeline():
             cur.execute(queries.get("settle_batch"), settle)
             cur.execute("COMMIT")
     # Committed: what this transaction counted is now part of the batch's result.

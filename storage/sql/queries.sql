@@ -17,15 +17,6 @@ CREATE TEMP TABLE IF NOT EXISTS staging (
 COPY staging (idx, is_first, topic, event_id, ts, ts_nanos, source, payload)
 FROM STDIN (FORMAT BINARY)
 
--- name: fill_staging
--- A few rows (storage/writer.py, _PIPELINED_ROWS) go in as arrays instead of by COPY, so
--- that BEGIN, this and the INSERT after it travel in one pipeline: one round trip to the
--- database where COPY takes three of its own (libpq allows no COPY in a pipeline).
-INSERT INTO staging (idx, is_first, topic, event_id, ts, ts_nanos, source, payload)
-SELECT * FROM unnest(%(idx)b::int4[], %(is_first)b::bool[], %(topic)b::text[],
-                     %(event_id)b::text[], %(ts)b::timestamptz[], %(ts_nanos)b::int2[],
-                     %(source)b::text[], %(payload)b::text[])
-
 -- name: insert_from_staging
 -- seq is drawn in arrival order (idx), rows are inserted in a fixed key order so two
 -- batches with overlapping keys cannot deadlock. A key already stored is settled here too:
