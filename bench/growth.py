@@ -1,13 +1,12 @@
 """`python -m bench.growth` (`make bench-growth`): does the rate hold as the table grows?
 
-Starts a fresh embedded PostgreSQL (durable; PostgreSQL's defaults plus any --pg-setting)
-and a server, then
-publishes --events events (random UUIDv4 ids, ~200-byte payloads, 30% re-sends, 4 streams
-of 500-event requests, like `make bench`) in rounds of --round events, printing each
-round's rate, the table's size, the WAL it wrote (bytes and full-page images per event,
-checkpoints), the CPU per event of PostgreSQL and of the server, and with --statements the
-round's costliest statements (pg_stat_statements). Target: the last round at least 0.8
-times the first.
+Starts a fresh embedded PostgreSQL (durable, sized from the machine as `make run`'s, plus
+any --pg-setting) and a server, then publishes --events events (random UUIDv4 ids, ~200-byte
+payloads, 30% re-sends, 4 streams of 500-event requests, like `make bench`) in rounds of
+--round events, printing each round's rate, the table's size, the WAL it wrote (bytes and
+full-page images per event, checkpoints), the CPU per event of PostgreSQL and of the
+server, and with --statements the round's costliest statements (pg_stat_statements).
+Target: the last round at least 0.8 times the first.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ in `<data dir>.password` (mode 0600), e.g. `.data/postgres.password` for `make r
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import os
@@ -43,6 +44,44 @@ _THROWAWAY_SETTINGS = {"fsync": "off", "full_page_writes": "off"}
 # Measured in BENCHMARKS.md (issue 14, session 20): half-rate ack p99 after a full-speed run
 # 174-333 ms -> 79-247 ms, lower in each of 5 interleaved pairs; the maximum rate the same.
 _INGEST_SETTINGS = {"wal_init_zero": "off"}
+
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+
+
+def sized_settings(memory: int, free_disk: int) -> dict[str, str]:
+    """Memory and checkpoint settings for a durable cluster on a machine with `memory` bytes
+    (its cgroup limit, where it has one) and `free_disk` bytes free under the data
+    directory (machine_size). Measured in BENCHMARKS.md, issue 14, session 27: over 20M
+    events with random ids the rate fell to 0.38x of the first round's with PostgreSQL's
+    defaults, to 0.48x with shared_buffers alone, and held at 0.79x with all three.
+
+    - shared_buffers: a quarter of memory (PostgreSQL's advice for a server of its own),
+      between 128 MB and 8 GB. The random-key index outgrows PostgreSQL's 128 MB within a
+      few hundred thousand rows; each insertion then finds its leaf outside it. Memory is
+      taken only as pages are used.
+    - max_wal_size: a tenth of the free disk, between 1 GB and 8 GB; checkpoint_timeout
+      15 min. After each checkpoint the first change to a page writes all of it to the WAL;
+      with random keys that is nearly every index leaf again, so at PostgreSQL's 1 GB the
+      WAL per event grew ninefold with the table. The price: up to max_wal_size of pg_wal
+      on disk, and a crash recovery that may replay that much.
+    """
+    shared_buffers = min(max(memory // 4, 128 * MIB), 8 * GIB)
+    max_wal_size = min(max(free_disk // 10, 1 * GIB), 8 * GIB)
+    return {
+        "shared_buffers": f"{shared_buffers // MIB}MB",
+        "max_wal_size": f"{max_wal_size // MIB}MB",
+        "checkpoint_timeout": "15min",
+    }
+
+
+def machine_size(data_dir: Path) -> tuple[int, int]:
+    """(memory, free disk under `data_dir`) in bytes, for sized_settings."""
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    with contextlib.suppress(OSError, ValueError):  # a cgroup's limit ("max": none)
+        memory = min(memory, int(Path("/sys/fs/cgroup/memory.max").read_text()))
+    existing = next(p for p in (data_dir, *data_dir.parents) if p.exists())
+    return memory, shutil.disk_usage(existing).free
 
 
 def find_bindir() -> Path:
@@ -272,7 +311,9 @@ class EmbeddedPostgres:
             **_INGEST_SETTINGS,
         }
         if self._throwaway:
-            settings.update(_THROWAWAY_SETTINGS)
+            settings.update(_THROWAWAY_SETTINGS)  # small and quick: defaults otherwise
+        else:
+            settings.update(sized_settings(*machine_size(self.data_dir)))
         settings.update(self._settings)
         options = " ".join(f"-c {key}={value}" for key, value in settings.items())
         log_file = self.data_dir / "postgres.log"

@@ -150,12 +150,15 @@ def test_postgres_then_aggregator_become_healthy_and_the_server_is_not_root(stac
     stack.wait_healthy("postgres")
     stack.wait_healthy("aggregator")
     assert stack.sql("SHOW server_encoding") == "UTF8"
-    # crash-safe, and no WAL zero fill (docker-compose.yml says why)
+    # crash-safe, no WAL zero fill, sized for ingestion (docker-compose.yml says why)
     shown = stack.sql(
-        "SELECT string_agg(setting, ' ' ORDER BY name) FROM pg_settings WHERE name"
-        " IN ('fsync', 'synchronous_commit', 'full_page_writes', 'wal_init_zero')"
+        "SELECT string_agg(current_setting(name), ' ' ORDER BY name) FROM pg_settings"
+        " WHERE name IN ('fsync', 'synchronous_commit', 'full_page_writes', 'wal_init_zero',"
+        " 'shared_buffers', 'max_wal_size', 'checkpoint_timeout')"
     )
-    assert shown == "on on on off"  # fsync, full_page_writes, synchronous_commit, wal_init_zero
+    # by name: checkpoint_timeout, fsync, full_page_writes, max_wal_size, shared_buffers,
+    # synchronous_commit, wal_init_zero
+    assert shown == "15min on on 4GB 1GB on off"
 
     aggregator = stack.container("aggregator")
     assert aggregator["Config"]["User"] == "aggregator"

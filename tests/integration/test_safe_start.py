@@ -16,6 +16,7 @@ import yaml
 
 from aggregator import storage
 from aggregator.server import Config, Server, config
+from aggregator.storage import embedded
 from tests.integration.conftest import cluster_dir, server_config
 from tests.support import ServerProcess
 
@@ -127,21 +128,41 @@ def test_a_cluster_made_with_trust_auth_gets_a_password():
     shutil.rmtree(base, ignore_errors=True)
 
 
-def test_a_durable_embedded_cluster_stays_crash_safe_and_skips_the_wal_zero_fill():
+def pg_bytes(size: str) -> int:
+    """A size as sized_settings writes it ("6026MB") in bytes."""
+    return int(size.removesuffix("MB")) * embedded.MIB
+
+
+def test_a_durable_embedded_cluster_stays_crash_safe_and_is_sized_for_ingestion():
     base = cluster_dir("aggregator-durable-pg-")
     try:
         cluster = storage.EmbeddedPostgres(base / "pg", database="durable")
         with cluster, psycopg.connect(cluster.url) as conn:
-            names = ("fsync", "synchronous_commit", "full_page_writes", "wal_init_zero")
+            safe = ("fsync", "synchronous_commit", "full_page_writes", "wal_init_zero")
             asked = "SELECT name, setting FROM pg_settings WHERE name = ANY(%s)"
-            shown: dict[str, str] = dict(conn.execute(asked, [list(names)]).fetchall())
-        # what `make run` data relies on, and the one setting sized for ingestion
+            shown: dict[str, str] = dict(conn.execute(asked, [list(safe)]).fetchall())
+            in_bytes = (
+                "SELECT name, setting::bigint * pg_size_bytes(CASE WHEN unit ~ '^[0-9]'"
+                " THEN unit ELSE '1' || unit END) FROM pg_settings"  # units: 8kB, MB
+                " WHERE name IN ('shared_buffers', 'max_wal_size')"
+            )
+            sized_now: dict[str, int] = dict(conn.execute(in_bytes).fetchall())
+            timeout = conn.execute("SELECT current_setting('checkpoint_timeout')").fetchone()
+            memory, free_disk = embedded.machine_size(cluster.data_dir)
+        # what `make run` data relies on
         assert shown == {
             "fsync": "on",
             "synchronous_commit": "on",
             "full_page_writes": "on",
             "wal_init_zero": "off",
         }
+        # and the settings sized from this machine for ingestion
+        sized = embedded.sized_settings(memory, free_disk)
+        expected = {name: pg_bytes(sized[name]) for name in ("shared_buffers", "max_wal_size")}
+        assert sized_now["shared_buffers"] == expected["shared_buffers"]
+        # a tenth of the free disk: the cluster has written a little since it started
+        assert abs(sized_now["max_wal_size"] - expected["max_wal_size"]) <= 16 * embedded.MIB
+        assert timeout == ("15min",)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

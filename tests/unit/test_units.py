@@ -20,6 +20,7 @@ from aggregator.server import (
     metrics,
     validation,
 )
+from aggregator.storage import embedded
 from tests.support import event
 
 
@@ -276,3 +277,16 @@ def test_the_metrics_interceptor_wraps_each_method_once_not_per_call():
     assert intercept(registered) is first
     assert intercept(other) is not first
     assert intercept(None) is None
+
+
+def test_an_embedded_cluster_is_sized_from_memory_and_free_disk_within_bounds():
+    gib = embedded.GIB
+    assert embedded.sized_settings(24 * gib, 60 * gib) == {
+        "shared_buffers": "6144MB",  # a quarter of memory
+        "max_wal_size": "6144MB",  # a tenth of the free disk
+        "checkpoint_timeout": "15min",
+    }
+    small = embedded.sized_settings(256 * embedded.MIB, 2 * gib)
+    assert (small["shared_buffers"], small["max_wal_size"]) == ("128MB", "1024MB")  # floors
+    big = embedded.sized_settings(256 * gib, 4096 * gib)
+    assert (big["shared_buffers"], big["max_wal_size"]) == ("8192MB", "8192MB")  # ceilings
