@@ -142,8 +142,7 @@ def test_a_durable_embedded_cluster_stays_crash_safe_and_is_sized_for_ingestion(
             asked = "SELECT name, setting FROM pg_settings WHERE name = ANY(%s)"
             shown: dict[str, str] = dict(conn.execute(asked, [list(safe)]).fetchall())
             in_bytes = (
-                "SELECT name, setting::bigint * pg_size_bytes(CASE WHEN unit ~ '^[0-9]'"
-                " THEN unit ELSE '1' || unit END) FROM pg_settings"  # units: 8kB, MB
+                "SELECT name, pg_size_bytes(current_setting(name)) FROM pg_settings"
                 " WHERE name IN ('shared_buffers', 'max_wal_size')"
             )
             sized_now: dict[str, int] = dict(conn.execute(in_bytes).fetchall())
