@@ -96,7 +96,9 @@ class Server:
                 listen.check_free(config.host, config.port)
             url = config.database_url
             if not url:
-                self._embedded = storage.EmbeddedPostgres(config.data_dir / "postgres")
+                self._embedded = storage.EmbeddedPostgres(
+                    config.data_dir / "postgres", wal_dir=config.wal_dir
+                )
                 url = self._embedded.start()
                 log.info("embedded PostgreSQL at %s", self._embedded.display_url)
             self._database = storage.Database(

@@ -51,8 +51,8 @@ GIB = 1024 * MIB
 
 def sized_settings(memory: int, free_disk: int) -> dict[str, str]:
     """Memory and checkpoint settings for a durable cluster on a machine with `memory` bytes
-    (its cgroup limit, where it has one) and `free_disk` bytes free under the data
-    directory (machine_size). Measured in BENCHMARKS.md, issue 14, session 27: over 20M
+    (its cgroup limit, where it has one) and `free_disk` bytes free on the disk that holds
+    its WAL (machine_size). Measured in BENCHMARKS.md, issue 14, session 27: over 20M
     events with random ids the rate fell to 0.38x of the first round's with PostgreSQL's
     defaults, to 0.48x with shared_buffers alone, and held at 0.79x with all three.
 
@@ -75,12 +75,12 @@ def sized_settings(memory: int, free_disk: int) -> dict[str, str]:
     }
 
 
-def machine_size(data_dir: Path) -> tuple[int, int]:
-    """(memory, free disk under `data_dir`) in bytes, for sized_settings."""
+def machine_size(wal_dir: Path) -> tuple[int, int]:
+    """(memory, free disk under `wal_dir`: the cluster's pg_wal) in bytes, for sized_settings."""
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     with contextlib.suppress(OSError, ValueError):  # a cgroup's limit ("max": none)
         memory = min(memory, int(Path("/sys/fs/cgroup/memory.max").read_text()))
-    existing = next(p for p in (data_dir, *data_dir.parents) if p.exists())
+    existing = next(p for p in (wal_dir, *wal_dir.parents) if p.exists())
     return memory, shutil.disk_usage(existing).free
 
 
@@ -123,7 +123,9 @@ class EmbeddedPostgres:
 
     If the cluster in `data_dir` is already running, it is reused and left running.
     `settings` are extra server settings (name → value); `wal_dir` puts pg_wal elsewhere
-    (its own volume). `standby()` makes a synchronous
+    when the cluster is made (a disk of its own: the commits' WAL flushes then do not queue
+    behind the data files' writes) and must name the same place at later starts, or be
+    None. `standby()` makes a synchronous
     streaming-replication standby of a running cluster, for failover tests.
     """
 
@@ -176,6 +178,8 @@ class EmbeddedPostgres:
         self._bindir = find_bindir()
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb()
+        else:
+            self._check_wal_dir()
         running_port = self._running_port()
         if running_port is not None:
             log.info("reusing the PostgreSQL already running on port %d", running_port)
@@ -303,6 +307,21 @@ class EmbeddedPostgres:
             ]
         )
 
+    def _check_wal_dir(self) -> None:
+        """An existing cluster's WAL must be where `wal_dir` says (initdb chose it)."""
+        if self._wal_dir is None:
+            return
+        pg_wal = self.data_dir / "pg_wal"
+        actual = pg_wal.resolve()
+        if actual != self._wal_dir.resolve():
+            raise EmbeddedError(
+                f"the cluster in {self.data_dir} keeps its WAL in {actual}, not in "
+                f"{self._wal_dir} (--wal-dir): a cluster's WAL directory is chosen when it "
+                f"is made. To move it, stop the server, move everything in {actual} into "
+                f"{self._wal_dir} and replace {pg_wal} by a symlink to it (`ln -s "
+                f"{self._wal_dir} {pg_wal}`); or start without --wal-dir"
+            )
+
     def _pg_ctl_start(self) -> None:
         settings = {
             "listen_addresses": "127.0.0.1",
@@ -313,7 +332,7 @@ class EmbeddedPostgres:
         if self._throwaway:
             settings.update(_THROWAWAY_SETTINGS)  # small and quick: defaults otherwise
         else:
-            settings.update(sized_settings(*machine_size(self.data_dir)))
+            settings.update(sized_settings(*machine_size(self.data_dir / "pg_wal")))
         settings.update(self._settings)
         options = " ".join(f"-c {key}={value}" for key, value in settings.items())
         log_file = self.data_dir / "postgres.log"

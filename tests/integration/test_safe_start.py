@@ -10,6 +10,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import grpc
 import psycopg
 import pytest
 import yaml
@@ -17,8 +18,10 @@ import yaml
 from aggregator import storage
 from aggregator.server import Config, Server, config
 from aggregator.storage import embedded
+from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
 from tests.integration.conftest import cluster_dir, server_config
-from tests.support import ServerProcess
+from tests.integration.test_disk_full import SmallDisk
+from tests.support import ACCEPTED, DUPLICATE, ServerProcess, event, request
 
 pytestmark = pytest.mark.integration
 
@@ -147,7 +150,7 @@ def test_a_durable_embedded_cluster_stays_crash_safe_and_is_sized_for_ingestion(
             )
             sized_now: dict[str, int] = dict(conn.execute(in_bytes).fetchall())
             timeout = conn.execute("SELECT current_setting('checkpoint_timeout')").fetchone()
-            memory, free_disk = embedded.machine_size(cluster.data_dir)
+            memory, free_disk = embedded.machine_size(cluster.data_dir / "pg_wal")
         # what `make run` data relies on
         assert shown == {
             "fsync": "on",
@@ -163,6 +166,82 @@ def test_a_durable_embedded_cluster_stays_crash_safe_and_is_sized_for_ingestion(
         assert abs(sized_now["max_wal_size"] - expected["max_wal_size"]) <= 16 * embedded.MIB
         assert timeout == ("15min",)
     finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def stop_leftover_cluster(data_dir: Path) -> None:
+    """Stop a cluster a failed test left running (by its data dir's pid file, via pg_ctl)."""
+    if (data_dir / "postmaster.pid").exists():
+        pg_ctl = str(embedded.find_bindir() / "pg_ctl")
+        as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run([*as_postgres, pg_ctl, "stop", "-D", str(data_dir), "-m", "immediate"])
+
+
+def test_wal_dir_puts_the_embedded_clusters_wal_on_its_own_disk_and_is_checked_later():
+    base = cluster_dir("aggregator-waldir-")
+    (base / "waldisk").mkdir()
+    # The WAL's disk: a tmpfs whose tenth (max_wal_size) differs from the data disk's.
+    data_free = shutil.disk_usage(base).free
+    size = (
+        30 * embedded.GIB
+        if abs(data_free - 30 * embedded.GIB) > 10 * embedded.GIB
+        else 60 * embedded.GIB
+    )
+    disk = SmallDisk(base / "waldisk", size_mb=size // embedded.MIB)
+    data, wal = base / "data", disk.root / "wal"
+    cluster_data = data / "postgres"
+    try:
+        server = ServerProcess("", "--data-dir", str(data), "--wal-dir", str(wal)).start()
+        try:
+            with grpc.insecure_channel(server.target) as channel:
+                stub = pb_grpc.AggregatorServiceStub(channel)
+                reply = stub.PublishBatch(request([event("kept")]), timeout=30)
+                assert list(reply.statuses) == [ACCEPTED]
+            pg_wal = cluster_data / "pg_wal"
+            assert pg_wal.is_symlink() and pg_wal.resolve() == wal
+            assert any(len(f.name) == 24 for f in wal.iterdir())  # WAL segments live there
+            # max_wal_size is a tenth of the WAL's disk, not of the data's
+            running = storage.EmbeddedPostgres(cluster_data, wal_dir=wal)
+            with running, psycopg.connect(running.url) as conn:
+                query = "SELECT pg_size_bytes(current_setting('max_wal_size'))"
+                max_wal_size = conn.execute(query).fetchone()
+            memory, _ = embedded.machine_size(wal)
+            wal_sized = embedded.sized_settings(memory, disk.free_bytes())["max_wal_size"]
+            assert max_wal_size is not None
+            assert abs(max_wal_size[0] - pg_bytes(wal_sized)) <= 16 * embedded.MIB
+            assert wal_sized != embedded.sized_settings(memory, data_free)["max_wal_size"]
+        finally:
+            assert server.stop() == 0
+
+        # Later starts: another --wal-dir is refused, saying how to move the WAL ...
+        elsewhere = base / "elsewhere"
+        done = run_server(
+            "",
+            "--data-dir",
+            str(data),
+            "--wal-dir",
+            str(elsewhere),
+            "--port",
+            "0",
+            "--http-port",
+            "0",
+        )
+        assert done.returncode == 1
+        assert f"keeps its WAL in {wal}, not in {elsewhere}" in done.stderr
+        assert f"ln -s {elsewhere} {cluster_data / 'pg_wal'}" in done.stderr
+        assert not elsewhere.exists()
+        # ... and without --wal-dir the cluster goes on with its WAL where it is.
+        again = ServerProcess("", "--data-dir", str(data)).start()
+        try:
+            with grpc.insecure_channel(again.target) as channel:
+                stub = pb_grpc.AggregatorServiceStub(channel)
+                reply = stub.PublishBatch(request([event("kept")]), timeout=30)
+                assert list(reply.statuses) == [DUPLICATE]
+        finally:
+            assert again.stop() == 0
+    finally:
+        stop_leftover_cluster(cluster_data)
+        disk.unmount()
         shutil.rmtree(base, ignore_errors=True)
 
 

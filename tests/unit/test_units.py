@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -83,6 +84,15 @@ def test_config_refuses_nonsense(capsys):
     with pytest.raises(SystemExit):
         config.load(["--flush-workers", "0"], {})
     assert "--flush-workers must be at least 1" in capsys.readouterr().err
+
+
+def test_wal_dir_is_refused_with_a_database_url(capsys):
+    assert config.load(["--wal-dir", "/disk2/wal"], {}).wal_dir == Path("/disk2/wal")
+    with pytest.raises(SystemExit):
+        config.load(["--wal-dir", "/disk2/wal"], {"DATABASE_URL": "postgresql://db/x"})
+    assert "--wal-dir is for the embedded cluster, and DATABASE_URL is set" in (
+        capsys.readouterr().err
+    )
 
 
 def test_every_option_is_documented_in_help(capsys):
