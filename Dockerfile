@@ -4,18 +4,24 @@
 # (docker/standins/) because it cannot pull from Docker Hub.
 ARG PYTHON_IMAGE=python:3.11-slim
 
-# Build stage: the package and its runtime dependencies into a virtual environment.
+# Build stage: the package and its runtime dependencies into a virtual environment, every
+# version and hash from uv.lock (uv itself pinned with hashes in scripts/uv-requirements.txt).
 FROM ${PYTHON_IMAGE} AS build
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    UV_PYTHON_DOWNLOADS=never UV_SYSTEM_CERTS=1 UV_NO_CACHE=1 UV_COMPILE_BYTECODE=1 \
+    UV_LINK_MODE=copy UV_PROJECT_ENVIRONMENT=/opt/aggregator
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY scripts/uv-requirements.txt /tmp/uv-requirements.txt
+RUN python -m venv /opt/uv \
+    && /opt/uv/bin/pip install -qq --no-deps --require-hashes -r /tmp/uv-requirements.txt
+# Dependencies first, in a layer of their own: a change to the sources reuses it.
+COPY pyproject.toml uv.lock README.md ./
+RUN /opt/uv/bin/uv sync --locked --no-dev --no-install-project --python python3
 COPY protos protos
 COPY server server
 COPY storage storage
 COPY client client
-RUN python -m venv /opt/aggregator \
-    && /opt/aggregator/bin/pip install . \
-    && /opt/aggregator/bin/pip uninstall -y pip setuptools
+RUN /opt/uv/bin/uv sync --locked --no-dev --no-editable --python python3
 
 # Runtime stage: the environment only (no sources, no build tools), run as a non-root user.
 FROM ${PYTHON_IMAGE}

@@ -2,26 +2,55 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
 PROTO  := protos/aggregator/v1/aggregator.proto
 GEN    := protos/aggregator/v1
 
-.PHONY: install proto proto-check run test test-unit lint format bench bench-growth soak chaos compose-test k6 clean
+# Every Python package comes from uv.lock (exact versions, hashes checked), installed by uv;
+# uv itself comes pinned with hashes from scripts/uv-requirements.txt, in a venv of its own. uv reads no pip
+# configuration and, told so, never downloads a Python of its own: the venv uses $(PYTHON).
+UV_DIR := .tools/uv
+UV     := $(UV_DIR)/bin/uv
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
+RUNTIME := $(VENV)/.installed-runtime
+STAMP   := $(VENV)/.installed
+
+.PHONY: install install-runtime lock proto proto-check run test test-unit lint format bench bench-growth soak chaos compose-test k6 clean
 
 DURATION ?= 600
 SEED ?= 1
 
+# Everything: the runtime plus the tools of tests, lint, benchmarks and the Compose test.
 install: $(STAMP)
 	@scripts/ensure-postgres
 	@scripts/ensure-docker-compose
 
-$(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	# The folders map to aggregator.* (see pyproject.toml); setuptools' note about
-	# editable installs of such a mapping is noise: its finder serves them.
-	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+# What `make run` needs: the server, the client and the embedded PostgreSQL.
+install-runtime: $(RUNTIME)
+	@scripts/ensure-postgres
+
+$(UV): scripts/uv-requirements.txt
+	@echo "Installing uv (scripts/uv-requirements.txt) into $(UV_DIR) ..."
+	$(PYTHON) -m venv --clear $(UV_DIR)
+	$(UV_DIR)/bin/pip install -qq --disable-pip-version-check --no-deps --require-hashes \
+	  -r scripts/uv-requirements.txt
+
+$(STAMP): pyproject.toml uv.lock $(UV)
+	$(UV) sync --locked --python $(PYTHON)
+	touch $(STAMP) $(RUNTIME)
+
+# --inexact: a venv that already has the tools keeps them.
+$(RUNTIME): pyproject.toml uv.lock $(UV)
+	$(UV) sync --locked --no-dev --inexact --python $(PYTHON)
+	touch $(RUNTIME)
+
+# Re-resolves every dependency (and uv) to the newest releases pyproject.toml allows.
+# Commit both files only once CI passes on them.
+lock: $(UV)
+	$(UV) lock --upgrade
+	{ sed -n '1,2p' scripts/uv-requirements.txt; echo uv | $(UV) pip compile --quiet \
+	  --generate-hashes --universal --no-header - ; } > scripts/uv-requirements.txt.new
+	mv scripts/uv-requirements.txt.new scripts/uv-requirements.txt
 
 # The one protoc command: $(call protoc,OUT_DIR). Besides the Python code it writes the
 # descriptor set with the .proto comments that server reflection serves (aggregator.binpb).
@@ -41,7 +70,7 @@ proto-check: $(STAMP)
 	  cmp -s $$f $(GEN)/$$(basename $$f) || { echo "stale generated code: $(GEN)/$$(basename $$f); run 'make proto'"; rm -rf $$tmp; exit 1; }; \
 	done; rm -rf $$tmp; echo "generated code is up to date"
 
-run: install
+run: install-runtime
 	$(PY) -m server
 
 test: install
@@ -96,4 +125,4 @@ chaos: install
 	$(PY) -m bench.chaos --seed $(SEED) --duration $(DURATION)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
@@ -129,7 +129,8 @@ def test_shipped_health_proto_is_the_served_service_and_works(channel, tmp_path)
         request_serializer=request_type.SerializeToString,
         response_deserializer=response_type.FromString,
     )
-    reply = check(request_type(service="aggregator.v1.AggregatorService"), timeout=30)
+    request = json_format.ParseDict({"service": "aggregator.v1.AggregatorService"}, request_type())
+    reply = check(request, timeout=30)
     assert response_type.DESCRIPTOR.enum_types_by_name["ServingStatus"].values_by_number[
         reply.status
     ].name == ("SERVING")
