@@ -20,6 +20,7 @@ import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench import spawn
 
@@ -67,23 +68,10 @@ def runs(events: int, vus: int, dup_rate: float, p95_ms: float) -> list[Run]:
     ]
 
 
-def run_one(run: Run, *, http_url: str, target: str, token: str | None, dup_rate: float) -> Outcome:
-    events = int(run.env["EVENTS"])
-    topic = f"k6-{run.script.split('.')[0]}-{run.env.get('BATCH', '1')}-{uuid.uuid4().hex[:8]}"
+def run_script(script: str, env: dict[str, str]) -> tuple[bool, dict[str, Any]]:
+    """Run one k6 script with `env`: (its thresholds held, the summary's metrics)."""
     with tempfile.TemporaryDirectory(prefix="k6-") as tmp:
         summary = Path(tmp) / "summary.json"
-        env_args = [
-            f"-e{key}={value}"
-            for key, value in {
-                **run.env,
-                "TOPIC": topic,
-                "BASE_URL": http_url,
-                "TARGET": target,
-                "PROTO_ROOT": str(PROTOS),
-                **({"TOKEN": token} if token else {}),
-            }.items()
-        ]
-        print(f"== k6: {run.name} ({events} events, topic {topic})", flush=True)
         done = subprocess.run(
             [
                 k6_binary(),
@@ -91,13 +79,31 @@ def run_one(run: Run, *, http_url: str, target: str, token: str | None, dup_rate
                 "--no-usage-report",
                 "--summary-export",
                 str(summary),
-                *env_args,
-                str(SCRIPTS / run.script),
+                *[f"-e{key}={value}" for key, value in env.items()],
+                str(SCRIPTS / script),
             ],
             cwd=SCRIPTS,
             check=False,
         )
         metrics = json.loads(summary.read_text())["metrics"] if summary.exists() else {}
+    return done.returncode == 0, metrics
+
+
+def run_one(run: Run, *, http_url: str, target: str, token: str | None, dup_rate: float) -> Outcome:
+    events = int(run.env["EVENTS"])
+    topic = f"k6-{run.script.split('.')[0]}-{run.env.get('BATCH', '1')}-{uuid.uuid4().hex[:8]}"
+    print(f"== k6: {run.name} ({events} events, topic {topic})", flush=True)
+    passed, metrics = run_script(
+        run.script,
+        {
+            **run.env,
+            "TOPIC": topic,
+            "BASE_URL": http_url,
+            "TARGET": target,
+            "PROTO_ROOT": str(PROTOS),
+            **({"TOKEN": token} if token else {}),
+        },
+    )
     duration = metrics.get("iteration_duration", {})
     iterations = metrics.get("iterations", {})
     # HTTP: one request per POST; gRPC: one per PublishRequest message on the streams.
@@ -115,7 +121,7 @@ def run_one(run: Run, *, http_url: str, target: str, token: str | None, dup_rate
     timing = metrics.get("http_req_duration") or metrics.get("grpc_req_duration") or duration
     return Outcome(
         name=run.name,
-        passed=done.returncode == 0 and stats == expected,
+        passed=passed and stats == expected,
         requests_per_second=float(requests.get("rate", 0.0)),
         p95_ms=float(timing.get("p(95)", 0.0)),
         events_per_second=events / elapsed if elapsed else 0.0,

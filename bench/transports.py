@@ -1,32 +1,40 @@
-"""`python -m bench.transports`: HTTP POST /publish against gRPC PublishBatch, same batches.
+"""`python -m bench.transports`: the HTTP face against its two baselines, in one run.
 
-One server (started here, with an embedded PostgreSQL) serves both faces. Each transport
-sends the same number of requests of the same shape (BATCH events, DUP_RATE repeats, topics
-and payloads alike, ids of its own), from the same number of concurrent callers, in rounds
-that alternate which transport goes first (ABBA), so both see the same machine. Requests are
-serialised before the clock starts; the figure is events acknowledged per second.
+1. Arrays: HTTP POST /publish against gRPC PublishBatch, same batches. One server (started
+   here, with an embedded PostgreSQL) serves both faces. Each transport sends the same number
+   of requests of the same shape (BATCH events, DUP_RATE repeats, topics and payloads alike,
+   ids of its own), from the same number of concurrent callers, in rounds that alternate which
+   transport goes first (ABBA), so both see the same machine. Requests are serialised before
+   the clock starts; the figure is events acknowledged per second.
+2. Single events: k6 (bench/k6/publish_http.js, one event per POST, VUS virtual users, the
+   original service's own load) against the same server and against a FastAPI app with the
+   same event model that does no work (bench/http_ceiling.py), alternating; the figure is
+   requests answered per second.
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent import futures
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import grpc
 import orjson
 from google.protobuf import timestamp_pb2
 
+from aggregator.storage.embedded import free_port
 from aggregator.v1 import aggregator_pb2 as pb
-from bench import spawn
+from bench import k6run, spawn
 
 _SERVICE = pb.DESCRIPTOR.services_by_name["AggregatorService"]
 PUBLISH_BATCH = f"/{_SERVICE.full_name}/{_SERVICE.methods_by_name['PublishBatch'].name}"
@@ -148,6 +156,47 @@ def grpc_sender(target: str) -> Callable[[], Callable[[bytes], None]]:
     return factory
 
 
+@contextmanager
+def http_ceiling() -> Iterator[str]:
+    """The no-work FastAPI app (bench/http_ceiling.py) in a process of its own: its URL."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.http_ceiling", "--port", str(port)])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=1):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the no-work FastAPI app did not start") from None
+                time.sleep(0.05)  # poll; bounded by the deadline
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def k6_single_events(url: str, requests: int, vus: int, dup_rate: float) -> float:
+    """Requests per second of publish_http.js with one event per POST against `url`."""
+    passed, metrics = k6run.run_script(
+        "publish_http.js",
+        {
+            "BASE_URL": url,
+            "EVENTS": str(requests),
+            "VUS": str(vus),
+            "BATCH": "1",
+            "DUP_RATE": str(dup_rate),
+            "TOPIC": f"k6-single-{uuid.uuid4().hex[:8]}",
+            "P95_MS": "5000",
+        },
+    )
+    if not passed:
+        raise RuntimeError(f"k6 against {url}: a check or threshold failed")
+    return float(metrics["http_reqs"]["rate"])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.transports", description=__doc__)
     parser.add_argument("-n", "--requests", type=int, default=240, help="per transport")
@@ -155,10 +204,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--dup-rate", type=float, default=0.3)
     parser.add_argument("--rounds", type=int, default=4, help="ABBA rounds; -n is split over them")
+    parser.add_argument(
+        "--single", type=int, default=10_000, help="single-event POSTs per k6 run (0: skip)"
+    )
+    parser.add_argument("--vus", type=int, default=20, help="k6 virtual users, single events")
     args = parser.parse_args(argv)
     per_round = max(1, args.requests // args.rounds)
     run = uuid.uuid4().hex[:8]
     seconds = {"http": 0.0, "grpc": 0.0}
+    single: dict[str, list[float]] = {"ours": [], "ceiling": []}
     with ExitStack() as stack:
         tmp = Path(
             stack.enter_context(tempfile.TemporaryDirectory(prefix="aggregator-transports-"))
@@ -175,6 +229,13 @@ def main(argv: list[str] | None = None) -> int:
                     f"{run}-{name}-{r}", per_round, args.batch_size, args.dup_rate
                 )
                 seconds[name] += _drive(bodies, args.callers, senders[name])
+        if args.single:
+            urls = {"ours": server.http_url, "ceiling": stack.enter_context(http_ceiling())}
+            for r in range(2):  # ABBA
+                for name in ("ours", "ceiling") if r == 0 else ("ceiling", "ours"):
+                    single[name].append(
+                        k6_single_events(urls[name], args.single, args.vus, args.dup_rate)
+                    )
     events = per_round * args.rounds * args.batch_size
     rate = {name: events / s for name, s in seconds.items()}
     print(
@@ -184,8 +245,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"  gRPC PublishBatch:\t{rate['grpc']:>10,.0f} events/s")
     print(f"  HTTP POST /publish:\t{rate['http']:>10,.0f} events/s")
-    print(f"  HTTP / gRPC:\t\t{rate['http'] / rate['grpc']:>10.2f}x (target >= 0.5x)")
+    print(f"  HTTP / gRPC:\t\t{rate['http'] / rate['grpc']:>10.2f}x (target >= 0.8x)")
+    if args.single:
+        ours, no_work = (sum(single[n]) / len(single[n]) for n in ("ours", "ceiling"))
+        print(
+            f"Single-event POSTs (k6, {args.vus} VUs, {args.single} requests a run, ABBA, "
+            f"{args.dup_rate:.0%} duplicates):"
+        )
+        print(f"  no-work FastAPI app:\t{no_work:>10,.0f} requests/s  {_runs(single['ceiling'])}")
+        print(f"  HTTP POST /publish:\t{ours:>10,.0f} requests/s  {_runs(single['ours'])}")
+        print(f"  ours / no-work:\t{ours / no_work:>10.2f}x (target >= 0.5x)")
     return 0
+
+
+def _runs(rates: list[float]) -> str:
+    return "(" + ", ".join(f"{r:,.0f}" for r in rates) + ")"
 
 
 if __name__ == "__main__":

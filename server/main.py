@@ -14,8 +14,8 @@ from pythonjsonlogger.json import JsonFormatter
 
 from aggregator import storage
 from aggregator.server import config as config_module
-from aggregator.server import security
 from aggregator.server.app import Server
+from aggregator.server.core import auth
 
 # Young-generation threshold of the garbage collector (CPython's default: 700).
 GC_YOUNG_THRESHOLD = 20_000
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         server = Server(config).start()
-    except (storage.StorageError, OSError, security.NoTokens) as exc:
+    except (storage.StorageError, OSError, auth.NoTokens) as exc:
         log.error("cannot start: %s", exc)
         return 1
     _tune_garbage_collection(log)

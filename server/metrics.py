@@ -1,5 +1,6 @@
 """Prometheus metrics: the standard gRPC server metrics, HTTP requests, the aggregator's own.
 
+Each face records its own calls (server/grpc/interceptors.py, server/http/middleware.py).
 The gRPC names follow go-grpc-prometheus (`grpc_server_started_total`, `…_handled_total`,
 `…_msg_received_total`, `…_msg_sent_total`, `…_handling_seconds`) for every RPC type,
 streams included. Each Server owns its registry; nothing is global.
@@ -7,17 +8,11 @@ streams included. Each Server owns its registry; nothing is global.
 
 from __future__ import annotations
 
-import inspect
-import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import Callable
 
-import grpc
-import grpc.aio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from aggregator import storage
-from aggregator.server import rpc
 
 _LABELS = ("grpc_type", "grpc_service", "grpc_method")
 OTHER_TOPICS = "~other"  # the topic label of every topic past the first `max_topics`
@@ -150,111 +145,3 @@ class Metrics:
             thread.join()
 
         return stop
-
-    def interceptor(self) -> grpc.aio.ServerInterceptor:
-        return _Interceptor(self)
-
-
-class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Counts every call and message, whatever its shape: async generators (responses
-    counted as they are yielded), coroutines that answer once, and coroutines that write a
-    stream themselves (grpc_health's Watch: its messages are not counted)."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self._m = metrics
-        # method → (the handler the interceptors after this one gave, its counting
-        # wrapper): built once per method rather than per call. Only methods the server
-        # has a handler for get an entry, so the map stays as small as the service.
-        self._counted: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
-
-    async def intercept_service(
-        self,
-        continuation: rpc.Continuation,
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None:
-            return None
-        known = self._counted.get(details.method)
-        if known is not None and known[0] is handler:
-            return known[1]
-        counted = self._counting(details.method, handler)
-        self._counted[details.method] = (handler, counted)
-        return counted
-
-    def _counting(self, method_path: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        """`handler`, counting its calls and messages."""
-        _, _, path = method_path.partition("/")
-        service, _, method = path.partition("/")
-        shape = rpc.shape_of(handler)
-        streaming_in, _ = shape
-        labels = (rpc.KINDS[shape], service, method)
-        m = self._m
-        # This method's children, looked up once per method rather than per call or message
-        # (`handled` also has the status code: per call).
-        received, sent = m.received.labels(*labels), m.sent.labels(*labels)
-        calls_started, handling = m.started.labels(*labels), m.handling.labels(*labels)
-
-        async def counted_in(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
-            async for request in requests:
-                received.inc()
-                yield request
-
-        def account(context: grpc.aio.ServicerContext[Any, Any]) -> list[str]:
-            """Start counting one call; its handler appends how it ended ("ok", "failed").
-
-            The call is counted once it has ended on the wire (a done callback), not when
-            its handler returns: only then is it known whether the client cancelled it.
-            """
-            started = time.monotonic()
-            calls_started.inc()
-            ended: list[str] = []
-
-            def terminated(context: grpc.aio.ServicerContext[Any, Any]) -> None:
-                code = context.code()
-                if code is None and (context.cancelled() or not ended):
-                    code = grpc.StatusCode.CANCELLED  # the client went away, we did not fail
-                if code is None:
-                    code = grpc.StatusCode.UNKNOWN if ended[0] == "failed" else grpc.StatusCode.OK
-                m.handled.labels(*labels, code.name).inc()
-                handling.observe(time.monotonic() - started)
-
-            context.add_done_callback(terminated)
-            return ended
-
-        def arguments(request: Any) -> Any:
-            if streaming_in:
-                return counted_in(request)
-            received.inc()
-            return request
-
-        behavior = rpc.behavior_of(handler)
-        wrapped: Callable[..., Any]
-        if inspect.isasyncgenfunction(behavior):
-
-            async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                ended = account(context)
-                try:
-                    async for response in behavior(arguments(request), context):
-                        sent.inc()
-                        yield response
-                except Exception:
-                    ended.append("failed")
-                    raise
-                ended.append("ok")
-
-        else:
-
-            async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                ended = account(context)
-                try:
-                    response = await behavior(arguments(request), context)
-                except Exception:
-                    ended.append("failed")
-                    raise
-                if response is not None:
-                    sent.inc()
-                ended.append("ok")
-                return response
-
-        return rpc.replace_behavior(handler, wrapped)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import psycopg
 import pytest
 
-from aggregator.server import Server, batcher, errors, wire
+from aggregator.server import Server
+from aggregator.server.core import batcher, errors
+from aggregator.server.grpc import wire
 from aggregator.v1 import aggregator_pb2 as pb
 from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
 from tests.integration.conftest import server_config
@@ -61,11 +65,12 @@ def test_numbers_beyond_a_double_are_rejected_saying_so(stub):
 def test_the_queue_is_bounded_in_bytes_as_well_as_events():
     writer = GatedWriter()
     queue = batcher.Batcher(writer, workers=1, max_pending_events=1000, max_pending_bytes=5000)
-    queue.submit(submission(1))
+    assert queue.offer(submission(1))
     assert writer.entered.wait(10)  # the worker holds the first batch
-    queue.submit(submission(20))  # 20 events ≈ 4,000 bytes: fits
+    assert queue.offer(submission(20))  # 20 events ≈ 4,000 bytes: fits
+    # 30 events, far below 1,000, but 6,000 bytes:
     with pytest.raises(errors.Overloaded, match="MiB pending"):
-        queue.submit(submission(10), timeout=0.05)  # 30 events, far below 1,000, but 6,000 bytes
+        asyncio.run(queue.submit(submission(10), timeout=0.05))
     writer.release.set()
     queue.close()
 

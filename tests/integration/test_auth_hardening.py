@@ -9,7 +9,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from aggregator.server import Server, security
+from aggregator.server import Server
+from aggregator.server.core import auth
 from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
 from tests.integration.conftest import server_config
 from tests.support import ACCEPTED, event, request, statuses, wait_until
@@ -32,7 +33,7 @@ def test_auth_requested_without_a_usable_token_refuses_to_start(
     if file_text is not None:
         path = tmp_path / "tokens"
         path.write_text(file_text)
-    with pytest.raises(security.NoTokens, match="refusing to start without authentication"):
+    with pytest.raises(auth.NoTokens, match="refusing to start without authentication"):
         Server(server_config(db_url, auth_tokens=inline, auth_tokens_file=path)).start()
 
 
@@ -51,7 +52,7 @@ def test_the_server_process_exits_with_a_clear_message_when_no_token_is_usable(d
 def test_tokens_are_taken_literally_and_comments_are_whole_lines(tmp_path):
     path = tmp_path / "tokens"
     path.write_text("  # a comment\nabc#secret\n  spaced  \n")
-    assert security.load_tokens("#hash-first, x#y ", path) == {
+    assert auth.load_tokens("#hash-first, x#y ", path) == {
         "#hash-first",
         "x#y",
         "abc#secret",

@@ -21,7 +21,8 @@ from aggregator.client import (
     make_event,
 )
 from aggregator.client import retry as client_retry
-from aggregator.server import errors as server_errors
+from aggregator.server.core import errors as server_errors
+from aggregator.server.grpc import status as server_status
 from aggregator.v1 import aggregator_pb2 as pb
 from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
 from tests.support import event
@@ -47,7 +48,7 @@ class ScriptedServer(pb_grpc.AggregatorServiceServicer):
                 self.requests.append(request)
                 self.received.notify_all()
             if failure is not None:
-                status = server_errors.to_status(failure)
+                status = server_status.to_status(failure)
                 context.set_trailing_metadata(status.trailing_metadata)
                 context.abort(status.code, status.details)
             self.gate.wait(30)

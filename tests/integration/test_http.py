@@ -100,31 +100,31 @@ def test_duplicate_and_conflict_over_http_keep_their_place(http, sql):
         ),
         (
             b'{"events": [{"topic": "t", "event_id": "1", "timestamp": "2024-05-01T12:00:00Z"},'
-            b' {"topic": "", "event_id": "2", "timestamp": "2024-05-01T12:00:00Z"}]}',
+            b' {"topic": 7, "event_id": "2", "timestamp": "2024-05-01T12:00:00Z"}]}',
             ["body", "events", 1, "topic"],
-            "string_too_short",
+            "string_type",
         ),
         (
-            b'{"topic": "t", "event_id": "'
-            + b"x" * 256
-            + b'", "timestamp": "2024-05-01T12:00:00Z"}',
+            b'{"topic": "t", "event_id": null, "timestamp": "2024-05-01T12:00:00Z"}',
             ["body", "event_id"],
-            "string_too_long",
+            "string_type",
         ),
         (
             b'[{"topic": "t", "event_id": "1", "timestamp": "2024-05-01T12:00:00Z"},'
             b' {"topic": "t", "event_id": "2", "timestamp": "2024-05-01 noon"}]',
             ["body", 1, "timestamp"],
-            "value_error",
+            "datetime_parsing",
         ),
+        (b'{"events": 3}', ["body", "events"], "list_type"),
         (b"42", ["body"], "body_form"),
     ],
     ids=[
         "bad JSON",
         "missing field",
-        "empty field",
-        "over-long field",
+        "wrong type",
+        "null field",
         "bad timestamp",
+        "events not a list",
         "not events",
     ],
 )
@@ -193,9 +193,8 @@ def test_read_your_write_then_page_by_cursor(http):
     again = http.get("/events", params={"topic": "orders", "after": rest["cursor"]}).json()
     assert again["events"] == [] and again["cursor"] == rest["cursor"]
     other = http.get("/events", params={"topic": "other", "after": rest["cursor"]})
-    assert other.status_code in (400, 422)  # a cursor is bound to its topic
-    assert http.get("/events", params={"topic": "orders", "limit": 10_000}).status_code == 200
-    assert http.get("/events", params={"topic": "orders", "limit": 10_001}).status_code == 422
+    assert other.status_code == 422  # a cursor is bound to its topic
+    assert other.json()["detail"][0]["loc"] == ["query", "after"]
     assert http.get("/events").status_code == 422  # a topic is required
 
 
@@ -224,8 +223,8 @@ def test_stats_of_one_topic_keep_every_topics_totals(http):
     unknown = http.get("/stats", params={"topic": "nothing-here"}).json()
     assert (unknown["received"], unknown["topics"], unknown["per_topic"]) == (3, [], {})
     invalid = http.get("/stats", params={"topic": ""})
-    assert invalid.status_code == 400
-    assert "topic" in invalid.text
+    assert invalid.status_code == 422
+    assert invalid.json()["detail"][0]["loc"] == ["query", "topic"]
 
 
 def test_health_and_readiness(http):

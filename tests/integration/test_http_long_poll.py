@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 
 from aggregator.server import Server
 from aggregator.storage.embedded import free_port
+from aggregator.v1 import aggregator_pb2 as pb
 from tests.integration.conftest import server_config
 from tests.support import event, request, wait_until
 
@@ -66,3 +68,26 @@ def stub_for():
     yield make
     for channel in channels:
         channel.close()
+
+
+def test_a_long_poll_whose_client_hangs_up_frees_its_slot_at_once(db_url, stub_for):
+    """Each long poll holds a subscriber slot; one whose client has gone gives it back at
+    once, not when its wait would have ended, so hung-up polls never lock out Subscribe."""
+    config = server_config(db_url, http_port=free_port(), max_subscribers=3)
+    with Server(config) as served:
+        polls = []
+        for _ in range(3):
+            poll = socket.create_connection(("127.0.0.1", served.http_port), timeout=30)
+            poll.sendall(
+                b"GET /events?topic=orders&wait=60 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            polls.append(poll)
+        wait_until(lambda: served.hub.count == 3, what="three long polls waiting")
+        for poll in polls:
+            poll.close()  # the clients hang up well before their 60 s are over
+        wait_until(lambda: served.hub.count == 0, timeout=10, what="their slots freed")
+        stub = stub_for(served)
+        stream = stub.Subscribe(pb.SubscribeRequest(topic="orders"), timeout=30)
+        first = next(stream)  # a slot was free: the subscription's opening cursor
+        assert first.cursor
+        stream.cancel()

@@ -1,18 +1,22 @@
 """The servicer against the test database: per-event statuses, status codes of whole calls.
-Its blocking methods (the reads) through grpcio-testing, the asyncio ones over a channel."""
+Its unary methods through grpcio-testing's server (each coroutine run on an event loop of
+the test's), the streaming ones over a channel to the real server."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from types import SimpleNamespace
 
 import grpc
 import grpc_testing
 import pytest
 
-from aggregator.server import batcher, handlers, ingest, rpc
 from aggregator.server.app import Server
-from aggregator.server.servicer import AggregatorServicer
-from aggregator.server.subscriptions import Hub
+from aggregator.server.core import batcher, errors, ingest
+from aggregator.server.core.subscriptions import Hub
+from aggregator.server.grpc import rpc, status
+from aggregator.server.grpc.servicer import AggregatorServicer
 from aggregator.storage import Database
 from aggregator.v1 import aggregator_pb2 as pb
 from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
@@ -25,17 +29,39 @@ SERVICE = rpc.SERVICE
 @pytest.fixture
 def harness(db_url):
     config = server_config(db_url, max_events_per_request=5)
+    loop = asyncio.new_event_loop()
+    running = threading.Thread(target=loop.run_forever, daemon=True)
+    running.start()
     with Database(db_url) as database:
         queue = batcher.Batcher(database.write_batch, workers=1)
-        servicer = AggregatorServicer(
-            config, ingest.Ingest(config, database, queue, Hub(config.max_subscribers))
-        )
-        # The methods as server/handlers.py registers them: errors translated there, once.
-        methods = SimpleNamespace(**handlers.translated(servicer))
+        core = ingest.Ingest(config, database, queue, Hub(config.max_subscribers, loop), loop)
+        servicer = AggregatorServicer(config, core)
+
+        def blocking(method):
+            """A unary coroutine for grpcio-testing's synchronous server, its errors
+            translated as server/grpc/handlers.py translates them."""
+
+            def call(request, context):
+                try:
+                    work = getattr(servicer, method.name)(request, context)
+                    return asyncio.run_coroutine_threadsafe(work, loop).result(60)
+                except Exception as exc:
+                    translated = status.to_status(errors.classify(exc))
+                    context.set_trailing_metadata(translated.trailing_metadata)
+                    context.abort(translated.code, translated.details)
+
+            return call
+
+        unary = [m for m in SERVICE.methods if not m.client_streaming and not m.server_streaming]
+        methods = SimpleNamespace(**{m.name: blocking(m) for m in unary})
         yield grpc_testing.server_from_dictionary(
             {SERVICE: methods}, grpc_testing.strict_real_time()
         )
         queue.close()
+        core.close()
+    loop.call_soon_threadsafe(loop.stop)
+    running.join()
+    loop.close()
 
 
 @pytest.fixture

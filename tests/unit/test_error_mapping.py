@@ -1,5 +1,5 @@
-"""Domain errors → gRPC status codes and retry hints, outcomes → event statuses:
-pure mapping, no database and no server."""
+"""Core errors → gRPC status codes, HTTP statuses and retry hints, outcomes → event
+statuses: pure mapping, no database and no server."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from aggregator import storage
-from aggregator.server import batcher, errors
+from aggregator.server.core import batcher, errors
+from aggregator.server.grpc import convert, status
+from aggregator.server.http import app as http_app
 from aggregator.v1 import aggregator_pb2 as pb
 
 
@@ -26,55 +28,52 @@ def retry_delay(status: grpc.Status) -> float | None:
 
 
 @pytest.mark.parametrize(
-    ("exc", "code", "retry"),
+    ("exc", "code", "http_status", "retry"),
     [
-        (errors.RequestInvalid("x"), grpc.StatusCode.INVALID_ARGUMENT, False),
-        (errors.BadPageToken("page_token: x"), grpc.StatusCode.INVALID_ARGUMENT, False),
-        (storage.InvalidArgument("limit"), grpc.StatusCode.INVALID_ARGUMENT, False),
-        (errors.Overloaded("full"), grpc.StatusCode.RESOURCE_EXHAUSTED, True),
-        (errors.TooManyStreams("streams"), grpc.StatusCode.RESOURCE_EXHAUSTED, True),
-        (errors.ShuttingDown(), grpc.StatusCode.UNAVAILABLE, True),
-        (storage.Unavailable("down"), grpc.StatusCode.UNAVAILABLE, True),
-        (errors.Unauthenticated(), grpc.StatusCode.UNAUTHENTICATED, False),
-        (errors.Abandoned(), grpc.StatusCode.CANCELLED, False),
-        (RuntimeError("secret detail"), grpc.StatusCode.INTERNAL, False),
+        (errors.RequestInvalid("x"), grpc.StatusCode.INVALID_ARGUMENT, 422, False),
+        (errors.BadCursor("page_token: x"), grpc.StatusCode.INVALID_ARGUMENT, 422, False),
+        (errors.TooLarge("events: x"), grpc.StatusCode.INVALID_ARGUMENT, 413, False),
+        (storage.InvalidArgument("limit"), grpc.StatusCode.INVALID_ARGUMENT, 422, False),
+        (errors.Overloaded("full"), grpc.StatusCode.RESOURCE_EXHAUSTED, 429, True),
+        (errors.TooManyStreams("streams"), grpc.StatusCode.RESOURCE_EXHAUSTED, 429, True),
+        (errors.ShuttingDown(), grpc.StatusCode.UNAVAILABLE, 503, True),
+        (storage.Unavailable("down"), grpc.StatusCode.UNAVAILABLE, 503, True),
+        (errors.Unauthenticated(), grpc.StatusCode.UNAUTHENTICATED, 401, False),
+        (errors.Abandoned(), grpc.StatusCode.CANCELLED, 499, False),
+        (RuntimeError("secret detail"), grpc.StatusCode.INTERNAL, 500, False),
     ],
 )
-def test_errors_map_to_status_codes_with_retry_info_where_retrying_helps(exc, code, retry):
+def test_errors_map_to_both_faces_statuses_with_retry_hints_where_retrying_helps(
+    exc, code, http_status, retry
+):
     error = errors.classify(exc)
-    assert error.code == code
+    assert status.code_of(error) == code
     assert "secret" not in error.message
-    delay = retry_delay(errors.to_status(error))
+    delay = retry_delay(status.to_status(error))
+    answer = http_app.error_response(error, "body")
+    assert answer.status_code == http_status
+    assert b"secret" not in bytes(answer.body)
     if retry:
         assert delay is not None and delay > 0
+        assert int(answer.headers["retry-after"]) >= 1
     else:
         assert delay is None
+        assert "retry-after" not in answer.headers
 
 
-def test_abandoned_wait_is_cancelled_and_not_logged_as_an_internal_error(caplog):
-    """A caller that gave up while waiting for queue room is no server fault."""
-    gate = threading.Event()
-
-    def held(events, rejected, ticket):
-        gate.wait(30)
-        return storage.BatchResult([storage.Outcome(storage.Status.ACCEPTED)] * len(events))
-
-    queue = batcher.Batcher(held, workers=1, max_pending_events=1)
+def test_abandoned_submission_is_cancelled_and_not_logged_as_an_internal_error(caplog):
+    """A caller that gave up before its events were queued is no server fault."""
+    queue = batcher.Batcher(lambda *_: storage.BatchResult([]), workers=1)
+    gone = batcher.Submission([storage.NewEvent("t", "1", 0, "", "{}")], {})
+    gone.abandon()  # the call is already over
     try:
-        queue.submit(batcher.Submission([storage.NewEvent("t", "1", 0, "", "{}")], {}))
-        queue.submit(batcher.Submission([storage.NewEvent("t", "2", 0, "", "{}")], {}))
-        ended = threading.Event()
-        ended.set()  # the call is already over
         with pytest.raises(errors.Abandoned) as waited:
-            queue.submit(
-                batcher.Submission([storage.NewEvent("t", "3", 0, "", "{}")], {}), abandoned=ended
-            )
+            queue.offer(gone)
     finally:
-        gate.set()
         queue.close()
     with caplog.at_level(logging.DEBUG, logger="aggregator.server"):
         error = errors.classify(waited.value)
-    assert error.code == grpc.StatusCode.CANCELLED
+    assert status.code_of(error) == grpc.StatusCode.CANCELLED
     # Only this thread's records: a thread left by an earlier test may log meanwhile.
     here = threading.get_ident()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR and r.thread == here]
@@ -83,14 +82,12 @@ def test_abandoned_wait_is_cancelled_and_not_logged_as_an_internal_error(caplog)
 def test_unknown_error_is_logged_as_internal_and_its_text_withheld(caplog):
     with caplog.at_level(logging.ERROR, logger="aggregator.server"):
         error = errors.classify(RuntimeError("secret detail"))
-    assert error.code == grpc.StatusCode.INTERNAL
+    assert status.code_of(error) == grpc.StatusCode.INTERNAL
     assert "secret" not in error.message
     assert [r.getMessage() for r in caplog.records] == ["internal error"]
 
 
 def test_outcomes_map_to_event_statuses_one_by_one():
-    from aggregator.server import convert
-
     assert {s.name: convert.EVENT_STATUS[s] for s in storage.Status} == {
         "ACCEPTED": pb.EVENT_STATUS_ACCEPTED,
         "DUPLICATE": pb.EVENT_STATUS_DUPLICATE,

@@ -6,8 +6,9 @@ import asyncio
 
 from grpc_health.v1 import health_pb2
 
-from aggregator.server import rpc
-from aggregator.server.health import DatabaseHealth
+from aggregator.server.core.health import DatabaseHealth
+from aggregator.server.grpc import rpc
+from aggregator.server.grpc.health import GrpcHealth
 
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -18,9 +19,15 @@ class _Context:
 
 
 def test_health_is_not_serving_before_start():
-    health = DatabaseHealth(database=None)  # type: ignore[arg-type]  # never pinged here
-    for name in ("", rpc.SERVICE_NAME):
-        check = health.servicer.Check(health_pb2.HealthCheckRequest(service=name), _Context())
-        reply = asyncio.run(check)
-        assert reply.status == NOT_SERVING
-    assert not health.serving
+    async def check() -> None:
+        health = DatabaseHealth(None, asyncio.get_running_loop())  # type: ignore[arg-type]
+        shown = GrpcHealth()
+        await shown.set(False)  # as the server does before its faces listen
+        health.watch(shown.show)
+        for name in ("", rpc.SERVICE_NAME):
+            request = health_pb2.HealthCheckRequest(service=name)
+            reply = await shown.servicer.Check(request, _Context())
+            assert reply.status == NOT_SERVING
+        assert not health.serving
+
+    asyncio.run(check())

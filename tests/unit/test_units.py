@@ -11,16 +11,9 @@ import grpc
 import pytest
 
 from aggregator import storage
-from aggregator.server import (
-    batcher,
-    config,
-    convert,
-    cursors,
-    errors,
-    ingest,
-    metrics,
-    validation,
-)
+from aggregator.server import config, metrics
+from aggregator.server.core import batcher, cursors, errors, ingest, validation
+from aggregator.server.grpc import convert, interceptors
 from aggregator.storage import embedded
 from tests.support import event
 
@@ -63,12 +56,12 @@ def test_cursor_round_trips_and_is_bound_to_its_topic():
     cursor = cursors.encode("orders:eu", position)
     assert cursors.decode(cursor, "orders:eu") == position
     assert cursors.decode("", "orders") == storage.Position()
-    with pytest.raises(errors.BadPageToken, match="another topic"):
+    with pytest.raises(errors.BadCursor, match="another topic"):
         cursors.decode(cursor, "orders")
-    with pytest.raises(errors.BadPageToken, match="not a cursor"):
+    with pytest.raises(errors.BadCursor, match="not a cursor"):
         cursors.decode("bm90LWEtdG9rZW4", "orders")
     old_style = "MTo0MjpvcmRlcnM"  # "1:42:orders", a sequence-order token of older servers
-    with pytest.raises(errors.BadPageToken, match="older server"):
+    with pytest.raises(errors.BadCursor, match="older server"):
         cursors.decode(old_style, "orders")
 
 
@@ -126,11 +119,11 @@ def test_batcher_takes_everything_pending_when_a_worker_frees_up():
     writer = GatedWriter()
     queue = batcher.Batcher(writer, workers=1, max_batch_events=100, max_pending_events=1000)
     first = submission(1)
-    queue.submit(first)
+    assert queue.offer(first)
     assert writer.entered.wait(10)  # the idle worker flushed at once, without a linger
     rest = [submission(10) for _ in range(12)]
     for item in rest:
-        queue.submit(item)
+        assert queue.offer(item)
     writer.release.set()
     for item in [first, *rest]:
         assert item.wait(10)
@@ -141,21 +134,50 @@ def test_batcher_takes_everything_pending_when_a_worker_frees_up():
 def test_full_queue_times_out_with_overloaded_and_a_big_request_still_fits_an_empty_queue():
     writer = GatedWriter()
     queue = batcher.Batcher(writer, workers=1, max_batch_events=10, max_pending_events=10)
-    queue.submit(submission(1))
+    assert queue.offer(submission(1))
     assert writer.entered.wait(10)
-    queue.submit(submission(25))  # larger than the queue, accepted because it is empty
+    assert queue.offer(submission(25))  # larger than the queue, accepted because it is empty
+    late = submission(1)
     with pytest.raises(errors.Overloaded):
-        queue.submit(submission(1), timeout=0.05)
+        asyncio.run(queue.submit(late, timeout=0.05))
     writer.release.set()
     queue.close()
+    assert writer.sizes == [1, 25]  # the one that timed out was never queued
     with pytest.raises(errors.ShuttingDown):
-        queue.submit(submission(1))
+        asyncio.run(queue.submit(submission(1)))
+
+
+def test_submitters_waiting_for_room_get_in_in_the_order_they_came():
+    writer = GatedWriter()
+    queue = batcher.Batcher(writer, workers=1, max_batch_events=10, max_pending_events=10)
+    assert queue.offer(submission(1))
+    assert writer.entered.wait(10)  # the worker holds that one; the queue is empty
+    assert queue.offer(submission(10))  # full now
+    waiting = [submission(n) for n in (4, 5, 6)]
+    cancelled = submission(2)
+
+    async def submit_all() -> None:
+        tasks = [asyncio.create_task(queue.submit(item)) for item in waiting]
+        gone = asyncio.create_task(queue.submit(cancelled))
+        await asyncio.sleep(0)  # each is waiting for room now
+        assert not queue.offer(submission(1))  # no overtaking those who wait
+        gone.cancel()
+        writer.release.set()  # the flushes make room, one batch at a time
+        await asyncio.gather(*tasks)
+
+    asyncio.run(submit_all())
+    for item in waiting:
+        assert item.wait(10)
+    queue.close()
+    # Room for 10: the first two that waited went in together, the third after them.
+    assert writer.sizes == [1, 10, 4 + 5, 6]
+    assert not cancelled.done  # never queued, never written
 
 
 def test_offer_queues_only_when_there_is_room_and_never_waits():
     writer = GatedWriter()
     queue = batcher.Batcher(writer, workers=1, max_batch_events=10, max_pending_events=10)
-    queue.submit(submission(1))
+    assert queue.offer(submission(1))
     assert writer.entered.wait(10)  # taken: the queue is empty again
     assert queue.offer(submission(10))
     started = time.monotonic()
@@ -195,7 +217,6 @@ def test_wait_blocks_until_settled_from_another_thread():
 def test_requests_settled_together_wake_their_event_loop_once():
     """A flush settles its requests one after another on its own thread; the loop that
     waits for them is woken once for all of them, not once per request."""
-    core = ingest.Ingest(config.Config(), None, None, None)  # type: ignore[arg-type]
     items = [submission(1) for _ in range(20)]
     accepted = [storage.Outcome(storage.Status.ACCEPTED)]
     loop = asyncio.new_event_loop()
@@ -207,11 +228,11 @@ def test_requests_settled_together_wake_their_event_loop_once():
         return call_soon_threadsafe(*args)
 
     loop.call_soon_threadsafe = counted  # type: ignore[method-assign,assignment]
+    core = ingest.Ingest(config.Config(), None, None, None, loop)  # type: ignore[arg-type]
 
     async def publish_all() -> list[list[storage.Outcome]]:
         waiting = [
-            asyncio.ensure_future(core.outcomes_async(ingest.Pending(1, None, item)))
-            for item in items
+            asyncio.ensure_future(core.outcomes(ingest.Pending(1, None, item))) for item in items
         ]
         await asyncio.sleep(0)  # one turn of the loop: each now waits for its commit
         flush = threading.Thread(target=lambda: [item.resolve(accepted) for item in items])
@@ -222,6 +243,7 @@ def test_requests_settled_together_wake_their_event_loop_once():
     try:
         assert loop.run_until_complete(publish_all()) == [accepted] * 20
     finally:
+        core.close()
         loop.close()
     assert len(wakes) == 1
 
@@ -234,7 +256,7 @@ def test_batcher_fails_the_batch_when_the_database_stays_unavailable():
 
     queue = batcher.Batcher(down, workers=1, retry_timeout=0.2, on_database_state=states.append)
     item = submission(3)
-    queue.submit(item)
+    assert queue.offer(item)
     assert item.wait(10)
     assert isinstance(item.error, storage.Unavailable)
     assert states and not any(states)
@@ -250,7 +272,7 @@ def test_batcher_hands_each_request_exactly_its_own_outcomes_in_order():
     queue = batcher.Batcher(write, workers=1)
     items = [submission(n) for n in (3, 0, 2)]
     for item in items:
-        queue.submit(item)
+        assert queue.offer(item)
     for item in items:
         assert item.wait(10)
     queue.close()
@@ -270,7 +292,7 @@ def test_the_metrics_interceptor_wraps_each_method_once_not_per_call():
 
     registered = grpc.unary_unary_rpc_method_handler(answer)
     other = grpc.unary_unary_rpc_method_handler(answer)
-    interceptor = metrics.Metrics().interceptor()
+    interceptor = interceptors.Measured(metrics.Metrics())
 
     class Details:
         method = "/aggregator.v1.AggregatorService/PublishBatch"

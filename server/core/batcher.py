@@ -1,13 +1,16 @@
-"""One bounded queue shared by every stream, drained by K flush workers.
+"""One bounded queue shared by every publisher, drained by K flush workers.
 
 A free worker takes everything pending (up to max_batch_events) and writes it in one
 transaction, so light load gets low latency and heavy load gets big batches. Nothing
-waits for a fixed linger.
+waits for a fixed linger. Publishers queue from the event loop (`offer`, `submit`); the
+flush workers are threads, since the database calls block.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import logging
 import threading
 import time
@@ -15,7 +18,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 
 from aggregator import storage
-from aggregator.server import errors
+from aggregator.server.core import errors
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +106,13 @@ class Submission:
             self.fail(errors.Abandoned("the call ended before its events were committed"))
 
 
+def _let_in(waiter: asyncio.Future[None]) -> bool:
+    """Whether a waiter's submission was queued."""
+    return waiter.done() and not waiter.cancelled() and waiter.exception() is None
+
+
 class Batcher:
-    """Queue submissions from any thread; flush workers commit them in batches."""
+    """Queue submissions from the event loop; flush workers commit them in batches."""
 
     def __init__(
         self,
@@ -133,6 +141,12 @@ class Batcher:
         self._queue: collections.deque[Submission] = collections.deque()
         self._pending = 0  # events (weights) queued, not yet taken by a worker
         self._pending_bytes = 0  # and their bytes (Submission.nbytes)
+        # Submissions waiting for room, in arrival order, each with the future its
+        # submitter awaits on `_loop` (the lock held for both).
+        self._waiters: collections.deque[tuple[Submission, asyncio.Future[None]]] = (
+            collections.deque()
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._stop_retrying = threading.Event()
         self._workers = [
@@ -147,46 +161,59 @@ class Batcher:
         with self._cond:
             return self._pending
 
-    def submit(
-        self,
-        submission: Submission,
-        *,
-        timeout: float | None = None,
-        abandoned: threading.Event | None = None,
-    ) -> None:
-        """Queue `submission`, waiting while the queue is full.
+    def offer(self, submission: Submission) -> bool:
+        """Queue `submission` if there is room now and nobody waits for room; False if not.
+
+        Raises:
+            Abandoned: the submission ended (its call is over).
+            ShuttingDown: close() was called.
+        """
+        with self._cond:
+            return not self._waiters and self._admit(submission)
+
+    async def submit(self, submission: Submission, *, timeout: float | None = None) -> None:
+        """Queue `submission`, waiting on the event loop while the queue is full; those who
+        wait are let in in the order they came.
 
         Raises:
             Overloaded: still no room after `timeout` seconds.
-            Abandoned: `abandoned` was set while waiting.
-            ShuttingDown: close() was called.
+            Abandoned, ShuttingDown: as offer(). A cancelled caller's submission is dropped.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        loop = asyncio.get_running_loop()
         with self._cond:
-            while not self._admit(submission, abandoned):
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise errors.Overloaded(
-                        f"the write queue is full ({self._pending} events, "
-                        f"{self._pending_bytes // MIB} MiB pending); retry later"
-                    )
-                # Bounded wait so that `abandoned` is noticed; wake_all() shortens it.
-                self._cond.wait(0.5 if remaining is None else min(remaining, 0.5))
+            if not self._waiters and self._admit(submission):
+                return
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiters.append((submission, waiter))
+            self._loop = loop
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+        except TimeoutError:
+            if _let_in(waiter):  # in the same loop turn as the timeout: it is queued
+                return
+            self._forget(submission, waiter)
+            with self._cond:
+                raise errors.Overloaded(
+                    f"the write queue is full ({self._pending} events, "
+                    f"{self._pending_bytes // MIB} MiB pending); retry later"
+                ) from None
+        except asyncio.CancelledError:
+            if _let_in(waiter):
+                submission.abandon()  # queued, but nobody waits for it: dropped unless taken
+            else:
+                self._forget(submission, waiter)
+            raise
 
-    def offer(self, submission: Submission) -> bool:
-        """Queue `submission` if there is room now, without waiting; False if not.
+    def _forget(self, submission: Submission, waiter: asyncio.Future[None]) -> None:
+        with self._cond, contextlib.suppress(ValueError):
+            self._waiters.remove((submission, waiter))
 
-        Raises:
-            Abandoned, ShuttingDown: as submit().
-        """
-        with self._cond:
-            return self._admit(submission, None)
-
-    def _admit(self, submission: Submission, abandoned: threading.Event | None) -> bool:
+    def _admit(self, submission: Submission) -> bool:
         """Queue `submission` if there is room (the lock held); False if not."""
         if self._closing:
             raise errors.ShuttingDown()
-        if submission.done or (abandoned is not None and abandoned.is_set()):
+        if submission.done:
             raise errors.Abandoned()
         # A submission larger than the whole queue still goes in when it is empty.
         if self._pending and (
@@ -197,19 +224,38 @@ class Batcher:
         self._queue.append(submission)
         self._pending += submission.weight
         self._pending_bytes += submission.nbytes
-        self._cond.notify_all()
+        self._cond.notify()
         return True
 
-    def wake_all(self) -> None:
-        """Make submitters re-check their `abandoned` flags now."""
+    def _let_waiters_in(self) -> None:
+        """On the loop: admit waiting submissions, oldest first, while there is room."""
         with self._cond:
-            self._cond.notify_all()
+            while self._waiters:
+                submission, waiter = self._waiters[0]
+                if waiter.done():  # timed out or cancelled meanwhile
+                    self._waiters.popleft()
+                    continue
+                try:
+                    if not self._admit(submission):
+                        return
+                except errors.ServerError as exc:
+                    waiter.set_exception(exc)
+                else:
+                    waiter.set_result(None)
+                self._waiters.popleft()
+
+    def _room_made(self) -> None:
+        """From a flush worker, the lock held: wake the loop if someone waits for room."""
+        if self._waiters and self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                self._loop.call_soon_threadsafe(self._let_waiters_in)
 
     def close(self, timeout: float | None = None) -> None:
         """Take no new work, commit everything queued, stop the workers."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()
+            self._room_made()  # waiters learn that it is shutting down
         deadline = None if timeout is None else time.monotonic() + timeout
         for worker in self._workers:
             worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
@@ -243,7 +289,7 @@ class Batcher:
                 batch.append(item)
                 size += item.weight
                 nbytes += item.nbytes
-            self._cond.notify_all()  # room for waiting submitters
+            self._room_made()
             return batch
 
     def _run(self) -> None:

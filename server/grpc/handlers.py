@@ -1,18 +1,14 @@
 """AggregatorService's method handlers: decode requests, call the servicer, translate errors.
 
-This is the one place where gRPC calls meet server errors: whatever a method raises becomes
-the status `errors.classify` gives it. Requests arrive as bytes and are decoded here, so a
-malformed message gets INVALID_ARGUMENT (gRPC's own deserializer would answer INTERNAL) and,
-on a stream, the requests before it are answered. Methods come from the service descriptor.
-
-The server runs on grpc.aio: Publish, Subscribe and PublishBatch run on its event loop; the
-reads (ListEvents, GetStats) block on the database: plain functions, run in the servicer's
-blocking pool.
+This is the one place where gRPC calls meet core errors: whatever a method raises becomes
+the status server/grpc/status.py gives it. Requests arrive as bytes and are decoded here, so
+a malformed message gets INVALID_ARGUMENT (gRPC's own deserializer would answer INTERNAL)
+and, on a stream, the requests before it are answered. Methods come from the service
+descriptor; every one is a coroutine (or an async generator) on the server's event loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -21,22 +17,11 @@ import grpc
 import grpc.aio
 from google.protobuf import message
 
-from aggregator.server import errors, rpc
-from aggregator.server.servicer import AggregatorServicer
+from aggregator.server.core import errors
+from aggregator.server.grpc import rpc, status
+from aggregator.server.grpc.servicer import AggregatorServicer
 
 Behavior = Callable[[Any, Any], Any]
-
-
-def _sync_translated(behavior: Behavior) -> Behavior:
-    """A blocking `behavior` for grpcio-testing's (synchronous) server."""
-
-    def unary(request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            return behavior(request, context)
-        except Exception as exc:
-            errors.abort(context, exc)
-
-    return unary
 
 
 def _decoder(
@@ -59,20 +44,6 @@ async def _decoded(
         yield decode(item)
 
 
-def _is_async(behavior: Behavior) -> bool:
-    return inspect.isasyncgenfunction(behavior) or inspect.iscoroutinefunction(behavior)
-
-
-def translated(servicer: AggregatorServicer) -> dict[str, Behavior]:
-    """The servicer's blocking (unary) methods by name, taking decoded messages, with
-    errors translated: for grpcio-testing, whose server is synchronous."""
-    return {
-        m.name: _sync_translated(getattr(servicer, m.name))
-        for m in rpc.SERVICE.methods
-        if not _is_async(getattr(servicer, m.name))
-    }
-
-
 def _handler(servicer: AggregatorServicer, method: Any) -> grpc.RpcMethodHandler:
     """The method for grpc.aio: requests decoded, errors translated."""
     behavior = getattr(servicer, method.name)
@@ -85,32 +56,21 @@ def _handler(servicer: AggregatorServicer, method: Any) -> grpc.RpcMethodHandler
             async for response in behavior(request, context):
                 yield response
         except Exception as exc:
-            await errors.abort_async(context, exc)
+            await status.abort(context, exc)
 
     async def unary(raw: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             return await behavior(decode(raw), context)
         except Exception as exc:
-            await errors.abort_async(context, exc)
-
-    async def blocking(raw: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        try:
-            request = decode(raw)
-            return await asyncio.get_running_loop().run_in_executor(
-                servicer.blocking,
-                behavior,
-                request,
-                context,  # which they do not use
-            )
-        except Exception as exc:
-            await errors.abort_async(context, exc)
+            await status.abort(context, exc)
 
     call: Behavior
     if inspect.isasyncgenfunction(behavior):
         call = stream
     else:
+        assert inspect.iscoroutinefunction(behavior), method.name
         assert not streaming_in and not method.server_streaming, method.name
-        call = unary if inspect.iscoroutinefunction(behavior) else blocking
+        call = unary
     return rpc.method_handler(
         (streaming_in, method.server_streaming),
         call,

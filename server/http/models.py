@@ -1,24 +1,15 @@
-"""The HTTP/JSON API's shapes: what POST /publish takes and what every route answers.
-
-They validate request bodies and document the API in /openapi.json (with examples).
+"""The HTTP/JSON API's shapes, for /openapi.json (with examples): what POST /publish takes
+(server/http/body.py's wire shape) and what every route answers. Nothing validates with them.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
+import msgspec
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from aggregator.server import timestamps
-from aggregator.server.validation import MAX_KEY_CHARS, MAX_SOURCE_CHARS
-
-MAX_EVENTS_LIMIT = 10_000  # GET /events?limit=
-
-
-def _rfc3339(value: str) -> str:
-    timestamps.parse_rfc3339(value)  # raises ValueError, which becomes a 422 entry
-    return value
-
+from aggregator.server.http import body
 
 EXAMPLE_EVENT: dict[str, JsonValue] = {
     "topic": "orders",
@@ -29,30 +20,13 @@ EXAMPLE_EVENT: dict[str, JsonValue] = {
 }
 
 
-class EventIn(BaseModel):
-    """One event to publish."""
-
-    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE_EVENT]})
-
-    topic: Annotated[str, Field(min_length=1, max_length=MAX_KEY_CHARS)]
-    event_id: Annotated[
-        str,
-        Field(
-            min_length=1,
-            max_length=MAX_KEY_CHARS,
-            description="unique within its topic: the same event sent again is a DUPLICATE",
-        ),
-    ]
-    timestamp: Annotated[
-        str,
-        AfterValidator(_rfc3339),
-        Field(
-            description="RFC 3339 with `Z` or an offset; fractional seconds up to nanoseconds",
-            examples=["2024-05-01T12:00:00Z", "2024-05-01T14:00:00.123456789+02:00"],
-        ),
-    ]
-    source: Annotated[str, Field(max_length=MAX_SOURCE_CHARS)] = ""
-    payload: Any = Field(default_factory=dict, description="any JSON value; omitted means {}")
+def event_schema() -> dict[str, Any]:
+    """The JSON schema of one event to publish: the wire shape body.py decodes."""
+    _, components = msgspec.json.schema_components([body.WireEvent])
+    schema: dict[str, Any] = components["WireEvent"]
+    schema["title"] = "Event"
+    schema["examples"] = [EXAMPLE_EVENT]
+    return schema
 
 
 Status = Literal["ACCEPTED", "DUPLICATE", "REJECTED", "CONFLICT"]
@@ -173,6 +147,7 @@ class StatsOut(BaseModel):
                             "conflicts": 0,
                         }
                     },
+                    "next_page_token": "",
                 }
             ]
         }
@@ -189,6 +164,9 @@ class StatsOut(BaseModel):
     conflicts: int
     started_at: str
     per_topic: dict[str, Counters]
+    next_page_token: str = Field(
+        description="pass as ?after= for the next page of topics; empty on the last page"
+    )
 
 
 class HealthOut(BaseModel):

@@ -1,4 +1,4 @@
-"""Conversions between protobuf messages and the core's plain values (gRPC only)."""
+"""Conversions between protobuf messages and the core's plain values."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from datetime import datetime
 
 from google.protobuf import timestamp_pb2
 
-from aggregator.server import timestamps
-from aggregator.server.validation import Incoming
+from aggregator.server.core import timestamps
+from aggregator.server.core.validation import Incoming
 from aggregator.storage import Counters, Outcome, Stats, Status, StoredEvent
 from aggregator.v1 import aggregator_pb2 as pb
 

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import orjson
 
-from aggregator.server import timestamps
+from aggregator.server.core import timestamps
 from aggregator.storage import NewEvent
 
 MAX_KEY_CHARS = 255

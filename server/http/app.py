@@ -1,0 +1,341 @@
+"""The HTTP/JSON face: FastAPI routes over the same ingestion core as gRPC, on its loop.
+
+JSON in → plain values → server/core → JSON out; nothing here talks to gRPC or SQL, and
+every rule (limits, page sizes, cursors) is the core's. Errors become HTTP statuses in one
+place (`_error_response`), from the core's table. The Swagger UI at /docs is served from the
+fastapi-offline package's files: no CDN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import orjson
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import Response
+from fastapi_offline import FastAPIOffline
+
+from aggregator import storage
+from aggregator.server.config import Config
+from aggregator.server.core import errors, ingest, timestamps
+from aggregator.server.http import body, middleware, models
+from aggregator.server.metrics import Metrics
+
+T = TypeVar("T")
+
+_EVENTS_FIELDS = ingest.ReadFields(cursor="after", limit="limit")
+_RESULTS = {status: {"status": status.name} for status in storage.Status}
+
+_EVENT_SCHEMA = models.event_schema()
+_PUBLISH_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "oneOf": [
+                        _EVENT_SCHEMA,
+                        {"type": "array", "items": _EVENT_SCHEMA},
+                        {
+                            "type": "object",
+                            "required": ["events"],
+                            "properties": {"events": {"type": "array", "items": _EVENT_SCHEMA}},
+                        },
+                    ]
+                },
+                "examples": {
+                    "one event": {"value": models.EXAMPLE_EVENT},
+                    "an array": {
+                        "value": [
+                            models.EXAMPLE_EVENT,
+                            {**models.EXAMPLE_EVENT, "event_id": "order-1002"},
+                        ]
+                    },
+                    "an envelope": {"value": {"events": [models.EXAMPLE_EVENT]}},
+                },
+            }
+        },
+    }
+}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "no valid bearer token (when the server requires one)"},
+    413: {"description": "more bytes or events than one request may hold; nothing is stored"},
+    422: {
+        "description": "malformed JSON or an event that breaks the schema, or a query "
+        "parameter out of range; nothing of the request is stored. Each entry's `loc` names "
+        "the body (or query), the event's index and the field."
+    },
+    429: {"description": "the write queue stayed full; retry after `Retry-After` seconds"},
+    503: {"description": "shutting down or the database is unreachable; retry"},
+}
+
+
+def create_app(
+    core: ingest.Ingest,
+    config: Config,
+    *,
+    serving: Callable[[], bool],
+    tokens: frozenset[str],
+    metrics: Metrics,
+) -> FastAPI:
+    """The HTTP app over `core`, sharing the process's health state, tokens and metrics."""
+    app = FastAPIOffline(
+        title="Event aggregator",
+        version="1",
+        summary="Idempotent event ingestion into PostgreSQL; the same pipeline as gRPC.",
+        redoc_url=None,
+    )
+    # The last added runs first: metrics see every answer, authentication's included.
+    if tokens:
+        app.add_middleware(middleware.BearerAuth, tokens=tokens, open_paths=OPEN_PATHS)
+        _document_bearer_auth(app)
+    app.add_middleware(middleware.Measured, metrics=metrics)
+    max_body = config.max_message_bytes
+    max_events = config.max_events_per_request
+
+    @app.exception_handler(errors.ServerError)
+    @app.exception_handler(storage.StorageError)
+    async def _error_response(request: Request, exc: Exception) -> Response:
+        return error_response(errors.classify(exc), "query" if request.method == "GET" else "body")
+
+    @app.post(
+        "/publish",
+        response_model=models.PublishResult,
+        responses=_ERRORS,
+        openapi_extra=_PUBLISH_BODY,
+        summary="Publish events; answered after they are committed",
+    )
+    async def publish(request: Request) -> Response:
+        """Body: one event, an array of events, or `{"events": [...]}`. The answer comes
+        after commit, with one result per event in order; sending the same events again is
+        safe (they come back DUPLICATE)."""
+        content = await _read_body(request, max_body)
+        try:
+            events = body.parse(content, max_events)
+        except body.TooMany as exc:
+            raise core.too_many_events(exc.count, more=exc.more) from None
+        except body.Faults as exc:
+            return _json(422, {"detail": exc.entries})
+        outcomes = await core.publish(events)
+        return _json(200, publish_result(outcomes))
+
+    @app.get(
+        "/events",
+        response_model=models.EventsPage,
+        responses={401: _ERRORS[401], 422: _ERRORS[422]},
+        summary="Stored events of a topic, oldest first, keyset-paged",
+    )
+    async def events(
+        request: Request,
+        topic: str = Query("", description="the topic to read"),
+        after: str = Query(
+            "", description="the previous page's cursor (empty: the topic's beginning)"
+        ),
+        limit: int = Query(
+            0,
+            description=f"events per page (0: {ingest.MAX_PAGE_SIZE}); at most "
+            f"{ingest.MAX_PAGE_SIZE}, and about {ingest.PAGE_BYTES // 2**20} MiB of payloads",
+        ),
+        wait: float = Query(
+            0,
+            description="long poll: when nothing is new, wait up to this many seconds (at "
+            f"most {ingest.MAX_WAIT:g}) for the next commit (the same wake-ups as Subscribe)",
+        ),
+    ) -> Response:
+        if wait:
+            page = await _unless_disconnected(
+                request,
+                core.wait_for_events(
+                    topic, cursor=after, page_size=limit, wait=wait, fields=_EVENTS_FIELDS
+                ),
+            )
+        else:
+            page = await core.list_events(
+                topic,
+                cursor=after,
+                page_size=limit,
+                default_page_size=ingest.MAX_PAGE_SIZE,
+                fields=_EVENTS_FIELDS,
+            )
+        return _json(
+            200,
+            {
+                "topic": topic,
+                "events": [_stored(row) for row in page.events],
+                "cursor": page.cursor,
+                "has_more": page.more,
+            },
+        )
+
+    @app.get(
+        "/stats",
+        response_model=models.StatsOut,
+        responses={401: _ERRORS[401], 422: _ERRORS[422]},
+        summary="Counters in total and per topic",
+    )
+    async def stats(
+        topic: str | None = Query(
+            None,
+            description="only this topic's counters under `topics` and `per_topic` (the "
+            "totals stay those of every topic); without it, every topic's, a page at a time",
+        ),
+        after: str = Query("", description="the previous page's `next_page_token`"),
+        limit: int = Query(
+            0, description=f"topics per page (0: {ingest.STATS_PAGE_SIZE}, the most)"
+        ),
+    ) -> Response:
+        page = await core.stats(
+            topic=topic, page_token=after, page_size=limit, fields=_EVENTS_FIELDS
+        )
+        return _json(200, stats_result(page, core))
+
+    @app.get("/health", response_model=models.HealthOut, summary="Liveness")
+    async def health() -> Response:
+        return _json(200, {"status": "SERVING"})
+
+    @app.get(
+        "/health/ready",
+        response_model=models.HealthOut,
+        responses={503: {"description": "NOT_SERVING: database unreachable or shutting down"}},
+        summary="Readiness: the database is reachable and the server is not shutting down",
+    )
+    async def ready() -> Response:
+        if serving():
+            return _json(200, {"status": "SERVING"})
+        return _json(503, {"status": "NOT_SERVING"})
+
+    return app
+
+
+def _document_bearer_auth(app: FastAPI) -> None:
+    """/docs shows the Authorize button (and locks) only when tokens are required."""
+    plain = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = plain()
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer"}
+            }
+            for path, operations in schema["paths"].items():
+                if path not in OPEN_PATHS:
+                    for operation in operations.values():
+                        operation["security"] = [{"bearer": []}]
+        return app.openapi_schema or plain()
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+# Paths that answer without a token: probes and the API's own documentation.
+OPEN_PATHS = ("/health", "/health/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json")
+
+
+def error_response(error: errors.ServerError, where: str) -> Response:
+    """The one translation of a core error into an HTTP answer (`where`: body or query)."""
+    headers = {}
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(error.retry_after)))
+    if isinstance(error, errors.Unauthenticated):
+        headers["WWW-Authenticate"] = "Bearer"
+    content: dict[str, Any] = {"detail": error.message}
+    if error.kind is errors.Kind.INVALID_ARGUMENT:  # FastAPI's shape for a field's fault
+        loc = [where, error.field] if error.field else [where]
+        content = {"detail": [{"type": "value_error", "loc": loc, "msg": error.message}]}
+    return _json(error.kind.http_status, content, headers)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused (413) as soon as it is known to be over `limit` bytes, chunked or not."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise errors.TooLarge(f"body: {declared} bytes is over the limit of {limit} bytes")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise errors.TooLarge(f"body: over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """`work`'s result; cancelled at once if the client hangs up first (long polls)."""
+    task = asyncio.ensure_future(work)
+    hung_up = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((task, hung_up), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        hung_up.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise errors.Abandoned("the client closed the connection")
+    return task.result()
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone (the request has no body left to read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def publish_result(outcomes: Sequence[storage.Outcome]) -> dict[str, Any]:
+    counts = dict.fromkeys(storage.Status, 0)
+    results: list[dict[str, str]] = []
+    for outcome in outcomes:
+        counts[outcome.status] += 1
+        if outcome.reason:
+            results.append({"status": outcome.status.name, "reason": outcome.reason})
+        else:
+            results.append(_RESULTS[outcome.status])
+    return {
+        "received": len(outcomes),
+        "accepted": counts[storage.Status.ACCEPTED],
+        "duplicates": counts[storage.Status.DUPLICATE],
+        "rejected": counts[storage.Status.REJECTED],
+        "conflicts": counts[storage.Status.CONFLICT],
+        "results": results,
+    }
+
+
+def stats_result(page: ingest.StatsPage, core: ingest.Ingest) -> dict[str, Any]:
+    stats = page.stats
+    total = stats.total
+    return {
+        "received": total.received,
+        "unique_processed": total.accepted,
+        "duplicate_dropped": total.duplicates,
+        "topics": list(stats.topics),
+        "uptime_seconds": core.uptime_seconds,
+        "accepted": total.accepted,
+        "duplicates": total.duplicates,
+        "rejected": total.rejected,
+        "conflicts": total.conflicts,
+        "started_at": core.started_at.isoformat().replace("+00:00", "Z"),
+        "per_topic": {topic: dataclasses.asdict(c) for topic, c in stats.topics.items()},
+        "next_page_token": page.next_token,
+    }
+
+
+def _stored(row: storage.StoredEvent) -> dict[str, Any]:
+    return {
+        "topic": row.topic,
+        "event_id": row.event_id,
+        "timestamp": timestamps.format_rfc3339(row.timestamp_ns),
+        "source": row.source,
+        "payload": orjson.Fragment(row.payload),  # stored JSON text, sent as it is
+        "sequence": row.seq,
+        "received_at": row.received_at.isoformat().replace("+00:00", "Z"),
+    }
+
+
+def _json(status: int, content: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(content), status_code=status, media_type="application/json", headers=headers
+    )
