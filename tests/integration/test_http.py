@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 import threading
 import urllib.request
@@ -350,3 +351,13 @@ def test_ready_follows_the_database_and_publish_says_retry_later_while_it_is_dow
         own_cluster.start()
         wait_until(lambda: client.get("/health/ready").status_code == 200, what="SERVING again")
         assert client.post("/publish", json=ev("after")).json()["accepted"] == 1
+
+
+def test_answers_leave_without_waiting_for_the_clients_ack(http_server, http):
+    """An answer's headers and body are two writes: with Nagle's algorithm on, the second
+    waits for the client's delayed ACK (40 ms). The server's connections turn it off."""
+    assert http.get("/health").status_code == 200  # a connection is open now
+    connections = http_server._http._server.server_state.connections
+    sockets = [c.transport.get_extra_info("socket") for c in connections]
+    assert sockets
+    assert all(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in sockets)
