@@ -83,6 +83,7 @@ def create_app(
     metrics: Metrics,
 ) -> FastAPI:
     """The HTTP app over `core`, sharing the process's health state, tokens and metrics."""
+    body.allow_depth()
     app = FastAPIOffline(
         title="Event aggregator",
         version="1",

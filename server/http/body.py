@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Iterator
 from typing import Annotated, Any, NoReturn
 
@@ -24,6 +25,10 @@ from aggregator.server.core import timestamps
 from aggregator.server.core.validation import Incoming
 
 MAX_FAULTS = 100  # faults named in one 422 answer; the rest are counted
+# msgspec decodes nesting within the interpreter's recursion limit. A payload may nest as
+# deep as the core's JSON check allows (orjson: 1,024 levels) over HTTP as over gRPC, so the
+# limit must leave room for that plus the stack below the decoder: DEPTH_HEADROOM.
+DEPTH_HEADROOM = 4000
 FORMS = 'an event object, an array of events, or {"events": [...]}'
 
 
@@ -86,6 +91,11 @@ class TooMany(Exception):
         self.more = more
 
 
+def allow_depth() -> None:
+    """Let the decoder read what the core accepts (see DEPTH_HEADROOM); at server start."""
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), DEPTH_HEADROOM))
+
+
 def parse(body: bytes, max_events: int) -> list[Incoming]:
     """The events of a POST /publish body.
 
@@ -93,6 +103,15 @@ def parse(body: bytes, max_events: int) -> list[Incoming]:
         TooMany: over `max_events` events (checked before the events are judged).
         Faults: not JSON, not one of FORMS, or events that break the wire schema.
     """
+    try:
+        return _parse(body, max_events)
+    except RecursionError:
+        raise Faults(
+            [_fault("json_too_deep", ("body",), "JSON nested deeper than the server reads")]
+        ) from None
+
+
+def _parse(body: bytes, max_events: int) -> list[Incoming]:
     head = body.lstrip()[:1]
     single = False
     try:

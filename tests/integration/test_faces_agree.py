@@ -267,3 +267,27 @@ def test_a_chunked_body_over_the_limit_is_refused_while_read_and_never_held(db_u
         assert grown < 16 * 1024, f"peak RSS grew {grown} KiB"
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(("depth", "status"), [(1000, "ACCEPTED"), (1100, "REJECTED")])
+def test_a_deeply_nested_payload_gets_the_same_answer_from_either_face(stub, http, depth, status):
+    payload = "[" * depth + "]" * depth
+    over_grpc = stub.PublishBatch(request([event(f"deep-{depth}", topic="deep", payload=payload)]))
+    body = orjson.dumps(
+        {"topic": "deep", "event_id": f"deep-http-{depth}", "timestamp": "2024-05-01T12:00:00Z"}
+    )
+    over_http = http.post(
+        "/publish", content=body[:-1] + b', "payload": ' + payload.encode() + b"}"
+    )
+    assert over_http.status_code == 200, over_http.text
+    [result] = over_http.json()["results"]
+    assert result["status"] == status == pb.EventStatus.Name(over_grpc.statuses[0])[13:]
+    if status == "REJECTED":
+        assert result["reason"] == over_grpc.details[0].reason
+
+
+def test_a_body_nested_beyond_any_payload_is_refused_as_malformed_not_a_server_error(http):
+    deep = b'{"topic": "deep", "event_id": "x", "timestamp": 1, "payload": '
+    answer = http.post("/publish", content=deep + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    assert answer.status_code == 422
+    assert answer.json()["detail"][0]["type"] == "json_too_deep"
