@@ -115,8 +115,10 @@ class Server:
                 log.info("embedded PostgreSQL at %s", self._embedded.display_url)
             self._database = storage.Database(
                 url,
-                min_connections=config.flush_workers,
-                max_connections=config.flush_workers + 1,  # one spare for health and migrations
+                # One for each flush worker and the light lanes' worker, one spare for health
+                # and migrations.
+                min_connections=config.flush_workers + 1,
+                max_connections=config.flush_workers + 2,
                 read_connections=config.read_connections,
                 operation_timeout=config.db_retry_timeout,
                 recent_keys_bytes=config.recent_keys_bytes,

@@ -4,6 +4,16 @@ A free worker takes everything pending (up to max_batch_events) and writes it in
 transaction, so light load gets low latency and heavy load gets big batches. Nothing
 waits for a fixed linger. Publishers queue from the event loop (`offer`, `submit`); the
 flush workers are threads, since the database calls block.
+
+Fair share: each publisher (a stream, or a connection's unary calls) has a lane of its own.
+A worker fills its batch from the lanes in turn, an equal share of events each (deficit
+round robin), so one publisher's flood never pushes another's request further back than
+the next batch; when the queue is full, the waiting request of the publisher holding the
+least goes in first. One more worker serves light lanes only (those holding a few events,
+LIGHT_SHARE of a batch at most), so a light publisher's request does not wait for a full
+batch to be written before its own starts. Stream order: a stream's lane is flushed by one
+worker at a time, its requests in the order they came, so a later request of a stream never
+commits before an earlier one; different streams still flush in parallel.
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 
 from aggregator import storage
 from aggregator.server.core import errors
@@ -30,6 +40,7 @@ FlushObserver = Callable[[float, int, storage.BatchResult], None]
 MIB = 1024 * 1024
 EVENT_OVERHEAD_BYTES = 200  # what one event costs in memory besides its payload, roughly
 TOGETHER, ALONE, ISOLATING = 0, 1, 2  # Submission.solo
+LIGHT_SHARE = 50  # a lane is light while it holds at most max_batch_events / LIGHT_SHARE
 _SETTLING = threading.Lock()  # a Submission's done flag and its callbacks, together
 
 
@@ -43,16 +54,29 @@ class Submission:
         "_callbacks",
         "error",
         "events",
+        "lane",
         "nbytes",
+        "ordered",
         "outcomes",
         "rejected",
         "solo",
         "weight",
     )
 
-    def __init__(self, events: list[storage.NewEvent], rejected: dict[str, int]) -> None:
+    def __init__(
+        self,
+        events: list[storage.NewEvent],
+        rejected: dict[str, int],
+        *,
+        lane: Hashable | None = None,
+        ordered: bool = False,
+    ) -> None:
         self.events = events
         self.rejected = rejected  # topic → events rejected before the batcher, to count
+        # The publisher it is queued for (None: a lane of its own); `ordered`: committed
+        # after the lane's earlier submissions, never beside them.
+        self.lane = self if lane is None else lane
+        self.ordered = ordered
         self.weight = max(1, len(events))
         # Memory held while queued: payloads plus a fixed cost per event.
         self.nbytes = sum(len(e.payload) for e in events) + EVENT_OVERHEAD_BYTES * self.weight
@@ -124,6 +148,7 @@ class Batcher:
         max_pending_bytes: int = 256 * MIB,
         max_batch_bytes: int = 64 * MIB,
         retry_timeout: float = 30.0,
+        light_worker: bool = True,
         on_database_state: Callable[[bool], None] = lambda ok: None,
         on_flush: FlushObserver | None = None,
         on_database_error: Callable[[str], None] = lambda kind: None,
@@ -138,7 +163,11 @@ class Batcher:
         self._on_flush = on_flush
         self._on_database_error = on_database_error
         self._cond = threading.Condition()
-        self._queue: collections.deque[Submission] = collections.deque()
+        # Each publisher's queued submissions, in arrival order; the dict's order is the
+        # round-robin order (a lane served goes to the back).
+        self._lanes: dict[Hashable, collections.deque[Submission]] = {}
+        self._lane_events: collections.Counter[Hashable] = collections.Counter()
+        self._busy: set[Hashable] = set()  # ordered lanes a worker is flushing
         self._pending = 0  # events (weights) queued, not yet taken by a worker
         self._pending_bytes = 0  # and their bytes (Submission.nbytes)
         # Submissions waiting for room, in arrival order, each with the future its
@@ -149,10 +178,15 @@ class Batcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._stop_retrying = threading.Event()
+        self._light_events = max(1, max_batch_events // LIGHT_SHARE)
         self._workers = [
             threading.Thread(target=self._run, name=f"flush-{n}", daemon=True)
             for n in range(workers)
         ]
+        if light_worker:
+            self._workers.append(
+                threading.Thread(target=self._run, args=(True,), name="flush-light", daemon=True)
+            )
         for worker in self._workers:
             worker.start()
 
@@ -162,14 +196,15 @@ class Batcher:
             return self._pending
 
     def offer(self, submission: Submission) -> bool:
-        """Queue `submission` if there is room now and nobody waits for room; False if not.
+        """Queue `submission` if there is room now and nobody waits for room (a light
+        publisher's goes past those who wait); False if not.
 
         Raises:
             Abandoned: the submission ended (its call is over).
             ShuttingDown: close() was called.
         """
         with self._cond:
-            return not self._waiters and self._admit(submission)
+            return self._admit(submission, queue_jump=False)
 
     async def submit(self, submission: Submission, *, timeout: float | None = None) -> None:
         """Queue `submission`, waiting on the event loop while the queue is full; those who
@@ -181,7 +216,7 @@ class Batcher:
         """
         loop = asyncio.get_running_loop()
         with self._cond:
-            if not self._waiters and self._admit(submission):
+            if self._admit(submission, queue_jump=False):
                 return
             waiter: asyncio.Future[None] = loop.create_future()
             self._waiters.append((submission, waiter))
@@ -209,32 +244,59 @@ class Batcher:
         with self._cond, contextlib.suppress(ValueError):
             self._waiters.remove((submission, waiter))
 
-    def _admit(self, submission: Submission) -> bool:
-        """Queue `submission` if there is room (the lock held); False if not."""
+    def _admit(self, submission: Submission, *, queue_jump: bool = True) -> bool:
+        """Queue `submission` if there is room (the lock held); False if not. Without
+        `queue_jump`, only a light publisher's goes past submissions waiting for room.
+
+        A light publisher's submission (its lane stays light) may also go over the bounds by
+        a LIGHT_SHARE of them: the light lanes' worker takes it without waiting for a full
+        batch to make room. A submission larger than the whole queue still goes in when the
+        queue is empty.
+        """
         if self._closing:
             raise errors.ShuttingDown()
         if submission.done:
             raise errors.Abandoned()
-        # A submission larger than the whole queue still goes in when it is empty.
+        light = self._lane_events[submission.lane] + submission.weight <= self._light_events
+        if self._waiters and not queue_jump and not light:
+            return False
+        events, nbytes = self._max_pending, self._max_pending_bytes
+        if light:
+            events += events // LIGHT_SHARE
+            nbytes += nbytes // LIGHT_SHARE
         if self._pending and (
-            self._pending + submission.weight > self._max_pending
-            or self._pending_bytes + submission.nbytes > self._max_pending_bytes
+            self._pending + submission.weight > events
+            or self._pending_bytes + submission.nbytes > nbytes
         ):
             return False
-        self._queue.append(submission)
-        self._pending += submission.weight
-        self._pending_bytes += submission.nbytes
-        self._cond.notify()
+        self._enqueue(submission)
+        self._cond.notify_all()  # the light lanes' worker may not take it: wake every idle one
         return True
 
+    def _enqueue(self, submission: Submission, *, first: bool = False) -> None:
+        """Into its lane (at the front with `first`), counted as pending (the lock held)."""
+        lane = self._lanes.get(submission.lane)
+        if lane is None:
+            lane = self._lanes[submission.lane] = collections.deque()
+        if first:
+            lane.appendleft(submission)
+        else:
+            lane.append(submission)
+        self._lane_events[submission.lane] += submission.weight
+        self._pending += submission.weight
+        self._pending_bytes += submission.nbytes
+
     def _let_waiters_in(self) -> None:
-        """On the loop: admit waiting submissions, oldest first, while there is room."""
+        """On the loop: admit waiting submissions while there is room, first the one whose
+        publisher holds the fewest queued events (the oldest among equals)."""
         with self._cond:
             while self._waiters:
-                submission, waiter = self._waiters[0]
-                if waiter.done():  # timed out or cancelled meanwhile
-                    self._waiters.popleft()
-                    continue
+                for stale in [w for w in self._waiters if w[1].done()]:
+                    self._waiters.remove(stale)  # timed out or cancelled meanwhile
+                if not self._waiters:
+                    return
+                chosen = min(self._waiters, key=lambda w: self._lane_events[w[0].lane])
+                submission, waiter = chosen
                 try:
                     if not self._admit(submission):
                         return
@@ -242,7 +304,7 @@ class Batcher:
                     waiter.set_exception(exc)
                 else:
                     waiter.set_result(None)
-                self._waiters.popleft()
+                self._waiters.remove(chosen)
 
     def _room_made(self) -> None:
         """From a flush worker, the lock held: wake the loop if someone waits for room."""
@@ -265,41 +327,100 @@ class Batcher:
             for worker in self._workers:
                 worker.join()
 
-    def _take(self) -> list[Submission] | None:
+    def _take(self, light: bool) -> list[Submission] | None:
+        """The next batch (`light`: from light lanes only): waits until there is one; None
+        once closed and drained."""
         with self._cond:
-            while not self._queue:
-                if self._closing:
+            while True:
+                batch = self._fill(light)
+                if batch:
+                    self._room_made()
+                    return batch
+                if self._closing and not self._lanes:
                     return None
                 self._cond.wait()
-            batch: list[Submission] = []
-            size = nbytes = 0
-            while self._queue and (
-                not batch
-                or (
-                    size + self._queue[0].weight <= self._max_batch
-                    and nbytes + self._queue[0].nbytes <= self._max_batch_bytes
-                    and self._queue[0].solo == batch[0].solo == TOGETHER
-                )
-            ):
-                item = self._queue.popleft()
-                self._pending -= item.weight
-                self._pending_bytes -= item.nbytes
-                if item.done:
-                    continue  # abandoned by its call: nobody waits for it, drop it
-                batch.append(item)
-                size += item.weight
-                nbytes += item.nbytes
-            self._room_made()
-            return batch
 
-    def _run(self) -> None:
+    def _fill(self, light: bool) -> list[Submission]:
+        """A batch from the lanes in turn, an equal share of events each per pass (deficit
+        round robin); an ordered lane another worker is flushing is skipped (the lock held)."""
+        batch: list[Submission] = []
+        size = nbytes = 0
+        credit: collections.Counter[Hashable] = collections.Counter()
+        mine: set[Hashable] = set()  # ordered lanes this batch takes from
+        most = self._light_events if light else self._max_batch
+        while True:
+            open_lanes = [
+                key
+                for key in self._lanes
+                if (key in mine or key not in self._busy)
+                and (not light or key in mine or self._lane_events[key] <= most)
+            ]
+            if not open_lanes:
+                return batch
+            quantum = max(1, most // len(open_lanes))
+            took = short = False  # short: a lane waits only for more credit
+            for key in open_lanes:
+                lane = self._lanes[key]
+                credit[key] += quantum
+                while lane:
+                    item = lane[0]
+                    if item.done:  # abandoned by its call: nobody waits for it, drop it
+                        self._taken(key, lane)
+                        continue
+                    if batch and (
+                        item.solo != TOGETHER
+                        or batch[0].solo != TOGETHER
+                        or size + item.weight > most
+                        or nbytes + item.nbytes > self._max_batch_bytes
+                    ):
+                        break
+                    if batch and item.weight > credit[key]:
+                        short = True
+                        break
+                    self._taken(key, lane)
+                    batch.append(item)
+                    size += item.weight
+                    nbytes += item.nbytes
+                    credit[key] -= item.weight
+                    took = True
+                    if item.ordered:
+                        mine.add(key)
+                        self._busy.add(key)
+                    if item.solo != TOGETHER:
+                        return batch  # in a transaction of its own
+                if key in self._lanes:  # served: to the back of the round
+                    self._lanes[key] = self._lanes.pop(key)
+            if not (took or short) or size >= most:
+                return batch
+
+    def _taken(self, key: Hashable, lane: collections.deque[Submission]) -> None:
+        """The head of `lane` leaves the queue (the lock held)."""
+        item = lane.popleft()
+        if not lane:
+            del self._lanes[key]
+        self._lane_events[key] -= item.weight
+        if self._lane_events[key] <= 0:
+            del self._lane_events[key]
+        self._pending -= item.weight
+        self._pending_bytes -= item.nbytes
+
+    def _release(self, batch: list[Submission]) -> None:
+        """A flush of `batch` is over: its ordered lanes may be taken again."""
+        with self._cond:
+            for item in batch:
+                if item.ordered:
+                    self._busy.discard(item.lane)
+            self._cond.notify_all()
+
+    def _run(self, light: bool = False) -> None:
         finished: list[uuid.UUID] = []  # answered batches whose ledger rows can go
-        while (batch := self._take()) is not None:
+        while (batch := self._take(light)) is not None:
             if not batch:
                 continue
             if self._stop_retrying.is_set():  # closing gave up on the database
                 for item in batch:
                     item.fail(errors.ShuttingDown())
+                self._release(batch)
                 continue
             ticket = storage.Ticket(finished=finished)
             try:
@@ -310,7 +431,9 @@ class Batcher:
                     if not item.done:
                         item.fail(exc)
                 finished = [*finished, ticket.batch_id]
+                self._release(batch)
             else:
+                self._release(batch)
                 if committed and any(item.events or item.rejected for item in batch):
                     finished = [ticket.batch_id]  # the commit deleted the older rows
                 else:
@@ -353,8 +476,9 @@ class Batcher:
         return True
 
     def _requeue(self, batch: list[Submission], exc: storage.RowsRefused) -> None:
-        """Put a refused batch back: its requests first in line, each alone; a request
-        refused alone goes to the back of the line, to have its refused rows isolated.
+        """Put a refused batch back, each request at the front of its lane to be written
+        alone (ALONE); a request refused alone is put back to have its refused rows isolated
+        (ISOLATING): at the back of its lane, or at the front where the lane's order counts.
 
         Isolating refused rows takes a transaction per split; done on a shared batch it
         would hold every other request's answer until the end. This way the others wait
@@ -365,13 +489,11 @@ class Batcher:
                 log.info("%s: writing the batch's %d requests one by one", exc, len(batch))
                 for item in reversed(batch):
                     item.solo = ALONE
-                    self._queue.appendleft(item)
+                    self._enqueue(item, first=True)
             else:
-                batch[0].solo = ISOLATING
-                self._queue.append(batch[0])
-            for item in batch:
-                self._pending += item.weight
-                self._pending_bytes += item.nbytes
+                item = batch[0]
+                item.solo = ISOLATING
+                self._enqueue(item, first=item.ordered)
             self._cond.notify_all()
 
     def _write_retrying(

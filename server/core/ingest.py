@@ -15,7 +15,7 @@ import contextlib
 import functools
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -149,8 +149,17 @@ class Ingest:
 
     # -- publishing -------------------------------------------------------------------
 
-    def prepare(self, events: Sequence[Incoming], *, name: str = "the request") -> Pending:
-        """Validate a request's events.
+    def prepare(
+        self,
+        events: Sequence[Incoming],
+        *,
+        name: str = "the request",
+        publisher: Hashable | None = None,
+        ordered: bool = False,
+    ) -> Pending:
+        """Validate a request's events. `publisher` names who sends it, for a fair share of
+        the write queue (a stream, a connection; None: this request alone); `ordered`: it
+        takes effect after the publisher's earlier requests, never beside them (a stream's).
 
         Raises:
             errors.TooLarge: more events than a request may hold.
@@ -170,7 +179,7 @@ class Ingest:
             else:
                 valid.append(checked)
                 known.append(None)
-        submission = batcher.Submission(valid, rejected)
+        submission = batcher.Submission(valid, rejected, lane=publisher, ordered=ordered)
         if not valid and not rejected:
             submission.resolve([])  # an empty request: nothing to commit
         return Pending(size, known if rejected else None, submission)
@@ -214,11 +223,15 @@ class Ingest:
         return [o if o is not None else next(from_database) for o in pending.known]
 
     async def publish(
-        self, events: Sequence[Incoming], *, name: str = "the request"
+        self,
+        events: Sequence[Incoming],
+        *,
+        name: str = "the request",
+        publisher: Hashable | None = None,
     ) -> list[storage.Outcome]:
         """Validate, queue (waiting a bounded time for room), commit: the outcomes. When the
         caller is cancelled, its events are dropped unless a flush worker has them."""
-        pending = self.prepare(events, name=name)
+        pending = self.prepare(events, name=name, publisher=publisher)
         try:
             await self.submit(pending, timeout=self._config.enqueue_timeout)
             return await self.outcomes(pending)

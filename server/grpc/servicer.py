@@ -182,7 +182,7 @@ class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
         final: BaseException | None = None
         try:
             async for request in requests:
-                prepared = _Prepared(request.sequence, self._prepare(request))
+                prepared = _Prepared(request.sequence, self._prepare(request, stream))
                 if not await stream.push(prepared):
                     return
                 try:
@@ -208,7 +208,9 @@ class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
         self, request: pb.PublishRequest, context: grpc.aio.ServicerContext
     ) -> pb.PublishResponse:
         outcomes = await self._core.publish(
-            [convert.incoming(e) for e in request.events], name=f"request {request.sequence}"
+            [convert.incoming(e) for e in request.events],
+            name=f"request {request.sequence}",
+            publisher=context.peer(),  # a connection's calls share one fair share
         )
         return convert.publish_response(request.sequence, outcomes)
 
@@ -268,7 +270,11 @@ class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
         if kind is pb.PublishRequest and wire.occurs_more_than(raw, _EVENTS_FIELD, limit):
             raise self._core.too_many_events(limit + 1, more=True)
 
-    def _prepare(self, request: pb.PublishRequest) -> ingest.Pending:
+    def _prepare(self, request: pb.PublishRequest, stream: _Stream) -> ingest.Pending:
+        """A stream's request: its own publisher, its requests applied in order."""
         return self._core.prepare(
-            [convert.incoming(e) for e in request.events], name=f"request {request.sequence}"
+            [convert.incoming(e) for e in request.events],
+            name=f"request {request.sequence}",
+            publisher=stream,
+            ordered=True,
         )

@@ -121,7 +121,7 @@ def create_app(
             raise core.too_many_events(exc.count, more=exc.more) from None
         except body.Faults as exc:
             return _json(422, {"detail": exc.entries})
-        outcomes = await core.publish(events)
+        outcomes = await core.publish(events, publisher=request.scope.get("client"))
         return _json(200, publish_result(outcomes))
 
     @app.get(

@@ -89,8 +89,11 @@ def test_batch_split_around_a_refused_row_survives_cuts_at_several_commits(
 def test_ledger_keeps_only_rows_a_retry_can_still_need(proxied_stub, sql):
     for n in range(6):
         assert statuses(proxied_stub.PublishBatch(request([event(f"e{n}")]))) == [ACCEPTED]
-    # One flush worker: each committed batch deleted the rows of the one before it.
-    assert sql.execute("SELECT count(DISTINCT batch_id) FROM batch_ledger").fetchone() == (1,)
+    # Each committed batch deleted the rows of its worker's batch before it: one flush
+    # worker and the light lanes' worker keep a row each at most.
+    assert sql.execute("SELECT count(DISTINCT batch_id) <= 2 FROM batch_ledger").fetchone() == (
+        True,
+    )
 
 
 def test_rows_left_by_a_dead_server_are_swept_at_start_up_and_recent_ones_kept(db_url, sql):

@@ -117,7 +117,9 @@ def submission(n):
 
 def test_batcher_takes_everything_pending_when_a_worker_frees_up():
     writer = GatedWriter()
-    queue = batcher.Batcher(writer, workers=1, max_batch_events=100, max_pending_events=1000)
+    queue = batcher.Batcher(
+        writer, workers=1, light_worker=False, max_batch_events=100, max_pending_events=1000
+    )
     first = submission(1)
     assert queue.offer(first)
     assert writer.entered.wait(10)  # the idle worker flushed at once, without a linger
@@ -133,7 +135,9 @@ def test_batcher_takes_everything_pending_when_a_worker_frees_up():
 
 def test_full_queue_times_out_with_overloaded_and_a_big_request_still_fits_an_empty_queue():
     writer = GatedWriter()
-    queue = batcher.Batcher(writer, workers=1, max_batch_events=10, max_pending_events=10)
+    queue = batcher.Batcher(
+        writer, workers=1, light_worker=False, max_batch_events=10, max_pending_events=10
+    )
     assert queue.offer(submission(1))
     assert writer.entered.wait(10)
     assert queue.offer(submission(25))  # larger than the queue, accepted because it is empty
@@ -149,7 +153,9 @@ def test_full_queue_times_out_with_overloaded_and_a_big_request_still_fits_an_em
 
 def test_submitters_waiting_for_room_get_in_in_the_order_they_came():
     writer = GatedWriter()
-    queue = batcher.Batcher(writer, workers=1, max_batch_events=10, max_pending_events=10)
+    queue = batcher.Batcher(
+        writer, workers=1, light_worker=False, max_batch_events=10, max_pending_events=10
+    )
     assert queue.offer(submission(1))
     assert writer.entered.wait(10)  # the worker holds that one; the queue is empty
     assert queue.offer(submission(10))  # full now
@@ -176,7 +182,9 @@ def test_submitters_waiting_for_room_get_in_in_the_order_they_came():
 
 def test_offer_queues_only_when_there_is_room_and_never_waits():
     writer = GatedWriter()
-    queue = batcher.Batcher(writer, workers=1, max_batch_events=10, max_pending_events=10)
+    queue = batcher.Batcher(
+        writer, workers=1, light_worker=False, max_batch_events=10, max_pending_events=10
+    )
     assert queue.offer(submission(1))
     assert writer.entered.wait(10)  # taken: the queue is empty again
     assert queue.offer(submission(10))
@@ -254,7 +262,9 @@ def test_batcher_fails_the_batch_when_the_database_stays_unavailable():
     def down(events, rejected, ticket):
         raise storage.Unavailable("down")
 
-    queue = batcher.Batcher(down, workers=1, retry_timeout=0.2, on_database_state=states.append)
+    queue = batcher.Batcher(
+        down, workers=1, light_worker=False, retry_timeout=0.2, on_database_state=states.append
+    )
     item = submission(3)
     assert queue.offer(item)
     assert item.wait(10)
@@ -269,7 +279,7 @@ def test_batcher_hands_each_request_exactly_its_own_outcomes_in_order():
             [storage.Outcome(storage.Status.DUPLICATE, e.event_id) for e in events]
         )
 
-    queue = batcher.Batcher(write, workers=1)
+    queue = batcher.Batcher(write, workers=1, light_worker=False)
     items = [submission(n) for n in (3, 0, 2)]
     for item in items:
         assert queue.offer(item)
