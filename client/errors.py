@@ -3,7 +3,7 @@
 ClientError
 ├── PublishError      a call failed in a way retrying cannot fix (or retries ran out)
 ├── SubscribeError    a subscription failed for good (or reconnecting ran out of time)
-└── PublisherClosed   publish() after close()
+└── PublisherClosed   publish() after close(), or an event close() left unacknowledged
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class PublishError(ClientError):
 
 
 class PublisherClosed(ClientError):
-    """The publisher was closed; create a new one."""
+    """The publisher was closed (before this event's answer came); create a new one."""
 
 
 class SubscribeError(ClientError):

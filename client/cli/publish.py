@@ -26,7 +26,7 @@ from rich.table import Table
 from aggregator.client import workload
 from aggregator.client.cli import jsonlines
 from aggregator.client.client import AggregatorClient
-from aggregator.client.errors import ClientError
+from aggregator.client.errors import ClientError, PublisherClosed
 from aggregator.client.events import new_event_id
 from aggregator.client.publisher import (
     ACCEPTED,
@@ -77,6 +77,8 @@ class Tally:
 
     def record(self, key: tuple[str, str], where: str, future: Future[EventResult]) -> None:
         error = None if future.cancelled() else future.exception()
+        if future.cancelled() or isinstance(error, PublisherClosed):
+            return  # stopped before its answer came: it stays unacknowledged
         with self.lock:
             if error is not None:
                 self.counts["FAILED"] += 1
@@ -129,8 +131,9 @@ def run(args: argparse.Namespace, connect: Callable[[], AggregatorClient]) -> in
             interrupted = True
             stop.set()
             console.print("[yellow]interrupted: summary of what was acknowledged so far[/]")
+            deadline = time.monotonic() + 0.5  # answers already on their way still count
             for publisher in publishers:
-                _close(publisher, 0.5)  # answers already on their way still count
+                _close(publisher, max(0.0, deadline - time.monotonic()))
     return _summary(args, tally, time.perf_counter() - started, console, interrupted)
 
 

@@ -72,6 +72,59 @@ def test_ctrl_c_stops_with_the_partial_summary_and_exit_130(server_process, sql)
     assert summary["accepted"] <= stored  # every acknowledged event is stored
 
 
+def start_cli(*args: str, stderr: Path) -> subprocess.Popen[str]:
+    """`python -m client ARGS` in the background; stderr to a file the test can poll."""
+    with stderr.open("w") as sink:
+        return subprocess.Popen(
+            [sys.executable, "-m", "client", *args],
+            stdout=subprocess.PIPE,
+            stderr=sink,
+            text=True,
+        )
+
+
+def interrupt(cli: subprocess.Popen[str]) -> str:
+    """Ctrl-C; its standard output once it has exited."""
+    try:
+        cli.send_signal(signal.SIGINT)
+        out, _ = cli.communicate(timeout=60)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+    return out
+
+
+def test_ctrl_c_while_reconnecting_to_a_dead_server_stops_at_once_with_one_summary(
+    db_url, sql, tmp_path
+):
+    server = ServerProcess(db_url).start()
+    err = tmp_path / "stderr"
+    cli = start_cli(
+        "--target", server.target, "publish", "--count", "1000000", "--rate", "2000", "--json",
+        stderr=err,
+    )  # fmt: skip
+    try:
+        wait_until(
+            lambda: sql.execute("SELECT count(*) FROM events").fetchone()[0] > 0,
+            what="the CLI has stored something",
+        )
+        server.stop(signal.SIGKILL)
+        wait_until(lambda: "reconnecting" in err.read_text(), what="the CLI is reconnecting")
+    finally:
+        server.kill()
+    out = interrupt(cli)
+    stderr = err.read_text()
+    assert cli.returncode == 130, stderr
+    assert "Traceback" not in stderr and "Channel closed" not in stderr
+    # one warning per stream for the outage, none after the stop
+    assert stderr.count("reconnecting") <= 2, stderr[-2000:]
+    summary = json.loads(out)  # one summary, nothing else
+    assert summary["interrupted"] is True
+    answered = sum(summary[k] for k in ("accepted", "duplicate", "rejected", "conflict", "failed"))
+    assert answered + summary["unacknowledged"] == summary["sent"]
+
+
 def test_a_missing_file_is_one_line_and_no_traceback():
     done = run_cli("publish", "--file", "/nonexistent/app.jsonl")
     assert done.returncode == 1
