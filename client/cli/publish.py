@@ -55,6 +55,7 @@ class Tally:
     )
     published: int = 0
     sent_keys: set[tuple[str, str]] = field(default_factory=set)
+    answered_keys: set[tuple[str, str]] = field(default_factory=set)  # a result or a failure
     stored_keys: set[tuple[str, str]] = field(default_factory=set)
     accepted_twice: int = 0
     accepted_keys: set[tuple[str, str]] = field(default_factory=set)
@@ -80,6 +81,7 @@ class Tally:
         if future.cancelled() or isinstance(error, PublisherClosed):
             return  # stopped before its answer came: it stays unacknowledged
         with self.lock:
+            self.answered_keys.add(key)
             if error is not None:
                 self.counts["FAILED"] += 1
                 self.problems.append(f"{where}: {error}")
@@ -168,7 +170,6 @@ def _simulated(args: argparse.Namespace) -> list[Source]:
         seed=args.seed,
     )
     plan = load.plan(args.count)
-    args.distinct = load.distinct
     streams = max(1, args.streams)
 
     def share(stream: int) -> Source:
@@ -238,7 +239,7 @@ def _summary(
         c = dict(tally.counts)
         done = sum(c.values())
         stored, accepted = len(tally.stored_keys), len(tally.accepted_keys)
-        distinct = len(tally.sent_keys) if args.file else args.distinct
+        answered = len(tally.answered_keys)
         problems = list(tally.problems)
         summary: dict[str, object] = {
             "sent": tally.published,
@@ -248,14 +249,15 @@ def _summary(
             "conflict": c["CONFLICT"],
             "failed": c["FAILED"],
             "unacknowledged": tally.published - done,
-            "distinct_sent": distinct,
+            "distinct_sent": len(tally.sent_keys),
             "distinct_stored": stored,
             "pre_existing": stored - accepted,  # stored before this run: DUPLICATE only
             "skipped_lines": tally.skipped_lines,
             "seconds": round(elapsed, 3),
             "events_per_second": round(done / elapsed) if elapsed else 0,
-            # Every distinct event sent is stored, and none was stored twice.
-            "exactly_once": tally.accepted_twice == 0 and stored == distinct,
+            # Every distinct event sent that has its answer is stored, and none was stored
+            # twice (after Ctrl-C, events still unacknowledged are not judged).
+            "exactly_once": tally.accepted_twice == 0 and stored == answered,
             "interrupted": interrupted,
         }
     for problem in problems[:50]:

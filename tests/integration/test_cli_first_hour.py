@@ -125,6 +125,28 @@ def test_ctrl_c_while_reconnecting_to_a_dead_server_stops_at_once_with_one_summa
     assert answered + summary["unacknowledged"] == summary["sent"]
 
 
+def test_summary_after_ctrl_c_counts_what_was_sent_not_what_was_planned(
+    server_process, sql, tmp_path
+):
+    err = tmp_path / "stderr"
+    cli = start_cli(
+        "--target", server_process.target,
+        "publish", "--count", "50000", "--duplicate-rate", "0.3", "--rate", "2000", "--json",
+        stderr=err,
+    )  # fmt: skip
+    wait_until(
+        lambda: sql.execute("SELECT count(*) FROM events").fetchone()[0] > 0,
+        what="the CLI has stored something",
+    )
+    summary = json.loads(interrupt(cli))
+    assert cli.returncode == 130, err.read_text()
+    assert 0 < summary["distinct_sent"] <= summary["sent"] < 50_000  # not the plan's 35,000
+    stored = sql.execute("SELECT count(*) FROM events").fetchone()[0]
+    # answered events are stored; those still unacknowledged may or may not be
+    assert summary["distinct_stored"] <= stored <= summary["distinct_sent"]
+    assert summary["exactly_once"] is True  # about what was sent and answered
+
+
 def test_a_missing_file_is_one_line_and_no_traceback():
     done = run_cli("publish", "--file", "/nonexistent/app.jsonl")
     assert done.returncode == 1
