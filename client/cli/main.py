@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 
 import grpc
 
-from aggregator.client.channel import parse_target
+from aggregator.client.channel import parse_target, unreachable_reason
 from aggregator.client.cli import publish, reads, tail
 from aggregator.client.client import AggregatorClient
-from aggregator.client.errors import ClientError
+from aggregator.client.errors import ClientError, Unreachable
 
 _PROG = "python -m client"
 
@@ -51,7 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except grpc.RpcError as exc:
-        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        reason = unreachable_reason(exc)
+        if reason is not None:  # as Unreachable says it, for every command alike
+            print(f"error: {Unreachable(args.target, reason)}", file=sys.stderr)
+        else:
+            print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
     except OSError as exc:  # TLS files that cannot be read, and the like
         print(f"error: {exc}", file=sys.stderr)
@@ -141,11 +145,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=0, help="events/s in total; 0 = no limit")
     p.add_argument("--seed", type=int, default=None, help="seed for the simulation")
     p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="wait this long for the server before sending anything; never reached: exit 1",
+    )
+    p.add_argument(
         "--retry-for",
         type=float,
         default=60.0,
         metavar="SECONDS",
-        help="give up after failing to reach the server this long without progress",
+        help="once connected, give up after an outage this long without progress",
     )
     p.add_argument("--file", help="JSON-lines file to ship; - reads standard input")
     p.add_argument("--topic", default="", help="topic for lines that have none")

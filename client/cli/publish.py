@@ -7,6 +7,7 @@ what was not, checked against what was sent: every distinct event stored exactly
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import functools
 import json
@@ -26,7 +27,7 @@ from rich.table import Table
 from aggregator.client import workload
 from aggregator.client.cli import jsonlines
 from aggregator.client.client import AggregatorClient
-from aggregator.client.errors import ClientError, PublisherClosed
+from aggregator.client.errors import ClientError, PublisherClosed, Unreachable
 from aggregator.client.events import new_event_id
 from aggregator.client.publisher import (
     ACCEPTED,
@@ -60,6 +61,9 @@ class Tally:
     accepted_twice: int = 0
     accepted_keys: set[tuple[str, str]] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)
+    # An outage fails many events with one text: reported once, with where the first was.
+    failures: collections.Counter[str] = field(default_factory=collections.Counter)
+    first_failed: dict[str, str] = field(default_factory=dict)
     skipped_lines: int = 0
 
     @property
@@ -84,7 +88,8 @@ class Tally:
             self.answered_keys.add(key)
             if error is not None:
                 self.counts["FAILED"] += 1
-                self.problems.append(f"{where}: {error}")
+                self.failures[str(error)] += 1
+                self.first_failed.setdefault(str(error), where)
                 return
             result = future.result()
             self.counts[result.name] += 1
@@ -113,6 +118,7 @@ def run(args: argparse.Namespace, connect: Callable[[], AggregatorClient]) -> in
     started = time.perf_counter()
     interrupted = False
     with connect() as agg:
+        _wait_for_server(agg, args.connect_timeout)
         publishers = [
             agg.publisher(max_batch_events=args.batch_size, reconnect_timeout=args.retry_for)
             for _ in sources
@@ -137,6 +143,18 @@ def run(args: argparse.Namespace, connect: Callable[[], AggregatorClient]) -> in
             for publisher in publishers:
                 _close(publisher, max(0.0, deadline - time.monotonic()))
     return _summary(args, tally, time.perf_counter() - started, console, interrupted)
+
+
+def _wait_for_server(agg: AggregatorClient, timeout: float) -> None:
+    """A target never reached is an error before anything is sent (Unreachable), after one
+    line saying so and up to `timeout` seconds for a server that is still starting."""
+    try:
+        agg.wait_for_server(timeout=0)
+    except Unreachable as exc:
+        if timeout <= 0:
+            raise
+        print(f"{exc}; retrying for {timeout:g}s (--connect-timeout)", file=sys.stderr)
+        agg.wait_for_server(timeout=timeout)
 
 
 def _close(publisher: Publisher, timeout: float | None) -> None:
@@ -240,7 +258,10 @@ def _summary(
         done = sum(c.values())
         stored, accepted = len(tally.stored_keys), len(tally.accepted_keys)
         answered = len(tally.answered_keys)
-        problems = list(tally.problems)
+        problems = list(tally.problems) + [
+            f"{tally.first_failed[text]}{f' and {n - 1:,} more' if n > 1 else ''}: {text}"
+            for text, n in tally.failures.items()
+        ]
         summary: dict[str, object] = {
             "sent": tally.published,
             "accepted": c["ACCEPTED"],

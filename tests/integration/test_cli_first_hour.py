@@ -27,19 +27,98 @@ def server_process(db_url):
     server.stop()
 
 
-def test_publish_to_a_stopped_server_gives_up_after_retry_for():
-    done = run_cli(
-        "--target", f"127.0.0.1:{free_port()}", "publish", "--count", "10", "--retry-for", "1"
-    )
-    assert done.returncode == 1
-    assert "Traceback" not in done.stderr
-    summary = run_cli(
-        "publish", "--count", "10", "--retry-for", "0.5", "--json",
-        env={"AGGREGATOR_TARGET": f"127.0.0.1:{free_port()}"},
+def start_cli(*args: str, stderr: Path) -> subprocess.Popen[str]:
+    """`python -m client ARGS` in the background; stderr to a file the test can poll."""
+    with stderr.open("w") as sink:
+        return subprocess.Popen(
+            [sys.executable, "-m", "client", *args],
+            stdout=subprocess.PIPE,
+            stderr=sink,
+            text=True,
+        )
+
+
+def interrupt(cli: subprocess.Popen[str]) -> str:
+    """Ctrl-C; its standard output once it has exited."""
+    try:
+        cli.send_signal(signal.SIGINT)
+        out, _ = cli.communicate(timeout=60)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+    return out
+
+
+@pytest.mark.parametrize(
+    ("target", "reason"),
+    [("127.0.0.1:{port}", "Connection refused"), ("nosuchhost.invalid:50051", "")],
+    ids=["nothing-listening", "unknown-host"],
+)
+def test_a_target_never_reached_is_one_line_for_publish_as_for_stats_and_health(target, reason):
+    target = target.format(port=free_port())
+    # the default --connect-timeout bounds the wait, whatever --retry-for says
+    publish = run_cli(
+        "publish", "--count", "10", "--retry-for", "600", "--json",
+        env={"AGGREGATOR_TARGET": target},
     )  # fmt: skip
-    parsed = json.loads(summary.stdout)
-    assert (parsed["sent"], parsed["failed"], parsed["exactly_once"]) == (10, 10, False)
-    assert any("UNAVAILABLE" in p for p in parsed["problems"])
+    assert (publish.returncode, publish.stdout) == (1, "")  # nothing was sent
+    waiting, final = publish.stderr.splitlines()
+    assert waiting.startswith(f"cannot reach {target} (") and "retrying for 5s" in waiting
+    assert final.startswith(f"error: cannot reach {target} (") and reason in final
+    for command in ("stats", "health"):
+        done = run_cli("--target", target, command)
+        assert (done.returncode, done.stderr.splitlines()) == (1, [final])
+
+
+def test_publish_waits_its_connect_timeout_for_a_server_that_is_starting(db_url, tmp_path):
+    port = free_port()
+    err = tmp_path / "stderr"
+    cli = start_cli(
+        "--target", f"127.0.0.1:{port}", "publish", "--count", "100", "--connect-timeout", "120",
+        stderr=err,
+    )  # fmt: skip
+    server = None
+    try:
+        wait_until(lambda: "retrying for 120s" in err.read_text(), what="the CLI is waiting")
+        server = ServerProcess(db_url, port=port).start()
+        cli.communicate(timeout=120)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+        if server is not None:
+            server.stop()
+    assert cli.returncode == 0, err.read_text()
+
+
+def test_publish_gives_up_after_retry_for_once_the_server_is_gone(db_url, sql, tmp_path):
+    server = ServerProcess(db_url).start()
+    err = tmp_path / "stderr"
+    cli = start_cli(
+        "--target", server.target,
+        "publish", "--count", "1000000", "--rate", "2000", "--retry-for", "1", "--json",
+        stderr=err,
+    )  # fmt: skip
+    try:
+        wait_until(
+            lambda: sql.execute("SELECT count(*) FROM events").fetchone()[0] > 0,
+            what="the CLI has stored something",
+        )
+        server.stop(signal.SIGKILL)
+        out, _ = cli.communicate(timeout=120)
+    finally:
+        server.kill()
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+    assert cli.returncode == 1
+    summary = json.loads(out)
+    assert summary["failed"] > 0 and summary["exactly_once"] is False
+    # every event the outage failed is one problem, not one line each
+    gave_up = [p for p in summary["problems"] if "gave up after 1s" in p]
+    assert 1 <= len(gave_up) <= 2 and all("UNAVAILABLE" in p for p in gave_up)
+    assert "Traceback" not in err.read_text()
 
 
 def test_ctrl_c_stops_with_the_partial_summary_and_exit_130(server_process, sql):
@@ -70,29 +149,6 @@ def test_ctrl_c_stops_with_the_partial_summary_and_exit_130(server_process, sql)
     assert answered + summary["unacknowledged"] == summary["sent"]
     stored = sql.execute("SELECT count(*) FROM events").fetchone()[0]
     assert summary["accepted"] <= stored  # every acknowledged event is stored
-
-
-def start_cli(*args: str, stderr: Path) -> subprocess.Popen[str]:
-    """`python -m client ARGS` in the background; stderr to a file the test can poll."""
-    with stderr.open("w") as sink:
-        return subprocess.Popen(
-            [sys.executable, "-m", "client", *args],
-            stdout=subprocess.PIPE,
-            stderr=sink,
-            text=True,
-        )
-
-
-def interrupt(cli: subprocess.Popen[str]) -> str:
-    """Ctrl-C; its standard output once it has exited."""
-    try:
-        cli.send_signal(signal.SIGINT)
-        out, _ = cli.communicate(timeout=60)
-    finally:
-        if cli.poll() is None:
-            cli.kill()
-            cli.wait()
-    return out
 
 
 def test_ctrl_c_while_reconnecting_to_a_dead_server_stops_at_once_with_one_summary(
