@@ -25,7 +25,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from aggregator.client import workload
-from aggregator.client.cli import jsonlines
+from aggregator.client.cli import exit_codes, jsonlines
 from aggregator.client.client import AggregatorClient
 from aggregator.client.errors import ClientError, PublisherClosed, Unreachable
 from aggregator.client.events import new_event_id
@@ -38,8 +38,6 @@ from aggregator.client.publisher import (
     Publisher,
 )
 from aggregator.v1 import aggregator_pb2 as pb
-
-INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
 
 Source = Iterator[tuple[str, pb.Event]]  # (where it came from, the event)
 
@@ -110,8 +108,6 @@ def run(args: argparse.Namespace, connect: Callable[[], AggregatorClient]) -> in
     if args.file:
         sources: list[Source] = [_file_source(args, tally)]
     else:
-        if not 0 <= args.duplicate_rate < 1 or args.count < 1:
-            raise SystemExit("error: --count must be positive and --duplicate-rate in [0, 1)")
         sources = _simulated(args)
         total = args.count
     stop = threading.Event()
@@ -281,6 +277,14 @@ def _summary(
             "exactly_once": tally.accepted_twice == 0 and stored == answered,
             "interrupted": interrupted,
         }
+        failures = _failures(summary, tally.accepted_twice)
+    # The exit code, said in words: 130 interrupted, 1 failed (and why), else 0.
+    if interrupted:
+        summary["result"], code = "interrupted", exit_codes.INTERRUPTED
+    elif failures:
+        summary["result"], code = f"failed: {', '.join(failures)}", exit_codes.FAILED
+    else:
+        summary["result"], code = "ok", exit_codes.OK
     for problem in problems[:50]:
         console.print(f"[yellow]{escape(problem)}[/]", highlight=False)
     if len(problems) > 50:
@@ -293,6 +297,25 @@ def _summary(
             shown = f"{value:,}" if type(value) is int else str(value)
             table.add_row(key.replace("_", " "), shown)
         Console().print(table)
-    if interrupted:
-        return INTERRUPTED
-    return 0 if summary["exactly_once"] and not problems else 1
+    return code
+
+
+def _failures(summary: dict[str, object], accepted_twice: int) -> list[str]:
+    """Why the run failed (nothing: it did not): each is a count the summary shows."""
+    failures = []
+    for key, noun, what in (
+        ("skipped_lines", "line", "skipped"),
+        ("rejected", "event", "rejected"),
+        ("conflict", "event", "in conflict"),
+        ("failed", "event", "failed"),
+        ("unacknowledged", "event", "unacknowledged"),
+    ):
+        n = summary[key]
+        assert isinstance(n, int)
+        if n:
+            failures.append(f"{n:,} {noun}{'s' if n > 1 else ''} {what}")
+    if accepted_twice:
+        failures.append(f"{accepted_twice:,} accepted twice")
+    if not summary["exactly_once"] and not failures:
+        failures.append("not stored exactly once")
+    return failures

@@ -232,7 +232,8 @@ def test_file_payloads_may_be_any_json_value_or_the_rest_of_the_record(
     assert summary["distinct_sent"] == summary["distinct_stored"] == 5
     assert summary["exactly_once"] is True
     assert summary["problems"] == ["line 6: skipped: not UTF-8"]
-    assert done.returncode == 1  # a line was skipped
+    # a line was skipped: a failure, and the summary says so beside exactly_once
+    assert (done.returncode, summary["result"]) == (1, "failed: 1 line skipped")
     stored = dict(sql.execute("SELECT event_id, payload FROM events").fetchall())
     assert stored == {
         "text": "plain text line",
@@ -250,7 +251,29 @@ def test_file_mode_summary_is_false_when_an_event_is_not_stored(server_process, 
     summary = json.loads(done.stdout)
     assert (summary["rejected"], summary["distinct_sent"], summary["distinct_stored"]) == (1, 1, 0)
     assert summary["exactly_once"] is False
-    assert done.returncode == 1
+    assert (done.returncode, summary["result"]) == (1, "failed: 1 event rejected")
+    table = run_cli("--target", server_process.target, "publish", "--file", str(path))
+    assert table.returncode == 1 and "failed: 1 event rejected" in table.stdout
+
+
+@pytest.mark.parametrize(
+    "wrong",
+    [
+        ("--duplicate-rate", "1.5"),
+        ("--duplicate-rate", "-0.1"),
+        ("--count", "0"),
+        ("--streams", "0"),
+        ("--batch-size", "x"),
+        ("--rate", "-1"),
+        ("--retry-for", "nan"),
+    ],
+)
+def test_out_of_range_publish_options_are_bad_arguments_exit_2(wrong):
+    done = run_cli("--target", f"127.0.0.1:{free_port()}", "publish", *wrong)
+    assert done.returncode == 2
+    last = done.stderr.splitlines()[-1]
+    assert last.startswith("python -m client publish: error: argument " + wrong[0])
+    assert "Traceback" not in done.stderr
 
 
 def test_help_shows_defaults_and_connection_options_work_after_the_command(server_process):
