@@ -60,8 +60,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_codes.FAILED
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows each option's default; keeps descriptions as written."""
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps descriptions as written; shows an option's default once, where it says something:
+    not for a help text that names its own, nor for a flag, nor for nothing (None, "")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        nothing = action.default is None or action.default is False or action.default == ""
+        if "default" in text or nothing or action.default == argparse.SUPPRESS:
+            return text
+        return f"{text} (default: %(default)s)" if action.option_strings else text
 
 
 def _connection_options(defaults: bool) -> argparse.ArgumentParser:
@@ -76,7 +84,7 @@ def _connection_options(defaults: bool) -> argparse.ArgumentParser:
     group.add_argument(
         "--target",
         default=default(os.environ.get("AGGREGATOR_TARGET", "localhost:50051")),
-        help="server address host:port (default from $AGGREGATOR_TARGET)",
+        help="server address host:port (default: $AGGREGATOR_TARGET, else localhost:50051)",
     )
     group.add_argument(
         "--tls",
@@ -92,7 +100,7 @@ def _connection_options(defaults: bool) -> argparse.ArgumentParser:
     group.add_argument(
         "--token",
         default=default(os.environ.get("AGGREGATOR_TOKEN")),
-        help="bearer token (default from $AGGREGATOR_TOKEN)",
+        help="bearer token (default: $AGGREGATOR_TOKEN)",
     )
     return options
 
@@ -171,7 +179,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--streams", type=_positive, default=2, help="parallel Publish streams")
     p.add_argument("--batch-size", type=_positive, default=500, help="events per request")
     p.add_argument("--rate", type=_at_least_zero, default=0, help="events/s in total; 0 = no limit")
-    p.add_argument("--seed", type=int, default=None, help="seed for the simulation")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed for the simulation (default: a new one each run)",
+    )
     p.add_argument(
         "--connect-timeout",
         type=_at_least_zero,

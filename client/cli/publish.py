@@ -11,6 +11,8 @@ import collections
 import contextlib
 import functools
 import json
+import os
+import stat
 import sys
 import threading
 import time
@@ -19,6 +21,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from rich import filesize
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -59,6 +62,7 @@ class Tally:
     accepted_twice: int = 0
     accepted_keys: set[tuple[str, str]] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)
+    read_bytes: int = 0  # of the --file, by its one reader
     # An outage fails many events with one text: reported once, with where the first was.
     failures: collections.Counter[str] = field(default_factory=collections.Counter)
     first_failed: dict[str, str] = field(default_factory=dict)
@@ -104,12 +108,12 @@ class Tally:
 def run(args: argparse.Namespace, connect: Callable[[], AggregatorClient]) -> int:
     tally = Tally()
     console = Console(stderr=True)
-    total: int | None = None
+    file_size: int | None = None
     if args.file:
-        sources: list[Source] = [_file_source(args, tally)]
+        source, file_size = _file_source(args, tally)
+        sources = [source]
     else:
         sources = _simulated(args)
-        total = args.count
     stop = threading.Event()
     started = time.perf_counter()
     interrupted = False
@@ -128,7 +132,7 @@ def run(args: argparse.Namespace, connect: Callable[[], AggregatorClient]) -> in
         try:
             for pump in pumps:
                 pump.start()
-            _show_progress(console, pumps, tally, total)
+            _show_progress(console, pumps, tally, None if args.file else args.count, file_size)
             for publisher in publishers:
                 _close(publisher, None)
         except KeyboardInterrupt:
@@ -159,14 +163,30 @@ def _close(publisher: Publisher, timeout: float | None) -> None:
         publisher.close(timeout)
 
 
-def _file_source(args: argparse.Namespace, tally: Tally) -> Source:
+def _file_source(args: argparse.Namespace, tally: Tally) -> tuple[Source, int | None]:
+    """The events of --file, and how many bytes it has left to read when that is known
+    (a regular file, also as standard input; not a pipe)."""
     if args.file == "-":
-        return jsonlines.read(sys.stdin.buffer, args.topic, args.source, tally.skipped)
-    try:
-        handle = open(args.file, "rb")  # noqa: SIM115 (closed when the lines run out)
-    except OSError as exc:
-        raise SystemExit(f"error: cannot read --file {args.file}: {exc.strerror}") from None
-    return _closing(handle, jsonlines.read(handle, args.topic, args.source, tally.skipped))
+        handle = sys.stdin.buffer
+    else:
+        try:
+            handle = open(args.file, "rb")  # noqa: SIM115 (closed when the lines run out)
+        except OSError as exc:
+            raise SystemExit(f"error: cannot read --file {args.file}: {exc.strerror}") from None
+    size = None
+    with contextlib.suppress(OSError, ValueError):
+        status = os.fstat(handle.fileno())
+        if stat.S_ISREG(status.st_mode):
+            size = max(0, status.st_size - handle.tell())
+    lines = _counted(handle, tally)
+    events = jsonlines.read(lines, args.topic, args.source, tally.skipped)
+    return (events if args.file == "-" else _closing(handle, events)), size
+
+
+def _counted(handle: BinaryIO, tally: Tally) -> Iterator[bytes]:
+    for line in handle:
+        tally.read_bytes += len(line)
+        yield line
 
 
 def _closing(handle: BinaryIO, events: Source) -> Source:
@@ -215,35 +235,49 @@ def _pump(
 
 
 def _show_progress(
-    console: Console, pumps: list[threading.Thread], tally: Tally, total: int | None
+    console: Console,
+    pumps: list[threading.Thread],
+    tally: Tally,
+    count: int | None,
+    file_size: int | None,
 ) -> None:
+    """Events answered out of --count; or, with --file, bytes read (out of its size when
+    known), beside the answers so far."""
+    if count is not None:
+        amount = TextColumn("{task.completed:>9,.0f}/{task.total:,.0f}")
+    else:
+        amount = TextColumn("{task.fields[read]} read")
     columns = [
         TextColumn("[bold]publishing"),
         BarColumn(),
-        TextColumn(
-            "{task.completed:>9,.0f}/{task.total:,.0f}" if total else "{task.completed:,.0f}"
-        ),
+        amount,
         TextColumn("{task.fields[counts]}"),
         TextColumn("{task.fields[rate]:>10,.0f} events/s"),
         TimeElapsedColumn(),
     ]
+    total = count if count is not None else file_size
     started = time.perf_counter()
     with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("publish", total=total, counts="", rate=0.0)
-        while any(p.is_alive() for p in pumps):
-            for p in pumps:
-                p.join(0.2)
+        task = progress.add_task("publish", total=total, counts="", rate=0.0, read="")
+        while True:
             done = tally.done
             c = tally.counts
+            read = tally.read_bytes
             progress.update(
                 task,
-                completed=done,
+                completed=done if count is not None else read,
+                read=filesize.decimal(read)
+                + ("" if file_size is None else f"/{filesize.decimal(file_size)}"),
                 counts=(
                     f"[green]acc {c['ACCEPTED']:,}[/] [cyan]dup {c['DUPLICATE']:,}[/] "
                     f"[red]rej {c['REJECTED']:,}[/] [yellow]conf {c['CONFLICT']:,}[/]"
                 ),
                 rate=done / max(1e-9, time.perf_counter() - started),
             )
+            if not any(p.is_alive() for p in pumps):
+                return
+            for p in pumps:
+                p.join(0.2)
 
 
 def _summary(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
 import re
 import signal
 import subprocess
@@ -11,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
+from rich import filesize
 
 from aggregator.storage.embedded import free_port
 from tests.support import ServerProcess, run_cli, wait_until
@@ -280,11 +283,60 @@ def test_help_shows_defaults_and_connection_options_work_after_the_command(serve
     help_text = run_cli("publish", "--help").stdout
     assert "(default: 20000)" in help_text and "--retry-for SECONDS" in help_text
     assert "--target" in help_text
-    assert "(default: localhost:50051)" in run_cli("--help").stdout
+    top = run_cli("--help", env={"COLUMNS": "200"}).stdout
+    assert "(default: $AGGREGATOR_TARGET, else localhost:50051)" in top
     after = run_cli("health", "--target", server_process.target)
     assert (after.returncode, after.stdout.strip()) == (0, "SERVING")
     from_env = run_cli("health", env={"AGGREGATOR_TARGET": server_process.target})
     assert from_env.stdout.strip() == "SERVING"
+
+
+@pytest.mark.parametrize("command", ["", "publish", "stats", "health", "events", "tail"])
+def test_help_shows_each_default_once_and_never_the_token(command):
+    wide = {"COLUMNS": "1000", "AGGREGATOR_TOKEN": "s3cret-token"}  # one option per line
+    done = run_cli(*([command] if command else []), "--help", env=wide)
+    assert done.returncode == 0
+    for line in done.stdout.splitlines():
+        assert line.count("default") <= 1, line
+    for nothing in ("(default: None)", "(default: False)", "(default: )", "s3cret-token"):
+        assert nothing not in done.stdout
+
+
+def run_on_a_terminal(*args: str) -> tuple[int, str]:
+    """`python -m client ARGS` with its stderr on a terminal, where rich draws progress: the
+    exit code and everything drawn."""
+    terminal, its_end = pty.openpty()
+    try:
+        cli = subprocess.Popen(
+            [sys.executable, "-m", "client", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=its_end,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+    finally:
+        os.close(its_end)
+    drawn = bytearray()
+    try:
+        while chunk := os.read(terminal, 65536):
+            drawn += chunk
+    except OSError:  # EIO: the CLI has exited, closing the terminal's other end
+        pass
+    finally:
+        os.close(terminal)
+    return cli.wait(timeout=120), drawn.decode(errors="replace")
+
+
+def test_file_progress_shows_bytes_read_out_of_the_file_size(server_process, tmp_path):
+    path = tmp_path / "app.jsonl"
+    path.write_text(
+        "".join(json.dumps({"topic": "app", "timestamp": i}) + "\n" for i in range(2000))
+    )
+    code, drawn = run_on_a_terminal(
+        "--target", server_process.target, "publish", "--file", str(path)
+    )
+    assert code == 0, drawn
+    assert f"/{filesize.decimal(path.stat().st_size)} read" in drawn
 
 
 def test_http_targets_are_understood_and_other_urls_rejected_with_a_hint(server_process):
