@@ -43,6 +43,8 @@ def run(args: argparse.Namespace, connect: Connect) -> int:
     cursor = args.after
     code = exit_codes.OK
     with connect() as agg:
+        if args.follow:  # else subscribe would keep retrying a target never reached
+            agg.wait_for_server(timeout=0)
         try:
             if args.follow:
                 from_now = not (args.from_start or args.after)

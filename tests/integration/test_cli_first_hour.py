@@ -58,7 +58,7 @@ def interrupt(cli: subprocess.Popen[str]) -> str:
     [("127.0.0.1:{port}", "Connection refused"), ("nosuchhost.invalid:50051", "")],
     ids=["nothing-listening", "unknown-host"],
 )
-def test_a_target_never_reached_is_one_line_for_publish_as_for_stats_and_health(target, reason):
+def test_a_target_never_reached_is_one_line_for_publish_as_for_the_other_commands(target, reason):
     target = target.format(port=free_port())
     # the default --connect-timeout bounds the wait, whatever --retry-for says
     publish = run_cli(
@@ -69,8 +69,8 @@ def test_a_target_never_reached_is_one_line_for_publish_as_for_stats_and_health(
     waiting, final = publish.stderr.splitlines()
     assert waiting.startswith(f"cannot reach {target} (") and "retrying for 5s" in waiting
     assert final.startswith(f"error: cannot reach {target} (") and reason in final
-    for command in ("stats", "health"):
-        done = run_cli("--target", target, command)
+    for command in (["stats"], ["health"], ["tail", "--topic", "t", "--follow"]):
+        done = run_cli("--target", target, *command)
         assert (done.returncode, done.stderr.splitlines()) == (1, [final])
 
 
