@@ -187,9 +187,10 @@ class AggregatorClient:
         reason, if it is not within `timeout` seconds. One attempt when `timeout` is 0."""
         deadline = time.monotonic() + timeout
         check = health_pb2_grpc.HealthStub(self._channel).Check
+        request = health_pb2.HealthCheckRequest()
         attempt = max(1.0, min(timeout, 5.0))
         try:
-            check(health_pb2.HealthCheckRequest(), timeout=attempt, wait_for_ready=False)
+            check(request, timeout=attempt, wait_for_ready=False)
             return
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -199,13 +200,15 @@ class AggregatorClient:
                 if found is None:
                     return  # the server answered, with an error of its own
                 reason = found
-        ready = grpc.channel_ready_future(self._channel)
-        try:
-            ready.result(timeout=max(0.0, deadline - time.monotonic()))
-        except grpc.FutureTimeoutError:
-            raise Unreachable(self._target, reason) from None
-        finally:
-            ready.cancel()
+        remaining = deadline - time.monotonic()
+        if remaining > 0:
+            try:  # waits through connection failures until connected or out of time
+                check(request, timeout=remaining, wait_for_ready=True)
+                return
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                    return  # connected: the server answered, with an error of its own
+        raise Unreachable(self._target, reason)
 
     def close(self) -> None:
         if self._owns_channel:
