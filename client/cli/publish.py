@@ -83,9 +83,9 @@ class Tally:
             self.problems.append(problem)
 
     def record(self, key: tuple[str, str], where: str, future: Future[EventResult]) -> None:
-        error = None if future.cancelled() else future.exception()
-        if future.cancelled() or isinstance(error, PublisherClosed):
+        if future.cancelled() or isinstance(future.exception(), PublisherClosed):
             return  # stopped before its answer came: it stays unacknowledged
+        error = future.exception()
         with self.lock:
             self.answered_keys.add(key)
             if error is not None:
@@ -311,7 +311,15 @@ def _summary(
             "exactly_once": tally.accepted_twice == 0 and stored == answered,
             "interrupted": interrupted,
         }
-        failures = _failures(summary, tally.accepted_twice)
+        failures = _failures(
+            lines_skipped=tally.skipped_lines,
+            rejected=c["REJECTED"],
+            in_conflict=c["CONFLICT"],
+            failed=c["FAILED"],
+            unacknowledged=tally.published - done,
+            accepted_twice=tally.accepted_twice,
+            exactly_once=bool(summary["exactly_once"]),
+        )
     # The exit code, said in words: 130 interrupted, 1 failed (and why), else 0.
     if interrupted:
         summary["result"], code = "interrupted", exit_codes.INTERRUPTED
@@ -334,22 +342,31 @@ def _summary(
     return code
 
 
-def _failures(summary: dict[str, object], accepted_twice: int) -> list[str]:
-    """Why the run failed (nothing: it did not): each is a count the summary shows."""
-    failures = []
-    for key, noun, what in (
-        ("skipped_lines", "line", "skipped"),
-        ("rejected", "event", "rejected"),
-        ("conflict", "event", "in conflict"),
-        ("failed", "event", "failed"),
-        ("unacknowledged", "event", "unacknowledged"),
+def _failures(
+    *,
+    lines_skipped: int,
+    rejected: int,
+    in_conflict: int,
+    failed: int,
+    unacknowledged: int,
+    accepted_twice: int,
+    exactly_once: bool,
+) -> list[str]:
+    """Why the run failed, in the summary's counts ("2 lines skipped"); empty if it did not."""
+
+    def count(n: int, noun: str) -> str:
+        return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+    failures = [f"{count(lines_skipped, 'line')} skipped"] if lines_skipped else []
+    for n, what in (
+        (rejected, "rejected"),
+        (in_conflict, "in conflict"),
+        (failed, "failed"),
+        (unacknowledged, "unacknowledged"),
+        (accepted_twice, "accepted twice"),
     ):
-        n = summary[key]
-        assert isinstance(n, int)
         if n:
-            failures.append(f"{n:,} {noun}{'s' if n > 1 else ''} {what}")
-    if accepted_twice:
-        failures.append(f"{accepted_twice:,} accepted twice")
-    if not summary["exactly_once"] and not failures:
+            failures.append(f"{count(n, 'event')} {what}")
+    if not exactly_once and not failures:
         failures.append("not stored exactly once")
     return failures
