@@ -273,11 +273,11 @@ class Publisher:
             except (grpc.RpcError, _StreamEnded) as exc:
                 code = exc.code() if isinstance(exc, grpc.RpcError) else grpc.StatusCode.UNAVAILABLE
                 details = (exc.details() if isinstance(exc, grpc.RpcError) else None) or str(exc)
-                if self._stopped.is_set():
-                    break
                 if code not in retry.RETRYABLE:
                     self._fail(PublishError(code, details))
                     return
+                if self._stopped.is_set():
+                    break  # closed: no reconnecting
                 now = time.monotonic()
                 first = failing_since is None
                 failing_since = failing_since or now
