@@ -3,8 +3,9 @@
 Requests are PublishRequests of --batch-size events (-n counts requests, as in ghz). With
 --call publish each of the -c concurrent callers is one bidi Publish stream; with
 publish-batch each is a loop of unary PublishBatch calls. The load is spread over worker
-processes so that the generator is not the bottleneck; CPU use of the generator, the server
-and PostgreSQL is reported beside the results.
+processes so that the generator is not the bottleneck; CPU use of the generator, and with
+--spawn of the server and its PostgreSQL (that cluster's processes only), is reported beside
+the results.
 """
 
 from __future__ import annotations
@@ -130,9 +131,11 @@ def run(args: argparse.Namespace, in_process: bool = False) -> report.Report:
     """Run the load (and baselines); `in_process` keeps the workers in this process (tests)."""
     with ExitStack() as stack:
         target, database_url, server_pids = args.target, args.database_url, []
+        postgres_pid = None  # known only for the cluster this run starts
         if args.spawn:
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="aggregator-bench-")))
             database_url = stack.enter_context(spawn.embedded_postgres(tmp))
+            postgres_pid = proc.postmaster_pid(spawn.cluster_dir(tmp))
             port = free_port()
             for _ in range(args.servers):  # several: one port shared (SO_REUSEPORT)
                 server = spawn.ServerProcess(
@@ -157,7 +160,7 @@ def run(args: argparse.Namespace, in_process: bool = False) -> report.Report:
             time.sleep(3.0)  # ~60 probes with nothing else running
             delivery["idle"] = idle.stop().summary()
             loaded = bench_delivery.Probe(target).start()
-        results, cpu_shares = _load(args, target, server_pids, in_process)
+        results, cpu_shares = _load(args, target, server_pids, postgres_pid, in_process)
         if args.delivery:
             delivery["under the load"] = loaded.stop().summary()
         options = {
@@ -200,7 +203,9 @@ def run(args: argparse.Namespace, in_process: bool = False) -> report.Report:
                 events=args.baseline_events or max(50_000, min(built.events, 400_000)),
             )
         if args.at_fraction:  # last: the baselines see the database the full-speed run left
-            built.at_fraction = _at_fraction(args, built, target, server_pids, in_process)
+            built.at_fraction = _at_fraction(
+                args, built, target, server_pids, postgres_pid, in_process
+            )
         return built
 
 
@@ -210,7 +215,7 @@ def _ceiling(args: argparse.Namespace, in_process: bool) -> tuple[float, float]:
         "", "--stack", args.ceiling_stack, port=free_port(), module="bench.ceiling"
     ).start()
     try:
-        results, cpu = _load(args, ceiling.target, [ceiling.pid], in_process)
+        results, cpu = _load(args, ceiling.target, [ceiling.pid], None, in_process)
     finally:
         ceiling.stop()
     run = report.build(results, {}, skip_first=args.skipFirst, count_errors=args.count_errors)
@@ -222,6 +227,7 @@ def _at_fraction(
     at_max: report.Report,
     target: str,
     server_pids: list[int],
+    postgres_pid: int | None,
     in_process: bool,
 ) -> dict[str, float]:
     """The same load at `args.at_fraction` of the request rate `at_max` measured, evenly
@@ -229,7 +235,7 @@ def _at_fraction(
     second's (new connections warming up; publishers keep theirs open)."""
     rps = args.at_fraction * at_max.requests_per_second
     paced = argparse.Namespace(**(vars(args) | {"rps": rps, "duration": args.at_duration}))
-    results, _ = _load(paced, target, server_pids, in_process)
+    results, _ = _load(paced, target, server_pids, postgres_pid, in_process)
     every = report.build(results, {}, skip_first=0, count_errors=False)
     warm = report.build(results, {}, skip_first=max(1, round(rps)), count_errors=False)
     return {
@@ -255,8 +261,15 @@ def stream_offsets(worker: int, streams: int, workers: int, rps: float) -> tuple
 
 
 def _load(
-    args: argparse.Namespace, target: str, server_pids: list[int], in_process: bool
+    args: argparse.Namespace,
+    target: str,
+    server_pids: list[int],
+    postgres_pid: int | None,
+    in_process: bool,
 ) -> tuple[list[load.WorkerResult], dict[str, float]]:
+    """Run the load; its results and the CPU share (of one core) of each process measured:
+    the generator, the server's processes, and the PostgreSQL cluster whose postmaster is
+    `postgres_pid` with all its backends (never another cluster on this machine)."""
     workers = 1 if in_process else (args.workers or load.default_workers(args.concurrency))
     workers = min(workers, args.concurrency)
     connections = args.connections or args.concurrency
@@ -289,19 +302,22 @@ def _load(
     def server_cpu() -> float:
         return sum(proc.cpu_seconds(pid) for pid in server_pids)
 
-    before = (server_cpu(), proc.postgres_cpu_seconds())
+    def postgres_cpu() -> float:
+        return 0.0 if postgres_pid is None else proc.tree_cpu_seconds(postgres_pid)
+
+    before = (server_cpu(), postgres_cpu())
     if in_process:
         results = [load.run_worker(plan) for plan in plans]
     else:
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
             results = pool.map(load.run_worker, plans)
     elapsed = max(r.ended for r in results) - min(r.started for r in results)
-    shares: dict[str, Any] = {
-        "load generator": sum(r.cpu_seconds for r in results) / elapsed,
-        "PostgreSQL": (proc.postgres_cpu_seconds() - before[1]) / elapsed,
-    }
+    # A process read at the very moment it ends may be missed once: never below 0.
+    shares: dict[str, Any] = {"load generator": sum(r.cpu_seconds for r in results) / elapsed}
+    if postgres_pid is not None:
+        shares["PostgreSQL"] = max(0.0, postgres_cpu() - before[1]) / elapsed
     if server_pids:
-        shares["server"] = (server_cpu() - before[0]) / elapsed
+        shares["server"] = max(0.0, server_cpu() - before[0]) / elapsed
     return results, shares
 
 

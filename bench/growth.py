@@ -21,7 +21,7 @@ import psycopg
 
 from aggregator.storage.embedded import free_port
 from bench import __main__ as bench_main
-from bench import report, spawn
+from bench import proc, report, spawn
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         server = spawn.ServerProcess(url, port=free_port()).start()
+        postgres_pid = proc.postmaster_pid(spawn.cluster_dir(Path(tmp)))
         try:
             first = 0.0
             statements = _read(url, args.statements).statements
@@ -79,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             before = _read(url, False).wal
             for n in range(1, rounds + 1):
-                results, cpu = bench_main._load(load_args, server.target, [server.pid], False)
+                results, cpu = bench_main._load(
+                    load_args, server.target, [server.pid], postgres_pid, False
+                )
                 built = report.build(results, {}, skip_first=0, count_errors=False)
                 rate = built.events_per_second
                 first = first or rate

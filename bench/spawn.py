@@ -31,9 +31,14 @@ def embedded_postgres(
     yields its URL."""
     workdir.chmod(0o755)  # the unprivileged PostgreSQL user must be able to enter it
     with storage.EmbeddedPostgres(
-        workdir / "pg", database="bench", throwaway=throwaway, settings=settings
+        cluster_dir(workdir), database="bench", throwaway=throwaway, settings=settings
     ) as pg:
         yield pg.url
+
+
+def cluster_dir(workdir: Path) -> Path:
+    """The data directory of the cluster `embedded_postgres(workdir)` runs."""
+    return workdir / "pg"
 
 
 @contextmanager

@@ -9,7 +9,13 @@ builds events from plain values.
 """
 
 from aggregator.client.client import AggregatorClient
-from aggregator.client.errors import ClientError, PublisherClosed, PublishError, SubscribeError
+from aggregator.client.errors import (
+    ClientError,
+    PublisherClosed,
+    PublishError,
+    SubscribeError,
+    Unreachable,
+)
 from aggregator.client.events import make_event, new_event_id
 from aggregator.client.publisher import (
     ACCEPTED,
@@ -44,6 +50,7 @@ __all__ = [
     "StoredEvent",
     "SubscribeError",
     "SubscribeResponse",
+    "Unreachable",
     "make_event",
     "new_event_id",
 ]

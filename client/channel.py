@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,31 @@ def parse_target(target: str) -> tuple[str, bool]:
         f"target {target!r}: give host:port (http://host:port and https://host:port "
         "are understood too)"
     )
+
+
+# gRPC core's texts for a call that found no connection: nothing reachable at any address
+# ("last error: UNKNOWN: ipv4:127.0.0.1:1: Failed to connect to remote host: Connection
+# refused"), or a name that does not resolve ("errors resolving host:port: [... : Domain name
+# not found]", or "DNS resolution failed for host:port: ...").
+_NO_CONNECTION = re.compile(
+    r"failed to connect to all addresses; last error: "
+    r"(?:[A-Z_]+: )?(?:[\w-]+:\S+: )?(?P<connect>.+)"
+    r"|(?:errors resolving|DNS resolution failed for) \S+: (?P<resolve>.+)",
+    re.S,
+)
+
+
+def unreachable_reason(exc: grpc.RpcError) -> str | None:
+    """Why a call found no connection to the server (e.g. `Connection refused`), or None
+    when the server itself answered with the error."""
+    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+        return None
+    match = _NO_CONNECTION.fullmatch(exc.details() or "")
+    if match is None:
+        return None
+    if match["connect"] is not None:
+        return match["connect"].removeprefix("Failed to connect to remote host: ").strip()
+    return match["resolve"].rsplit(": ", 1)[-1].strip(" []")
 
 
 class _Bearer(

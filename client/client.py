@@ -12,8 +12,8 @@ from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from aggregator.client import retry
-from aggregator.client.channel import open_channel
-from aggregator.client.errors import PublishError, SubscribeError
+from aggregator.client.channel import open_channel, unreachable_reason
+from aggregator.client.errors import PublishError, SubscribeError, Unreachable
 from aggregator.client.publisher import Publisher
 from aggregator.v1 import aggregator_pb2 as pb
 from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
@@ -37,6 +37,7 @@ class AggregatorClient:
         """Args: TLS when `tls` or a file is given (see client.channel.open_channel);
         `token` is sent as a bearer token; `channel` replaces all of that."""
         self._owns_channel = channel is None
+        self._target = target if channel is None else "the server"
         self._channel = channel or open_channel(
             target, tls=tls, ca_file=ca_file, cert_file=cert_file, key_file=key_file, token=token
         )
@@ -180,6 +181,34 @@ class AggregatorClient:
         stub = health_pb2_grpc.HealthStub(self._channel)
         reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+    def wait_for_server(self, timeout: float = 5.0) -> None:
+        """Return once the server is reached (any answer will do); Unreachable, with gRPC's
+        reason, if it is not within `timeout` seconds. One attempt when `timeout` is 0."""
+        deadline = time.monotonic() + timeout
+        check = health_pb2_grpc.HealthStub(self._channel).Check
+        request = health_pb2.HealthCheckRequest()
+        attempt = max(1.0, min(timeout, 5.0))
+        try:
+            check(request, timeout=attempt, wait_for_ready=False)
+            return
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                reason = f"no answer within {attempt:g}s"
+            else:
+                found = unreachable_reason(exc)
+                if found is None:
+                    return  # the server answered, with an error of its own
+                reason = found
+        remaining = deadline - time.monotonic()
+        if remaining > 0:
+            try:  # waits through connection failures until connected or out of time
+                check(request, timeout=remaining, wait_for_ready=True)
+                return
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                    return  # connected: the server answered, with an error of its own
+        raise Unreachable(self._target, reason)
 
     def close(self) -> None:
         if self._owns_channel:

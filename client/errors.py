@@ -3,7 +3,8 @@
 ClientError
 ├── PublishError      a call failed in a way retrying cannot fix (or retries ran out)
 ├── SubscribeError    a subscription failed for good (or reconnecting ran out of time)
-└── PublisherClosed   publish() after close()
+├── Unreachable       the server could not be reached at all
+└── PublisherClosed   publish() after close(), or an event close() left unacknowledged
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ class PublishError(ClientError):
 
 
 class PublisherClosed(ClientError):
-    """The publisher was closed; create a new one."""
+    """The publisher was closed (before this event's answer came); create a new one."""
 
 
 class SubscribeError(ClientError):
@@ -36,3 +37,13 @@ class SubscribeError(ClientError):
         self.code = code
         self.details = details
         self.cursor = cursor
+
+
+class Unreachable(ClientError):
+    """The server was never reached: nothing listens at `target`, or its name does not
+    resolve, or the connection fails (TLS); `reason` is gRPC's."""
+
+    def __init__(self, target: str, reason: str) -> None:
+        super().__init__(f"cannot reach {target} ({reason})")
+        self.target = target
+        self.reason = reason

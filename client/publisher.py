@@ -164,19 +164,25 @@ class Publisher:
                 raise self._error
 
     def close(self, timeout: float | None = None) -> None:
-        """Flush, end the stream, stop the threads. Idempotent."""
+        """Flush, end the stream, stop the threads, all within `timeout` seconds. Idempotent.
+
+        After a close the publisher never reconnects: if the stream fails (or was failing)
+        before every event has its result, the rest fail with PublisherClosed, and sending
+        them again is safe. A flush cut short by `timeout` raises TimeoutError.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
             if self._error is None:
                 self.flush(timeout)
         finally:
             with self._cond:
                 self._closing = True
+                self._stopped.set()  # before the notify: the linger thread checks it on waking
                 if self._outbox is not None:
                     self._outbox.put(_END)
                 self._cond.notify_all()
-            self._stopped.set()
-            self._stream_thread.join(timeout)
-            self._linger_thread.join(timeout)
+            for thread in (self._stream_thread, self._linger_thread):
+                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def __enter__(self) -> Publisher:
         return self
@@ -242,16 +248,23 @@ class Publisher:
                     return
                 if self._closing and not self._buffer and not self._inflight:
                     return
+                if self._stopped.is_set() and failing_since is not None:
+                    break  # closed during an outage: no more attempts
                 for sealed in self._inflight:  # resend everything not acknowledged
                     outbox.put(sealed.message)
-                if self._closing and not self._buffer and not self._inflight:
+                if self._closing:  # close() ended the stream before this one began
                     outbox.put(_END)
                 self._outbox = outbox
             requests = iter(outbox.get, _END)
             try:
-                responses = self._stub.Publish(requests, metadata=self._metadata)
+                try:
+                    responses = self._stub.Publish(requests, metadata=self._metadata)
+                except ValueError:  # the channel was closed under a closed publisher
+                    break
                 for response in responses:
                     self._on_response(response)
+                    if failing_since is not None:
+                        log.info("stream restored after %d failed attempts", attempt)
                     attempt, failing_since = 0, None
                 with self._cond:
                     if self._closing and not self._inflight and not self._buffer:
@@ -263,7 +276,10 @@ class Publisher:
                 if code not in retry.RETRYABLE:
                     self._fail(PublishError(code, details))
                     return
+                if self._stopped.is_set():
+                    break  # closed: no reconnecting
                 now = time.monotonic()
+                first = failing_since is None
                 failing_since = failing_since or now
                 delay = retry.delay(exc, attempt)
                 attempt += 1
@@ -278,11 +294,18 @@ class Publisher:
                         )
                     )
                     return
-                log.warning(
-                    "stream failed (%s: %s); reconnecting in %.2fs", code.name, details, delay
+                # One warning per outage; each further attempt is a debug line.
+                log.log(
+                    logging.WARNING if first else logging.DEBUG,
+                    "stream failed (%s: %s); reconnecting%s",
+                    code.name,
+                    details,
+                    ""
+                    if self._reconnect_timeout is None
+                    else f" for up to {self._reconnect_timeout:g}s",
                 )
-                if self._stopped.wait(delay) and self._error is not None:
-                    return
+                if self._stopped.wait(delay):
+                    break
                 self.reconnects += 1
             except _ProtocolViolation as exc:
                 self._fail(PublishError(grpc.StatusCode.INTERNAL, str(exc)))
@@ -291,6 +314,22 @@ class Publisher:
                 with self._cond:
                     self._outbox = None
                 outbox.put(_END)  # let gRPC's request-sending thread finish
+        self._abandon()
+
+    def _abandon(self) -> None:
+        """Closed with events still unacknowledged and no stream to deliver them: each
+        fails with PublisherClosed (resending it is safe)."""
+        with self._cond:
+            pending = [f for s in self._inflight for f in s.futures] + self._buffer_futures
+            self._inflight.clear()
+            self._buffer, self._buffer_futures, self._buffer_bytes = [], [], 0
+            self._cond.notify_all()
+        if pending:
+            error = PublisherClosed(
+                f"closed before {len(pending)} events were acknowledged; resending them is safe"
+            )
+            for future in pending:
+                future.set_exception(error)
 
     def _on_response(self, response: pb.PublishResponse) -> None:
         with self._cond:

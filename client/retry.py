@@ -21,6 +21,9 @@ RETRYABLE = frozenset(
 
 BASE_DELAY = 0.1
 MAX_DELAY = 5.0
+# Doublings beyond this cannot raise the delay above MAX_DELAY; capping the exponent keeps
+# 2**attempt from growing without bound (and from overflowing a float) in a long outage.
+_MAX_DOUBLINGS = 16
 
 
 def retry_info(exc: BaseException) -> float | None:
@@ -46,5 +49,5 @@ def delay(exc: BaseException, attempt: int) -> float:
     asked = retry_info(exc)
     if asked is not None:
         return asked * (1 + 0.2 * random.random())
-    ceiling = min(MAX_DELAY, BASE_DELAY * 2**attempt)
+    ceiling = min(MAX_DELAY, BASE_DELAY * 2 ** min(max(attempt, 0), _MAX_DOUBLINGS))
     return random.uniform(ceiling / 2, ceiling)

@@ -3,7 +3,7 @@
 Event number `k` always renders to the same event (id, timestamp, source, payload), so a
 repeat of `k` is a true duplicate: the server must answer it DUPLICATE, never CONFLICT.
 Two ways to draw numbers: `plan(count)` repeats exactly `round(count * duplicate_rate)`
-earlier events (the CLI checks its counts against that); `draw()` repeats each next event
+earlier events (so a whole CLI run has known counts); `draw()` repeats each next event
 with probability `duplicate_rate`, for runs of unknown length (load tests, soak).
 """
 

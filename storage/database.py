@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import select
 import time
 import weakref
@@ -15,7 +16,14 @@ import psycopg_pool
 from psycopg import errors as pg_errors
 
 from aggregator.storage import ledger, queries, schema, writer
-from aggregator.storage.errors import Busy, DiskFull, InvalidArgument, StorageError, Unavailable
+from aggregator.storage.errors import (
+    Busy,
+    DiskFull,
+    InvalidArgument,
+    Misconfigured,
+    StorageError,
+    Unavailable,
+)
 from aggregator.storage.models import (
     BatchResult,
     Counters,
@@ -36,6 +44,26 @@ MAX_PAGE_SIZE = 1000
 MAX_FETCH = 10_000  # events one list_events call may return (the HTTP limit)
 CHECK_AFTER_IDLE = 1.0  # seconds a write connection may idle before the pool checks it
 _START = Position()
+
+# libpq and psycopg texts (lower case) of a failed connection that retrying cannot fix.
+# libpq gives no SQLSTATE for a connection that failed: a text not listed here (another
+# language, a new message) is retried until the timeout, then named.
+_CANNOT_RETRY = (
+    "authentication failed",  # password, SCRAM, peer, ident, ...
+    "no pg_hba.conf entry",
+    "no password supplied",
+    "does not exist",  # database "x", role "x"
+    "failed to resolve host",  # psycopg's resolver
+    "could not translate host name",  # libpq's
+    "connection is bad: invalid",  # a value libpq cannot use (port, sslmode, ...)
+)
+
+
+def _cause(exc: psycopg.Error) -> str:
+    """The error's text on one line, with any password in it masked."""
+    text = "; ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+    text = re.sub(r"([^\s:/@\"']+:)[^\s:/@\"']+@", r"\1***@", text)  # user:password@
+    return re.sub(r"(password\s*=\s*)\S+", r"\1***", text)
 
 
 def _readable(conn: Conn) -> bool:
@@ -89,6 +117,7 @@ class Database:
             "tcp_user_timeout": timeout_ms,
             "options": f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}",
         }
+        self._url, self._kwargs = url, kwargs  # for the first connection (open)
         self._pool = psycopg_pool.ConnectionPool(
             url,
             min_size=min_connections,
@@ -136,13 +165,56 @@ class Database:
             raise
 
     def open(self, *, timeout: float = 30.0) -> None:
-        """Connect; raise Unavailable if the database cannot be reached within `timeout`."""
+        """Connect.
+
+        Raises:
+            Misconfigured: at once, when connecting cannot work (authentication, an unknown
+                host, database or role, a URL that does not parse).
+            Unavailable: the database could not be reached within `timeout` seconds; the
+                message names the last cause (e.g. connection refused).
+        """
         try:
+            self._connect_first(timeout)
             self._pool.open(wait=True, timeout=timeout)
             self._read_pool.open(wait=True, timeout=timeout)
         except psycopg_pool.PoolTimeout as exc:
             self.close()
             raise Unavailable(f"could not connect to the database within {timeout:g}s") from exc
+        except StorageError:
+            self.close()
+            raise
+
+    def _connect_first(self, timeout: float) -> None:
+        """One connection before the pools open theirs, which would retry any failure in the
+        background with a warning each time: what cannot work fails here at once, what may
+        (refused, starting up) is retried after one warning until `timeout`."""
+        deadline = time.monotonic() + timeout
+        pause = 0.1
+        warned = False
+        while True:
+            try:
+                psycopg.connect(self._url, **self._kwargs).close()  # type: ignore[arg-type]
+                return
+            except psycopg.ProgrammingError as exc:  # libpq cannot parse the URL
+                raise Misconfigured(f"the database URL cannot be used: {_cause(exc)}") from exc
+            except psycopg.OperationalError as exc:
+                cause = _cause(exc)
+                if any(text in cause.lower() for text in _CANNOT_RETRY):
+                    raise Misconfigured(f"cannot connect to the database: {cause}") from exc
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise Unavailable(
+                        f"could not connect to the database within {timeout:g}s: {cause}"
+                    ) from exc
+                if not warned:
+                    log.warning(
+                        "cannot connect to the database yet (%s); retrying for up to %gs",
+                        cause,
+                        timeout,
+                    )
+                    warned = True
+                time.sleep(min(pause, remaining))
+                pause = min(2 * pause, 2.0)
 
     def close(self, timeout: float = 5.0) -> None:
         self._read_pool.close(timeout)

@@ -7,6 +7,7 @@ StorageError
 ├── RowsRefused      a batch written without isolation held a row the database refuses
 ├── InvalidArgument  a caller-supplied value the database cannot use
 ├── EmbeddedError    the embedded PostgreSQL cluster could not be set up or started
+├── Misconfigured    the database URL cannot work (bad URL, credentials, host or name)
 └── Unsupported      the database lacks what the schema relies on (encoding, version)
 """
 
@@ -39,6 +40,11 @@ class InvalidArgument(StorageError):
 
 class EmbeddedError(StorageError):
     """The embedded PostgreSQL cluster could not be prepared, started or stopped."""
+
+
+class Misconfigured(StorageError):
+    """Connecting failed in a way retrying cannot fix (authentication, an unknown host,
+    database or role, a URL that does not parse); fix the URL or the database, then restart."""
 
 
 class Unsupported(StorageError):

@@ -1,7 +1,5 @@
-"""Arguments, the connection they describe, and turning failures into one line and an exit code.
-
-Exit codes: 0 success; 1 a failure the output explains; 2 bad arguments; 130 interrupted.
-"""
+"""Arguments, the connection they describe, and turning failures into one line and an exit
+code (client.cli.exit_codes)."""
 
 from __future__ import annotations
 
@@ -13,10 +11,10 @@ from datetime import UTC, datetime
 
 import grpc
 
-from aggregator.client.channel import parse_target
-from aggregator.client.cli import publish, reads, tail
+from aggregator.client.channel import parse_target, unreachable_reason
+from aggregator.client.cli import exit_codes, publish, reads, tail
 from aggregator.client.client import AggregatorClient
-from aggregator.client.errors import ClientError
+from aggregator.client.errors import ClientError, Unreachable
 
 _PROG = "python -m client"
 
@@ -46,20 +44,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args, connect))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return publish.INTERRUPTED
+        return exit_codes.INTERRUPTED
     except ClientError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return exit_codes.FAILED
     except grpc.RpcError as exc:
-        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
-        return 1
+        reason = unreachable_reason(exc)
+        if reason is not None:  # as Unreachable says it, for every command alike
+            print(f"error: {Unreachable(args.target, reason)}", file=sys.stderr)
+        else:
+            print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return exit_codes.FAILED
     except OSError as exc:  # TLS files that cannot be read, and the like
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return exit_codes.FAILED
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows each option's default; keeps descriptions as written."""
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps descriptions as written; shows an option's default once, where it says something:
+    not for a help text that names its own, nor for a flag, nor for nothing (None, "")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        nothing = action.default is None or action.default is False or action.default == ""
+        if "default" in text or nothing or action.default == argparse.SUPPRESS:
+            return text
+        return f"{text} (default: %(default)s)" if action.option_strings else text
 
 
 def _connection_options(defaults: bool) -> argparse.ArgumentParser:
@@ -74,7 +84,7 @@ def _connection_options(defaults: bool) -> argparse.ArgumentParser:
     group.add_argument(
         "--target",
         default=default(os.environ.get("AGGREGATOR_TARGET", "localhost:50051")),
-        help="server address host:port (default from $AGGREGATOR_TARGET)",
+        help="server address host:port (default: $AGGREGATOR_TARGET, else localhost:50051)",
     )
     group.add_argument(
         "--tls",
@@ -90,9 +100,39 @@ def _connection_options(defaults: bool) -> argparse.ArgumentParser:
     group.add_argument(
         "--token",
         default=default(os.environ.get("AGGREGATOR_TOKEN")),
-        help="bearer token (default from $AGGREGATOR_TOKEN)",
+        help="bearer token (default: $AGGREGATOR_TOKEN)",
     )
     return options
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
+def _at_least_zero(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number at least 0")
+    return value
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not in [0, 1)")
+    return value
 
 
 def _when(text: str) -> datetime:
@@ -132,20 +172,32 @@ def _parser() -> argparse.ArgumentParser:
         "keys of the line are the payload).\n"
         "Ctrl-C stops and prints what was acknowledged so far (exit 130).",
     )
-    p.add_argument("--count", type=int, default=20_000, help="events to simulate")
-    p.add_argument("--duplicate-rate", type=float, default=0.3, help="share of repeats, [0, 1)")
+    p.add_argument("--count", type=_positive, default=20_000, help="events to simulate")
+    p.add_argument("--duplicate-rate", type=_share, default=0.3, help="share of repeats, [0, 1)")
     p.add_argument("--topics", default="4", help="number of topics, or comma-separated names")
     p.add_argument("--sources", default="2", help="number of sources, or comma-separated names")
-    p.add_argument("--streams", type=int, default=2, help="parallel Publish streams")
-    p.add_argument("--batch-size", type=int, default=500, help="events per request")
-    p.add_argument("--rate", type=float, default=0, help="events/s in total; 0 = no limit")
-    p.add_argument("--seed", type=int, default=None, help="seed for the simulation")
+    p.add_argument("--streams", type=_positive, default=2, help="parallel Publish streams")
+    p.add_argument("--batch-size", type=_positive, default=500, help="events per request")
+    p.add_argument("--rate", type=_at_least_zero, default=0, help="events/s in total; 0 = no limit")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed for the simulation (default: a new one each run)",
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=_at_least_zero,
+        default=5.0,
+        metavar="SECONDS",
+        help="wait this long for the server before sending anything; never reached: exit 1",
+    )
     p.add_argument(
         "--retry-for",
-        type=float,
+        type=_at_least_zero,
         default=60.0,
         metavar="SECONDS",
-        help="give up after failing to reach the server this long without progress",
+        help="once connected, give up after an outage this long without progress",
     )
     p.add_argument("--file", help="JSON-lines file to ship; - reads standard input")
     p.add_argument("--topic", default="", help="topic for lines that have none")

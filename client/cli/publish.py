@@ -7,9 +7,12 @@ what was not, checked against what was sent: every distinct event stored exactly
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import functools
 import json
+import os
+import stat
 import sys
 import threading
 import time
@@ -18,15 +21,16 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from rich import filesize
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from aggregator.client import workload
-from aggregator.client.cli import jsonlines
+from aggregator.client.cli import exit_codes, jsonlines
 from aggregator.client.client import AggregatorClient
-from aggregator.client.errors import ClientError
+from aggregator.client.errors import ClientError, PublisherClosed, Unreachable
 from aggregator.client.events import new_event_id
 from aggregator.client.publisher import (
     ACCEPTED,
@@ -37,8 +41,6 @@ from aggregator.client.publisher import (
     Publisher,
 )
 from aggregator.v1 import aggregator_pb2 as pb
-
-INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
 
 Source = Iterator[tuple[str, pb.Event]]  # (where it came from, the event)
 
@@ -55,10 +57,15 @@ class Tally:
     )
     published: int = 0
     sent_keys: set[tuple[str, str]] = field(default_factory=set)
+    answered_keys: set[tuple[str, str]] = field(default_factory=set)  # a result or a failure
     stored_keys: set[tuple[str, str]] = field(default_factory=set)
     accepted_twice: int = 0
     accepted_keys: set[tuple[str, str]] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)
+    read_bytes: int = 0  # of the --file, by its one reader
+    # An outage fails many events with one text: reported once, with where the first was.
+    failures: collections.Counter[str] = field(default_factory=collections.Counter)
+    first_failed: dict[str, str] = field(default_factory=dict)
     skipped_lines: int = 0
 
     @property
@@ -76,11 +83,15 @@ class Tally:
             self.problems.append(problem)
 
     def record(self, key: tuple[str, str], where: str, future: Future[EventResult]) -> None:
-        error = None if future.cancelled() else future.exception()
+        if future.cancelled() or isinstance(future.exception(), PublisherClosed):
+            return  # stopped before its answer came: it stays unacknowledged
+        error = future.exception()
         with self.lock:
+            self.answered_keys.add(key)
             if error is not None:
                 self.counts["FAILED"] += 1
-                self.problems.append(f"{where}: {error}")
+                self.failures[str(error)] += 1
+                self.first_failed.setdefault(str(error), where)
                 return
             result = future.result()
             self.counts[result.name] += 1
@@ -97,18 +108,17 @@ class Tally:
 def run(args: argparse.Namespace, connect: Callable[[], AggregatorClient]) -> int:
     tally = Tally()
     console = Console(stderr=True)
-    total: int | None = None
+    file_size: int | None = None
     if args.file:
-        sources: list[Source] = [_file_source(args, tally)]
+        source, file_size = _file_source(args, tally)
+        sources = [source]
     else:
-        if not 0 <= args.duplicate_rate < 1 or args.count < 1:
-            raise SystemExit("error: --count must be positive and --duplicate-rate in [0, 1)")
         sources = _simulated(args)
-        total = args.count
     stop = threading.Event()
     started = time.perf_counter()
     interrupted = False
     with connect() as agg:
+        _wait_for_server(agg, args.connect_timeout)
         publishers = [
             agg.publisher(max_batch_events=args.batch_size, reconnect_timeout=args.retry_for)
             for _ in sources
@@ -122,16 +132,29 @@ def run(args: argparse.Namespace, connect: Callable[[], AggregatorClient]) -> in
         try:
             for pump in pumps:
                 pump.start()
-            _show_progress(console, pumps, tally, total)
+            _show_progress(console, pumps, tally, None if args.file else args.count, file_size)
             for publisher in publishers:
                 _close(publisher, None)
         except KeyboardInterrupt:
             interrupted = True
             stop.set()
             console.print("[yellow]interrupted: summary of what was acknowledged so far[/]")
+            deadline = time.monotonic() + 0.5  # answers already on their way still count
             for publisher in publishers:
-                _close(publisher, 0.5)  # answers already on their way still count
+                _close(publisher, max(0.0, deadline - time.monotonic()))
     return _summary(args, tally, time.perf_counter() - started, console, interrupted)
+
+
+def _wait_for_server(agg: AggregatorClient, timeout: float) -> None:
+    """A target never reached is an error before anything is sent (Unreachable), after one
+    line saying so and up to `timeout` seconds for a server that is still starting."""
+    try:
+        agg.wait_for_server(timeout=0)
+    except Unreachable as exc:
+        if timeout <= 0:
+            raise
+        print(f"{exc}; retrying for {timeout:g}s (--connect-timeout)", file=sys.stderr)
+        agg.wait_for_server(timeout=timeout)
 
 
 def _close(publisher: Publisher, timeout: float | None) -> None:
@@ -140,14 +163,30 @@ def _close(publisher: Publisher, timeout: float | None) -> None:
         publisher.close(timeout)
 
 
-def _file_source(args: argparse.Namespace, tally: Tally) -> Source:
+def _file_source(args: argparse.Namespace, tally: Tally) -> tuple[Source, int | None]:
+    """The events of --file, and how many bytes it has left to read when that is known
+    (a regular file, also as standard input; not a pipe)."""
     if args.file == "-":
-        return jsonlines.read(sys.stdin.buffer, args.topic, args.source, tally.skipped)
-    try:
-        handle = open(args.file, "rb")  # noqa: SIM115 (closed when the lines run out)
-    except OSError as exc:
-        raise SystemExit(f"error: cannot read --file {args.file}: {exc.strerror}") from None
-    return _closing(handle, jsonlines.read(handle, args.topic, args.source, tally.skipped))
+        handle = sys.stdin.buffer
+    else:
+        try:
+            handle = open(args.file, "rb")  # noqa: SIM115 (closed when the lines run out)
+        except OSError as exc:
+            raise SystemExit(f"error: cannot read --file {args.file}: {exc.strerror}") from None
+    size = None
+    with contextlib.suppress(OSError, ValueError):
+        status = os.fstat(handle.fileno())
+        if stat.S_ISREG(status.st_mode):
+            size = max(0, status.st_size - handle.tell())
+    lines = _counted(handle, tally)
+    events = jsonlines.read(lines, args.topic, args.source, tally.skipped)
+    return (events if args.file == "-" else _closing(handle, events)), size
+
+
+def _counted(handle: BinaryIO, tally: Tally) -> Iterator[bytes]:
+    for line in handle:
+        tally.read_bytes += len(line)
+        yield line
 
 
 def _closing(handle: BinaryIO, events: Source) -> Source:
@@ -165,7 +204,6 @@ def _simulated(args: argparse.Namespace) -> list[Source]:
         seed=args.seed,
     )
     plan = load.plan(args.count)
-    args.distinct = load.distinct
     streams = max(1, args.streams)
 
     def share(stream: int) -> Source:
@@ -197,35 +235,49 @@ def _pump(
 
 
 def _show_progress(
-    console: Console, pumps: list[threading.Thread], tally: Tally, total: int | None
+    console: Console,
+    pumps: list[threading.Thread],
+    tally: Tally,
+    count: int | None,
+    file_size: int | None,
 ) -> None:
+    """Events answered out of --count; or, with --file, bytes read (out of its size when
+    known), beside the answers so far."""
+    if count is not None:
+        amount = TextColumn("{task.completed:>9,.0f}/{task.total:,.0f}")
+    else:
+        amount = TextColumn("{task.fields[read]} read")
     columns = [
         TextColumn("[bold]publishing"),
         BarColumn(),
-        TextColumn(
-            "{task.completed:>9,.0f}/{task.total:,.0f}" if total else "{task.completed:,.0f}"
-        ),
+        amount,
         TextColumn("{task.fields[counts]}"),
         TextColumn("{task.fields[rate]:>10,.0f} events/s"),
         TimeElapsedColumn(),
     ]
+    total = count if count is not None else file_size
     started = time.perf_counter()
     with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("publish", total=total, counts="", rate=0.0)
-        while any(p.is_alive() for p in pumps):
-            for p in pumps:
-                p.join(0.2)
+        task = progress.add_task("publish", total=total, counts="", rate=0.0, read="")
+        while True:
             done = tally.done
             c = tally.counts
+            read = tally.read_bytes
             progress.update(
                 task,
-                completed=done,
+                completed=done if count is not None else read,
+                read=filesize.decimal(read)
+                + ("" if file_size is None else f"/{filesize.decimal(file_size)}"),
                 counts=(
                     f"[green]acc {c['ACCEPTED']:,}[/] [cyan]dup {c['DUPLICATE']:,}[/] "
                     f"[red]rej {c['REJECTED']:,}[/] [yellow]conf {c['CONFLICT']:,}[/]"
                 ),
                 rate=done / max(1e-9, time.perf_counter() - started),
             )
+            if not any(p.is_alive() for p in pumps):
+                return
+            for p in pumps:
+                p.join(0.2)
 
 
 def _summary(
@@ -235,8 +287,11 @@ def _summary(
         c = dict(tally.counts)
         done = sum(c.values())
         stored, accepted = len(tally.stored_keys), len(tally.accepted_keys)
-        distinct = len(tally.sent_keys) if args.file else args.distinct
-        problems = list(tally.problems)
+        answered = len(tally.answered_keys)
+        problems = list(tally.problems) + [
+            f"{tally.first_failed[text]}{f' and {n - 1:,} more' if n > 1 else ''}: {text}"
+            for text, n in tally.failures.items()
+        ]
         summary: dict[str, object] = {
             "sent": tally.published,
             "accepted": c["ACCEPTED"],
@@ -245,16 +300,33 @@ def _summary(
             "conflict": c["CONFLICT"],
             "failed": c["FAILED"],
             "unacknowledged": tally.published - done,
-            "distinct_sent": distinct,
+            "distinct_sent": len(tally.sent_keys),
             "distinct_stored": stored,
             "pre_existing": stored - accepted,  # stored before this run: DUPLICATE only
             "skipped_lines": tally.skipped_lines,
             "seconds": round(elapsed, 3),
             "events_per_second": round(done / elapsed) if elapsed else 0,
-            # Every distinct event sent is stored, and none was stored twice.
-            "exactly_once": tally.accepted_twice == 0 and stored == distinct,
+            # Every distinct event sent that has its answer is stored, and none was stored
+            # twice (after Ctrl-C, events still unacknowledged are not judged).
+            "exactly_once": tally.accepted_twice == 0 and stored == answered,
             "interrupted": interrupted,
         }
+        failures = _failures(
+            lines_skipped=tally.skipped_lines,
+            rejected=c["REJECTED"],
+            in_conflict=c["CONFLICT"],
+            failed=c["FAILED"],
+            unacknowledged=tally.published - done,
+            accepted_twice=tally.accepted_twice,
+            exactly_once=bool(summary["exactly_once"]),
+        )
+    # The exit code, said in words: 130 interrupted, 1 failed (and why), else 0.
+    if interrupted:
+        summary["result"], code = "interrupted", exit_codes.INTERRUPTED
+    elif failures:
+        summary["result"], code = f"failed: {', '.join(failures)}", exit_codes.FAILED
+    else:
+        summary["result"], code = "ok", exit_codes.OK
     for problem in problems[:50]:
         console.print(f"[yellow]{escape(problem)}[/]", highlight=False)
     if len(problems) > 50:
@@ -267,6 +339,34 @@ def _summary(
             shown = f"{value:,}" if type(value) is int else str(value)
             table.add_row(key.replace("_", " "), shown)
         Console().print(table)
-    if interrupted:
-        return INTERRUPTED
-    return 0 if summary["exactly_once"] and not problems else 1
+    return code
+
+
+def _failures(
+    *,
+    lines_skipped: int,
+    rejected: int,
+    in_conflict: int,
+    failed: int,
+    unacknowledged: int,
+    accepted_twice: int,
+    exactly_once: bool,
+) -> list[str]:
+    """Why the run failed, in the summary's counts ("2 lines skipped"); empty if it did not."""
+
+    def count(n: int, noun: str) -> str:
+        return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+    failures = [f"{count(lines_skipped, 'line')} skipped"] if lines_skipped else []
+    for n, what in (
+        (rejected, "rejected"),
+        (in_conflict, "in conflict"),
+        (failed, "failed"),
+        (unacknowledged, "unacknowledged"),
+        (accepted_twice, "accepted twice"),
+    ):
+        if n:
+            failures.append(f"{count(n, 'event')} {what}")
+    if not exactly_once and not failures:
+        failures.append("not stored exactly once")
+    return failures

@@ -12,6 +12,7 @@ from google.protobuf import json_format
 from rich.console import Console
 from rich.table import Table
 
+from aggregator.client.cli import exit_codes
 from aggregator.client.client import AggregatorClient
 from aggregator.v1 import aggregator_pb2 as pb
 
@@ -35,7 +36,7 @@ def stats(args: argparse.Namespace, connect: Connect) -> int:
             topics.extend(page.topics)
     if args.topic is not None and not topics:
         print(f"error: no events stored for topic {args.topic!r}", file=sys.stderr)
-        return 1
+        return exit_codes.FAILED
     if args.json:
         # protobuf's JSON mapping, but counters as JSON numbers (it writes 64-bit integers as
         # strings, which scripts then have to convert).
@@ -46,7 +47,7 @@ def stats(args: argparse.Namespace, connect: Connect) -> int:
             {"topic": t.topic, **{name: getattr(t, name) for name in COUNTERS}} for t in topics
         ]
         print(json.dumps(document["topics"][0] if args.topic is not None else document))
-        return 0
+        return exit_codes.OK
     table = Table(title=f"uptime {response.uptime_seconds:,.0f}s")
     table.add_column("topic", overflow="fold")
     for name in COUNTERS:
@@ -56,14 +57,14 @@ def stats(args: argparse.Namespace, connect: Connect) -> int:
     if args.topic is None:
         table.add_row("[bold]total", *(f"[bold]{getattr(response, n):,}" for n in COUNTERS))
     _console().print(table)
-    return 0
+    return exit_codes.OK
 
 
 def health(args: argparse.Namespace, connect: Connect) -> int:
     with connect() as agg:
         status = agg.health(args.service, timeout=args.timeout)
     print(status)
-    return 0 if status == "SERVING" else 1
+    return exit_codes.OK if status == "SERVING" else exit_codes.FAILED
 
 
 def events(args: argparse.Namespace, connect: Connect) -> int:
@@ -94,7 +95,7 @@ def events(args: argparse.Namespace, connect: Connect) -> int:
             "(--limit N for more, --limit 0 for all)",
             file=sys.stderr,
         )
-    return 0
+    return exit_codes.OK
 
 
 def _row(stored: pb.StoredEvent) -> tuple[str, ...]:

@@ -2,8 +2,8 @@
 
 Without --follow it prints what is stored (from the beginning, or after --after) and
 stops; with --follow it keeps printing new events as they commit (from now, unless
---from-start or --after) until Ctrl-C. Either way it ends by printing the cursor on
-standard error, to pass as --after next time: nothing is skipped or printed twice.
+--from-start or --after) until Ctrl-C (exit 130). Either way it ends by printing the cursor
+on standard error, to pass as --after next time: nothing is skipped or printed twice.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from datetime import UTC
 
 from google.protobuf import json_format
 
+from aggregator.client.cli import exit_codes
 from aggregator.client.client import AggregatorClient
 from aggregator.v1 import aggregator_pb2 as pb
 
@@ -40,7 +41,10 @@ def add_arguments(tail: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, connect: Connect) -> int:
     cursor = args.after
+    code = exit_codes.OK
     with connect() as agg:
+        if args.follow:  # else subscribe would keep retrying a target never reached
+            agg.wait_for_server(timeout=0)
         try:
             if args.follow:
                 from_now = not (args.from_start or args.after)
@@ -52,10 +56,10 @@ def run(args: argparse.Namespace, connect: Connect) -> int:
                     _print(page.events, args.json)
                     cursor = page.cursor
         except KeyboardInterrupt:
-            pass
+            code = exit_codes.INTERRUPTED  # the usual end of --follow, still an interruption
         finally:
             print(f"cursor: {cursor}", file=sys.stderr, flush=True)
-    return 0
+    return code
 
 
 def _pages(agg: AggregatorClient, topic: str, after: str) -> Iterator[pb.ListEventsResponse]:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime
 
 import pytest
 
 from bench import __main__ as bench_main
-from bench import load, report
+from bench import load, proc, report
+from tests.support import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -79,11 +82,39 @@ def test_tiny_bench_produces_a_ghz_json_report_with_event_metrics(server, db_url
     # the server here runs in this process: only the ceiling's CPU is its own
     assert set(events["cpuMicrosecondsPerRequest"]) == {"gRPC ceiling"}
     assert all(b["eventsPerSecond"] > 0 for b in events["baselines"].values())
-    assert {"load generator", "PostgreSQL"} <= set(events["cpu"])
+    # the server and its database were not started by this run: their CPU is not measured
+    assert set(events["cpu"]) == {"load generator"}
     text = report.render(built, "summary")
     for heading in ("Summary:", "Latency distribution:", "Status code distribution:", "Events:"):
         assert heading in text
     assert report.render(built, "csv").startswith("duration (ms),status,error")
+
+
+def test_postgresql_cpu_is_the_spawned_clusters_own_not_every_process_named_postgres(
+    monkeypatch,
+):
+    # Another "postgres" on this machine, busy before the run and gone during it: counted by
+    # name, its CPU vanished from the total (PostgreSQL: -200%).
+    decoy = subprocess.Popen(
+        [sys.executable, "-c", "open('/proc/self/comm', 'w').write('postgres')\nwhile True: pass"]
+    )
+    try:
+        wait_until(lambda: proc.cpu_seconds(decoy.pid) >= 2.0, what="the decoy used 2 s of CPU")
+        run_worker = load.run_worker
+
+        def decoy_ends_then_run_worker(plan: load.WorkerPlan) -> load.WorkerResult:
+            decoy.kill()
+            decoy.wait()
+            return run_worker(plan)
+
+        monkeypatch.setattr(load, "run_worker", decoy_ends_then_run_worker)
+        args = bench_main.parse(["--spawn", "-n", "20", "-c", "2", "--batch-size", "50"])
+        built = bench_main.run(args, in_process=True)
+    finally:
+        decoy.kill()
+        decoy.wait()
+    assert built.cpu["PostgreSQL"] >= 0
+    assert set(built.cpu) == {"load generator", "PostgreSQL", "server"}
 
 
 def test_cpu_per_request_is_the_cpu_share_over_the_request_rate():

@@ -17,15 +17,17 @@ from aggregator.client import (
     DUPLICATE,
     REJECTED,
     Publisher,
+    PublisherClosed,
     PublishError,
     make_event,
 )
 from aggregator.client import retry as client_retry
 from aggregator.server.core import errors as server_errors
 from aggregator.server.grpc import status as server_status
+from aggregator.storage.embedded import free_port
 from aggregator.v1 import aggregator_pb2 as pb
 from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
-from tests.support import event
+from tests.support import event, wait_until
 
 
 class ScriptedServer(pb_grpc.AggregatorServiceServicer):
@@ -205,3 +207,25 @@ def test_backoff_grows_with_attempts_and_stays_capped():
     late = [client_retry.delay(error, 20) for _ in range(50)]
     assert max(early) <= client_retry.BASE_DELAY
     assert min(late) >= client_retry.MAX_DELAY / 2 and max(late) <= client_retry.MAX_DELAY
+
+
+def test_backoff_never_overflows_however_long_the_outage():
+    error = RuntimeError("no status")
+    for attempt in (1_100, 10**6):
+        pause = client_retry.delay(error, attempt)
+        assert client_retry.MAX_DELAY / 2 <= pause <= client_retry.MAX_DELAY
+
+
+def test_close_during_an_outage_stops_reconnecting_and_fails_the_rest_as_closed():
+    channel = grpc.insecure_channel(f"127.0.0.1:{free_port()}")  # nothing listens there
+    publisher = Publisher(channel, linger=0, reconnect_timeout=None)
+    pending = publisher.publish(event("1"))
+    wait_until(lambda: publisher.reconnects >= 1, what="the publisher is reconnecting")
+    with pytest.raises(TimeoutError):
+        publisher.close(timeout=0.1)
+    with pytest.raises(PublisherClosed, match="resending them is safe"):
+        pending.result(timeout=30)
+    reconnects = publisher.reconnects
+    channel.close()  # as `with AggregatorClient(...)` does next: no call on the closed channel
+    publisher.close()
+    assert publisher.reconnects == reconnects

@@ -69,7 +69,7 @@ def test_cli_simulation_ends_with_exact_counts(server_process, sql):
     summary = json.loads(done.stdout)
     assert (summary["sent"], summary["accepted"], summary["duplicate"]) == (20_000, 14_000, 6_000)
     assert summary["distinct_sent"] == summary["distinct_stored"] == 14_000
-    assert summary["exactly_once"] is True
+    assert (summary["exactly_once"], summary["result"]) == (True, "ok")
     assert sql.execute("SELECT count(*) FROM events").fetchone() == (14_000,)
 
 
@@ -98,6 +98,7 @@ def test_cli_ships_a_file_reporting_malformed_lines_and_storing_the_rest(
     summary = json.loads(first.stdout)
     assert first.returncode == 1  # some lines were not stored
     assert (summary["accepted"], summary["rejected"], summary["skipped_lines"]) == (3, 1, 4)
+    assert summary["result"] == "failed: 4 lines skipped, 1 event rejected"
     for number in (2, 4, 5, 7):
         assert any(p.startswith(f"line {number}: skipped") for p in summary["problems"])
     assert any(p.startswith("line 8: REJECTED: payload:") for p in summary["problems"])
@@ -151,9 +152,10 @@ def test_cli_health_reports_serving(server_process):
 
 
 def test_cli_reports_an_unreachable_server_clearly():
-    done = run_cli("--target", f"127.0.0.1:{free_port()}", "stats")
+    target = f"127.0.0.1:{free_port()}"
+    done = run_cli("--target", target, "stats")
     assert done.returncode == 1
-    assert "UNAVAILABLE" in done.stderr
+    assert done.stderr == f"error: cannot reach {target} (Connection refused)\n"
 
 
 def test_cli_help_documents_every_command():

@@ -66,6 +66,35 @@ def test_migrate_refuses_a_sql_ascii_database(sql_ascii_url):
         db.migrate()
 
 
+@pytest.mark.parametrize(
+    ("wrong", "cause"),
+    [
+        ("password", 'password authentication failed for user "postgres"'),
+        ("database", 'database "no_such_db" does not exist'),
+        ("host", "nosuchhost.invalid"),
+        ("port", 'invalid integer value "notaport"'),
+        ("url", "the database URL cannot be used"),
+    ],
+)
+def test_a_database_url_that_cannot_work_stops_the_server_at_once_saying_why(
+    pg_cluster, wrong, cause
+):
+    host = f"127.0.0.1:{pg_cluster.port}"
+    url = {
+        "password": f"postgresql://postgres:wrong-s3cret@{host}/aggregator_test",
+        "database": pg_cluster.url_for("no_such_db"),
+        "host": "postgresql://postgres:s3cret@nosuchhost.invalid:5432/aggregator_test",
+        "port": "postgresql://postgres:s3cret@127.0.0.1:notaport/aggregator_test",
+        "url": f"postgresql//postgres:s3cret@{host}/aggregator_test",  # no ':' after the scheme
+    }[wrong]
+    done = run_server(url, "--port", "0", "--http-port", "0")
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr  # no retries: no pool warnings, no timeout
+    assert "cannot start: " in lines[0] and cause in lines[0]
+    assert "s3cret" not in done.stderr and pg_cluster.password not in done.stderr
+
+
 def test_second_server_on_a_taken_port_exits_with_one_clear_line(db_url):
     first = ServerProcess(db_url).start()
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from concurrent import futures
@@ -11,6 +12,7 @@ import pytest
 
 from aggregator import storage
 from aggregator.storage import NewEvent, Status
+from aggregator.storage.embedded import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -191,11 +193,16 @@ def test_timestamps_keep_nanoseconds_and_extremes(database):
     assert stored == cases
 
 
-def test_database_unreachable_is_unavailable():
-    with pytest.raises(storage.Unavailable):
-        storage.Database("postgresql://postgres@127.0.0.1:1/none", connect_timeout=1).open(
-            timeout=2
-        )
+def test_database_unreachable_is_unavailable_naming_its_cause_after_one_warning(caplog):
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/none"  # nothing listens there
+    with (
+        caplog.at_level(logging.WARNING),
+        pytest.raises(storage.Unavailable, match=r"within 2s: .*Connection refused"),
+    ):
+        storage.Database(url, connect_timeout=1).open(timeout=2)
+    warnings = [(r.name, r.getMessage()) for r in caplog.records]
+    assert len(warnings) == 1 and warnings[0][0] == "aggregator.storage.database", warnings
+    assert "retrying for up to 2s" in warnings[0][1]
 
 
 def test_a_failure_while_counting_undoes_the_whole_batch(db_url, sql):

@@ -53,6 +53,6 @@ def test_tail_follow_prints_new_events_until_interrupted(server, stub):
         assert line.split()[2] == "live"  # from now: the stored one is not shown
         tail.send_signal(signal.SIGINT)
         _, stderr = tail.communicate(timeout=60)
-        assert tail.returncode == 0 and cursor_of(stderr)
+        assert tail.returncode == 130 and cursor_of(stderr)  # interrupted, as documented
     finally:
         tail.kill()
