@@ -21,7 +21,7 @@ import psycopg
 
 from aggregator.storage import schema
 from aggregator.storage.database import Database
-from aggregator.storage.embedded import EmbeddedPostgres, free_port
+from aggregator.storage.embedded import EmbeddedPostgres, free_port, machine_size, sized_settings
 from aggregator.storage.errors import EmbeddedError
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,11 @@ class EmbeddedCitus:
         names = ["coordinator", *(f"worker{n}" for n in range(1, self._workers + 1))]
         ports = self._ports(names)
         password = self._password()
+        settings = dict(NODE_SETTINGS)
+        if not self._throwaway:
+            # The nodes share one machine: each is sized for its share of it.
+            memory, free_disk = machine_size(self.data_dir)
+            settings = {**sized_settings(memory // len(names), free_disk // len(names)), **settings}
         try:
             for name in names:
                 node = EmbeddedPostgres(
@@ -92,7 +97,7 @@ class EmbeddedCitus:
                     database=self.database,
                     port=ports[name],
                     throwaway=self._throwaway,
-                    settings=NODE_SETTINGS,
+                    settings=settings,
                     password=password,
                 )
                 self.nodes.append(node)

@@ -390,12 +390,11 @@ def _read_after_citus(conn: Conn, params: dict[str, object]) -> list[tuple[objec
     expected = {int(tx): int(n) for _, tx, n in commits if tx is not None}  # type: ignore[call-overload]
     settled_below = horizon
     if expected:
-        counted = dict(
-            conn.execute(
-                queries.get("count_commits_citus"),
-                {"topic": params["topic"], "txs": [str(tx) for tx in expected]},
-            ).fetchall()
-        )
+        rows = conn.execute(
+            queries.get("count_commits_citus"),
+            {"topic": params["topic"], "txs": [str(tx) for tx in expected]},
+        ).fetchall()
+        counted = {int(tx): int(n) for tx, n in rows}  # type: ignore[call-overload]
         incomplete = [tx for tx, n in expected.items() if counted.get(tx, 0) < n]
         if incomplete:
             settled_below = min(incomplete)

@@ -14,6 +14,7 @@ import logging
 import struct
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import cast
 
 import psycopg
 from psycopg import adapt, postgres, pq
@@ -219,7 +220,9 @@ def _write_once(
             with conn.pipeline():
                 cur.execute("BEGIN")
                 cur.execute(queries.get("flush_tx_citus"))
-            tx = int(cur.fetchone()[0])  # type: ignore[index, call-overload]
+            row = cur.fetchone()
+            assert row is not None
+            tx = cast(int, row[0])
         else:
             cur.execute("BEGIN")
         if recent is not None and idxs:
@@ -239,6 +242,7 @@ def _write_once(
                 for r in rows:
                     copy.write_row(r)
             # idx of a first copy → True: inserted; False: stored with other content.
+            returned: dict[int, object]
             if distributed:
                 cur.execute(queries.get("insert_from_staging_citus"), {"tx": tx})
                 returned = {first[t, e]: by == tx for t, e, by in cur.fetchall()}  # type: ignore[index]

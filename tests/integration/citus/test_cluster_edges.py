@@ -131,7 +131,7 @@ def test_a_server_with_recent_keys_on_answers_every_resend_from_the_database(cit
 
 
 def test_citus_sql_refuses_to_run_while_a_server_is_connected(citus_server, coordinator):
-    def tables() -> list[tuple[object, ...]]:
+    def tables():
         query = "SELECT logicalrelid::text, partmethod FROM pg_dist_partition ORDER BY 1"
         return coordinator.execute(query).fetchall()
 
@@ -142,7 +142,7 @@ def test_citus_sql_refuses_to_run_while_a_server_is_connected(citus_server, coor
 
 
 def test_commit_records_are_pruned_once_every_worker_has_committed(stub, coordinator):
-    def recorded() -> list[tuple[object, ...]]:
+    def recorded():
         return coordinator.execute(
             "SELECT topic, tx::text FROM topic_commits ORDER BY tx"
         ).fetchall()

@@ -188,7 +188,7 @@ class HeldCommit:
                 shard, port = self._placement(event_id)
                 seq = coordinator.execute("SELECT nextval('events_seq')").fetchone()
                 assert seq is not None
-                by_worker.setdefault(port, []).append((shard, event_id, int(seq[0])))  # type: ignore[call-overload]
+                by_worker.setdefault(port, []).append((shard, event_id, int(seq[0])))
             for port, rows in by_worker.items():
                 self._prepare(port, tx, rows)
             coordinator.execute(
@@ -219,13 +219,13 @@ class HeldCommit:
     def _placement(self, event_id: str) -> tuple[str, int]:
         with psycopg.connect(self._cluster.url, autocommit=True) as coordinator:
             row = coordinator.execute(
-                "SELECT shard_name('events', s.shardid), n.nodeport"
-                " FROM (SELECT get_shard_id_for_distribution_column('events', %s::text) AS shardid) s"
+                "SELECT shard_name('events', s.shardid), n.nodeport FROM"
+                " (SELECT get_shard_id_for_distribution_column('events', %s::text) AS shardid) s"
                 " JOIN pg_dist_placement p USING (shardid) JOIN pg_dist_node n USING (groupid)",
                 (event_id,),
             ).fetchone()
         assert row is not None
-        return str(row[0]), int(row[1])  # type: ignore[call-overload]
+        return str(row[0]), int(row[1])
 
     def _worker_url(self, port: int) -> str:
         [worker] = [w for w in self._cluster.workers if w.port == port]
@@ -258,7 +258,7 @@ def on_each_worker(cluster: EmbeddedCitus, prefix: str) -> list[str]:
                 (f"{prefix}{n}",),
             ).fetchone()
             assert row is not None
-            found.setdefault(int(row[0]), f"{prefix}{n}")  # type: ignore[call-overload]
+            found.setdefault(int(row[0]), f"{prefix}{n}")
             if len(found) == len(cluster.workers):
                 break
     return [found[w.port] for w in cluster.workers if w.port is not None]
