@@ -159,7 +159,7 @@ DELETE FROM batch_ledger WHERE committed_at < now() - make_interval(secs => %(ol
 
 -- name: events_epoch
 -- Read first in a flush transaction that answers re-sends from memory (storage/recent.py),
--- with whether the trigger that moves the epoch is there and enabled (dropped on Citus).
+-- with whether the trigger that moves the epoch is there and enabled (citus.sql drops it).
 SELECT e.epoch, coalesce(t.tgenabled IN ('O', 'A'), false)
 FROM events_epoch e
 LEFT JOIN pg_trigger t ON t.tgrelid = 'events'::regclass AND t.tgname = 'events_epoch_bump'
