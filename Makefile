@@ -15,7 +15,7 @@ export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 RUNTIME := $(VENV)/.installed-runtime
 STAMP   := $(VENV)/.installed
 
-.PHONY: install install-runtime lock proto proto-check run test test-unit lint format bench bench-growth soak chaos compose-test k6 clean
+.PHONY: install install-runtime lock proto proto-check run citus test test-unit lint format bench bench-growth soak chaos compose-test k6 clean
 
 DURATION ?= 600
 SEED ?= 1
@@ -72,6 +72,13 @@ proto-check: $(STAMP)
 
 run: install-runtime
 	$(PY) -m server
+
+# The server on a local Citus cluster: a coordinator and two workers under .data/citus
+# (Citus built from source into the system PostgreSQL first when missing). The clusters
+# this run starts are stopped when the server exits. CITUS_ARGS go to the server.
+citus: install-runtime
+	@scripts/ensure-citus
+	$(PY) -m bench.citus $(CITUS_ARGS)
 
 test: install
 	$(PY) -m pytest

@@ -41,6 +41,12 @@ from aggregator.storage.watchdog import Conn, Watchdog
 log = logging.getLogger(__name__)
 
 MAX_PAGE_SIZE = 1000
+# On Citus, the transactions a read verifies at most (read_commits_citus); a page ends at
+# the last of them.
+MAX_COMMITS_PER_READ = 1000
+# What servers call their connections unless the URL names them (application_name): the
+# name storage/sql/citus.sql looks for before it spreads a schema servers are writing to.
+APPLICATION_NAME = "aggregator"
 MAX_FETCH = 10_000  # events one list_events call may return (the HTTP limit)
 CHECK_AFTER_IDLE = 1.0  # seconds a write connection may idle before the pool checks it
 _START = Position()
@@ -100,6 +106,9 @@ class Database:
         # Exact re-sends of recently stored events are answered from up to `recent_keys_bytes`
         # of memory (storage.recent); 0 sends every event to the events table.
         self.recent = RecentKeys(recent_keys_bytes) if recent_keys_bytes else None
+        # Whether the schema is spread over Citus (storage/sql/citus.sql), read at open():
+        # the write and read paths differ there (storage.writer, list_events).
+        self.distributed = False
         self._checkout_timeout = checkout_timeout
         self._operation_timeout = operation_timeout
         self._watchdog = Watchdog()
@@ -116,6 +125,7 @@ class Database:
             "keepalives_count": 3,
             "tcp_user_timeout": timeout_ms,
             "options": f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}",
+            "fallback_application_name": APPLICATION_NAME,
         }
         self._url, self._kwargs = url, kwargs  # for the first connection (open)
         self._pool = psycopg_pool.ConnectionPool(
@@ -183,6 +193,10 @@ class Database:
         except StorageError:
             self.close()
             raise
+        with self._connection() as conn:
+            self.distributed = schema.is_distributed(conn)
+        if self.distributed:
+            log.info("events are distributed by Citus: reading and writing through its coordinator")
 
     def _connect_first(self, timeout: float) -> None:
         """One connection before the pools open theirs, which would retry any failure in the
@@ -306,12 +320,23 @@ class Database:
                     len(events),
                     rejected or {},
                     lambda only, rest: writer.write_batch(
-                        conn, events, rest, ticket=ticket, only=only, recent=self.recent
+                        conn,
+                        events,
+                        rest,
+                        ticket=ticket,
+                        only=only,
+                        recent=self.recent,
+                        distributed=self.distributed,
                     ),
                 )
             else:
                 result = writer.write_batch(
-                    conn, events, rejected, ticket=ticket, recent=self.recent
+                    conn,
+                    events,
+                    rejected,
+                    ticket=ticket,
+                    recent=self.recent,
+                    distributed=self.distributed,
                 )
             self._used_at[conn] = time.monotonic()
             return result
@@ -351,7 +376,10 @@ class Database:
         if end_ns is not None:
             params["end_ts"], params["end_nanos"] = split_ns(end_ns)
         with self._connection(read=True) as conn:
-            rows = conn.execute(queries.get("read_after"), params).fetchall()
+            if self.distributed:
+                rows = _read_after_citus(conn, params)
+            else:
+                rows = conn.execute(queries.get("read_after"), params).fetchall()
         events = []
         waiting = False
         for row in rows:
@@ -415,3 +443,35 @@ class Database:
             for name, *values in rows
         }
         return Stats(total=Counters(*(int(v) for v in totals)), topics=topics)  # type: ignore[call-overload]
+
+
+def _read_after_citus(conn: Conn, params: dict[str, object]) -> list[tuple[object, ...]]:
+    """read_after on Citus: rows in the same delivery order, settled by the coordinator.
+
+    The coordinator's horizon alone is not enough: a transaction that ended there may
+    still be committing on a worker (2PC makes its rows visible there after the
+    coordinator's commit, one worker after the other). So the transactions the horizon
+    lets through are counted against what they stored (queries read_commits_citus,
+    count_commits_citus): the first one not yet complete, and everything after it, stays
+    unsettled. Each step reads after the one before it, so what it saw stays true.
+    """
+    commits = conn.execute(
+        queries.get("read_commits_citus"), {**params, "commits": MAX_COMMITS_PER_READ}
+    ).fetchall()
+    horizon = int(commits[0][0])  # type: ignore[call-overload]
+    expected = {int(tx): int(n) for _, tx, n in commits if tx is not None}  # type: ignore[call-overload]
+    settled_below = horizon
+    if expected:
+        rows = conn.execute(
+            queries.get("count_commits_citus"),
+            {"topic": params["topic"], "txs": [str(tx) for tx in expected]},
+        ).fetchall()
+        counted = {int(tx): int(n) for tx, n in rows}  # type: ignore[call-overload]
+        incomplete = [tx for tx, n in expected.items() if counted.get(tx, 0) < n]
+        if incomplete:
+            settled_below = min(incomplete)
+        elif len(expected) == MAX_COMMITS_PER_READ:
+            settled_below = max(expected) + 1  # later transactions are not verified yet
+    return conn.execute(
+        queries.get("read_after_citus"), {**params, "settled_below": str(settled_below)}
+    ).fetchall()

@@ -122,7 +122,8 @@ class EmbeddedPostgres:
     """Initialise (once), start and stop a local cluster listening on 127.0.0.1 only.
 
     If the cluster in `data_dir` is already running, it is reused and left running.
-    `settings` are extra server settings (name → value); `wal_dir` puts pg_wal elsewhere
+    `settings` are extra server settings (name → value); `password` is the superuser's
+    password at initdb (a random one when None); `wal_dir` puts pg_wal elsewhere
     when the cluster is made (a disk of its own: the commits' WAL flushes then do not queue
     behind the data files' writes) and must name the same place at later starts, or be
     None. `standby()` makes a synchronous
@@ -138,6 +139,7 @@ class EmbeddedPostgres:
         throwaway: bool = False,
         os_user: str = "postgres",
         settings: Mapping[str, str] | None = None,
+        password: str | None = None,
         wal_dir: Path | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
@@ -146,6 +148,7 @@ class EmbeddedPostgres:
         self._throwaway = throwaway
         self._os_user = os_user
         self._settings = dict(settings or {})
+        self._initial_password = password
         self._wal_dir = None if wal_dir is None else Path(wal_dir).absolute()
         self._started_here = False
         self._bindir: Path | None = None
@@ -290,7 +293,7 @@ class EmbeddedPostgres:
         self._make_data_dir()
         if self._wal_dir:
             self._make_data_dir(self._wal_dir)
-        self._write_password_file()
+        self._write_password_file(self._initial_password)
         log.info("initialising a PostgreSQL cluster in %s", self.data_dir)
         self._run(
             [

@@ -27,9 +27,9 @@ Why an answer from the map is what the database would have said at that moment:
   simply not in this map (the database answers them).
 - A restart starts empty. A new write connection (after a failover, a restore, a lost
   connection) empties the map: the database behind it may have lost committed rows.
-- If the trigger is missing or disabled (Citus drops it; a DBA may disable it), the map
-  is emptied and not used. Not covered: a session that bypasses triggers on purpose
-  (`session_replication_role = replica`) while deleting; README says so.
+- If the trigger is missing or disabled (storage/sql/citus.sql drops it on Citus; a DBA may
+  disable it), the map is emptied and not used. Not covered: a session that bypasses
+  triggers on purpose (`session_replication_role = replica`) while deleting; README says so.
 """
 
 from __future__ import annotations

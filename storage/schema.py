@@ -44,6 +44,15 @@ def check_server(conn: psycopg.Connection[tuple[object, ...]]) -> None:
         )
 
 
+def is_distributed(conn: psycopg.Connection[tuple[object, ...]]) -> bool:
+    """Whether storage/sql/citus.sql has spread the schema over Citus (events is a Citus
+    table), which the write and read paths must know."""
+    row = conn.execute(queries.get("citus_installed")).fetchone()
+    if row is None or not row[0]:
+        return False
+    return conn.execute(queries.get("events_distributed")).fetchone() is not None
+
+
 def migrate(conn: psycopg.Connection[tuple[object, ...]]) -> list[int]:
     """Apply the migrations this database lacks; return the versions applied.
 

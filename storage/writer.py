@@ -4,7 +4,8 @@ COPY into the connection's staging table, then one INSERT … SELECT … ON CONF
 inserts new keys and settles stored ones (DUPLICATE when the content is the same), then
 a comparison against the stored row for the few left: CONFLICTs (which fields differ) and
 later copies of a key in the batch. Counters are updated in the same transaction, so they
-are exact.
+are exact. On Citus (`distributed`) the coordinator's transaction id is read first and
+stamped on the rows; the queries named `*_citus` say why.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import struct
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import cast
 
 import psycopg
 from psycopg import adapt, postgres, pq
@@ -43,6 +45,10 @@ _TRANSIENT = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
 _TRANSIENT_ATTEMPTS = 5
 
 Conn = psycopg.Connection[tuple[object, ...]]
+
+# The advisory lock one flush at a time holds to prune topic_commits on Citus (any constant
+# no other lock of this database uses; the ledger's keys are random 64-bit values).
+_PRUNE_LOCK = 0x61676770
 
 _US_TO_2000 = 946_684_800_000_000  # µs from the Unix epoch to PostgreSQL's, 2000-01-01
 _pack_int8 = struct.Struct("!q").pack
@@ -94,6 +100,7 @@ def write_batch(
     ticket: ledger.Ticket | None = None,
     only: list[int] | None = None,
     recent: RecentKeys | None = None,
+    distributed: bool = False,
 ) -> BatchResult:
     """Store `events` and count them plus `rejected` (events refused earlier, per topic).
 
@@ -102,10 +109,11 @@ def write_batch(
     `ticket`, each transaction records what it decided in the batch ledger; `only`
     restricts the write to those event indexes (ascending). With `recent`, exact re-sends
     of events it remembers are answered DUPLICATE without the events table (storage.recent).
+    `distributed`: the database is a Citus coordinator (storage/sql/citus.sql has run).
     """
     result = BatchResult(outcomes=[ACCEPTED] * len(events))
     idxs = list(range(len(events))) if only is None else only
-    _write_isolating(conn, events, idxs, dict(rejected or {}), result, ticket, recent)
+    _write_isolating(conn, events, idxs, dict(rejected or {}), result, ticket, recent, distributed)
     return result
 
 
@@ -117,9 +125,10 @@ def _write_isolating(
     result: BatchResult,
     ticket: ledger.Ticket | None,
     recent: RecentKeys | None,
+    distributed: bool,
 ) -> None:
     try:
-        _write_retrying(conn, events, idxs, rejected, result, ticket, recent)
+        _write_retrying(conn, events, idxs, rejected, result, ticket, recent, distributed)
     except _ROW_ERRORS as exc:
         if ticket is not None and not ticket.isolate:
             raise RowsRefused(f"the database refused a row: {exc.diag.message_primary}") from exc
@@ -131,11 +140,13 @@ def _write_isolating(
             log.info("database refused event %d of a batch: %s", bad, exc.diag.message_primary)
             rejected = dict(rejected)
             rejected[events[bad].topic] = rejected.get(events[bad].topic, 0) + 1
-            _write_retrying(conn, events, [], rejected, result, ticket, recent, refused=bad)
+            _write_retrying(
+                conn, events, [], rejected, result, ticket, recent, distributed, refused=bad
+            )
             return
         half = len(idxs) // 2
-        _write_isolating(conn, events, idxs[:half], rejected, result, ticket, recent)
-        _write_isolating(conn, events, idxs[half:], {}, result, ticket, recent)
+        _write_isolating(conn, events, idxs[:half], rejected, result, ticket, recent, distributed)
+        _write_isolating(conn, events, idxs[half:], {}, result, ticket, recent, distributed)
 
 
 def _refusal_reason(exc: psycopg.Error) -> str:
@@ -153,11 +164,12 @@ def _write_retrying(
     result: BatchResult,
     ticket: ledger.Ticket | None,
     recent: RecentKeys | None,
+    distributed: bool,
     refused: int | None = None,
 ) -> None:
     for attempt in range(1, _TRANSIENT_ATTEMPTS + 1):
         try:
-            _write_once(conn, events, idxs, rejected, result, ticket, recent, refused)
+            _write_once(conn, events, idxs, rejected, result, ticket, recent, distributed, refused)
             return
         except _TRANSIENT as exc:
             if attempt == _TRANSIENT_ATTEMPTS:
@@ -173,6 +185,7 @@ def _write_once(
     result: BatchResult,
     ticket: ledger.Ticket | None,
     recent: RecentKeys | None,
+    distributed: bool,
     refused: int | None,
 ) -> None:
     """One transaction; `refused` is an event the database refused, counted here."""
@@ -201,8 +214,17 @@ def _write_once(
             continue
         rows.append((i, earlier is None, topic, event_id, ts_ns, ts_ns % 1000, source, payload))
 
+    tx = 0  # on Citus: this transaction's id on the coordinator
     with conn.cursor() as cur, _rolled_back_on_error(conn):
-        cur.execute("BEGIN")
+        if distributed:
+            with conn.pipeline():
+                cur.execute("BEGIN")
+                cur.execute(queries.get("flush_tx_citus"))
+            row = cur.fetchone()
+            assert row is not None
+            tx = cast(int, row[0])
+        else:
+            cur.execute("BEGIN")
         if recent is not None and idxs:
             row = cur.execute(queries.get("events_epoch")).fetchone()
             if row is not None and row[1]:  # the trigger that moves the epoch is in place
@@ -219,9 +241,14 @@ def _write_once(
                 copy.set_types(_STAGING_TYPES)
                 for r in rows:
                     copy.write_row(r)
-            cur.execute(queries.get("insert_from_staging"))
             # idx of a first copy → True: inserted; False: stored with other content.
-            returned = {first[t, e]: new for t, e, new in cur.fetchall()}  # type: ignore[index]
+            returned: dict[int, object]
+            if distributed:
+                cur.execute(queries.get("insert_from_staging_citus"), {"tx": tx})
+                returned = {first[t, e]: by == tx for t, e, by in cur.fetchall()}  # type: ignore[index]
+            else:
+                cur.execute(queries.get("insert_from_staging"))
+                returned = {first[t, e]: new for t, e, new in cur.fetchall()}  # type: ignore[index]
             differing = []  # CONFLICTs, and later copies of a key that differ from the first
             for r in rows:  # (idx, is_first, topic, …)
                 new = returned.get(r[0])
@@ -241,7 +268,7 @@ def _write_once(
             slot[outcomes[i].status - 1] += 1
         for topic, n in rejected.items():
             counts.setdefault(topic, [0, 0, 0, 0])[Status.REJECTED - 1] += n
-        _fold_topics_without_events(cur, counts)
+        _fold_topics_without_events(cur, counts, distributed)
         # The rest needs no answer: one statement, sent with the COMMIT in one round trip.
         # Subscribers (on every server) look again after the commit: those of the topics
         # stored here, and those waiting for older transactions to finish ("" when nothing
@@ -256,8 +283,12 @@ def _write_once(
             "notify": (sorted(stored_topics) or [""]) if rows else [],
             **ledger.fields(ticket, idxs if refused is None else [refused], result, counts),
         }
+        if distributed:
+            settle.update(tx=tx, prune_lock=_PRUNE_LOCK)
         with conn.pipeline():
-            cur.execute(queries.get("settle_batch"), settle)
+            cur.execute(
+                queries.get("settle_batch_citus" if distributed else "settle_batch"), settle
+            )
             cur.execute("COMMIT")
     # Committed: what this transaction counted is now part of the batch's result.
     if recent is not None:
@@ -270,7 +301,7 @@ def _write_once(
 
 
 def _fold_topics_without_events(
-    cur: psycopg.Cursor[tuple[object, ...]], counts: dict[str, list[int]]
+    cur: psycopg.Cursor[tuple[object, ...]], counts: dict[str, list[int]], distributed: bool
 ) -> None:
     """Count rejections of topics that hold no stored event under '' (totals only).
 
@@ -280,8 +311,13 @@ def _fold_topics_without_events(
     bare = [t for t, c in counts.items() if t and c[0] == c[1] == c[3] == 0]
     if not bare:
         return
-    cur.execute(queries.get("topics_with_events"), {"topic": bare})
-    stored = {row[0] for row in cur.fetchall()}
+    if distributed:
+        query = queries.get("topic_has_events_citus")
+        cur.executemany(query, [{"topic": t} for t in bare], returning=True)
+        stored = {row[0] for _ in cur.results() for row in cur.fetchall()}
+    else:
+        cur.execute(queries.get("topics_with_events"), {"topic": bare})
+        stored = {row[0] for row in cur.fetchall()}
     for topic in bare:
         if topic not in stored:
             rejected = counts.pop(topic)[Status.REJECTED - 1]

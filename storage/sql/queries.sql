@@ -128,6 +128,13 @@ WHERE EXISTS (SELECT 1 FROM events e WHERE e.topic = t)
 -- name: ping
 SELECT 1
 
+-- name: citus_installed
+SELECT to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL
+
+-- name: events_distributed
+-- Only where citus_installed: a row when storage/sql/citus.sql has spread events.
+SELECT 1 FROM pg_catalog.pg_dist_partition WHERE logicalrelid = to_regclass('events')
+
 -- name: server_requirements
 SELECT current_setting('server_encoding'), current_setting('server_version_num')::int,
        current_database()
@@ -152,7 +159,128 @@ DELETE FROM batch_ledger WHERE committed_at < now() - make_interval(secs => %(ol
 
 -- name: events_epoch
 -- Read first in a flush transaction that answers re-sends from memory (storage/recent.py),
--- with whether the trigger that moves the epoch is there and enabled (dropped on Citus).
+-- with whether the trigger that moves the epoch is there and enabled (citus.sql drops it).
 SELECT e.epoch, coalesce(t.tgenabled IN ('O', 'A'), false)
 FROM events_epoch e
 LEFT JOIN pg_trigger t ON t.tgrelid = 'events'::regclass AND t.tgname = 'events_epoch_bump'
+
+-- Citus (storage/sql/citus.sql has spread the schema over a coordinator and workers). The
+-- server connects to the coordinator; these replace the queries above whose single-node
+-- form compares values that exist per node (transaction ids, snapshots) or that Citus
+-- refuses. Transaction ids and snapshots below are always the coordinator's.
+
+-- name: flush_tx_citus
+-- The flush transaction's id on the coordinator, read first: it orders the rows this
+-- transaction stores (events.tx) and holds the coordinator's horizon back until it ends.
+SELECT pg_current_xact_id()::text::bigint
+
+-- name: insert_from_staging_citus
+-- insert_from_staging with tx set from the coordinator's id (%(tx)s) rather than by the
+-- column's default, and returned as a value: RETURNING runs on the worker that holds the
+-- row, where pg_current_xact_id() is that worker's own transaction, and Citus sends no
+-- parameters there. The writer tells an insert (tx = its own) from a CONFLICT.
+INSERT INTO events AS e (topic, event_id, ts, ts_nanos, source, payload, seq, tx)
+OVERRIDING SYSTEM VALUE
+SELECT topic, event_id, ts, ts_nanos, source, payload::jsonb, seq, %(tx)s::text::xid8
+FROM (
+    SELECT arrived.*, nextval('events_seq') AS seq
+    FROM (SELECT * FROM staging WHERE is_first ORDER BY idx) AS arrived
+) AS numbered
+ORDER BY topic, event_id
+ON CONFLICT (topic, event_id) DO UPDATE SET received_at = e.received_at
+WHERE (e.ts, e.ts_nanos, e.source, e.payload)
+      IS DISTINCT FROM (excluded.ts, excluded.ts_nanos, excluded.source, excluded.payload)
+RETURNING topic, event_id, tx::text::bigint
+
+-- name: settle_batch_citus
+-- settle_batch plus the coordinator's record of what this transaction stored per topic
+-- (topic_commits, a table on the coordinator; see read_commits_citus). A 2PC commit
+-- makes the rows visible on each worker only after the coordinator's own commit, one
+-- worker after the other; a reader counts a transaction's rows against this record and
+-- delivers none of them (nor anything after) until all are there.
+--   pruned: records of transactions whose every worker has committed, which readers no
+--   longer need. Citus logs each prepared part in pg_dist_transaction, in the
+--   coordinator's transaction (its xmin), and deletes the entry only once the worker
+--   holds it no longer prepared (2PC recovery, citus.recover_2pc_interval); so below the
+--   oldest such entry, and below the coordinator's horizon, every transaction is complete.
+--   age() is taken from this transaction's id: the entry's 64-bit id is ours minus its
+--   age. One flush prunes at a time (the others skip rather than wait on its row locks).
+WITH counted AS (
+    INSERT INTO topic_stats AS t
+        (topic, shard, received, accepted, duplicates, rejected, conflicts)
+    SELECT u.topic, mod(pg_backend_pid(), 16),
+           u.accepted + u.duplicates + u.rejected + u.conflicts,
+           u.accepted, u.duplicates, u.rejected, u.conflicts
+    FROM unnest(%(topic)s::text[], %(accepted)s::bigint[], %(duplicates)s::bigint[],
+                %(rejected)s::bigint[], %(conflicts)s::bigint[])
+         AS u(topic, accepted, duplicates, rejected, conflicts)
+    ORDER BY u.topic
+    ON CONFLICT (topic, shard) DO UPDATE SET
+        received   = t.received + excluded.received,
+        accepted   = t.accepted + excluded.accepted,
+        duplicates = t.duplicates + excluded.duplicates,
+        rejected   = t.rejected + excluded.rejected,
+        conflicts  = t.conflicts + excluded.conflicts
+), logged AS (
+    INSERT INTO topic_commits (topic, tx, events)
+    SELECT u.topic, %(tx)s::text::xid8, u.accepted
+    FROM unnest(%(topic)s::text[], %(accepted)s::bigint[]) AS u(topic, accepted)
+    WHERE u.accepted > 0
+), pruned AS (
+    DELETE FROM topic_commits
+    WHERE tx < (SELECT least(pg_snapshot_xmin(pg_current_snapshot()),
+                             greatest(%(tx)s::bigint - coalesce(max(age(d.xmin)), 0), 0)
+                             ::text::xid8)
+                FROM pg_dist_transaction AS d)
+      AND (SELECT pg_try_advisory_xact_lock(%(prune_lock)s))
+), forgotten AS (
+    DELETE FROM batch_ledger WHERE batch_id = ANY(%(finished)s::uuid[])
+), recorded AS (
+    INSERT INTO batch_ledger (batch_id, first_idx, idxs, statuses, reasons, counts)
+    SELECT %(batch_id)s, %(first_idx)s, %(idxs)s, %(statuses)s, %(reasons)s, %(counts)s
+    FROM (SELECT pg_advisory_xact_lock(%(lock)s)) AS held
+    WHERE %(batch_id)s::uuid IS NOT NULL
+)
+SELECT pg_notify('aggregator_events', topic) FROM unnest(%(notify)s::text[]) AS topic
+
+-- name: topic_has_events_citus
+-- topics_with_events for one topic (Citus refuses its correlated subquery): any shard's
+-- first row answers.
+SELECT topic FROM events WHERE topic = %(topic)s LIMIT 1
+
+-- name: read_commits_citus
+-- Step 1 of read_after on Citus, on the coordinator alone: its horizon (every coordinator
+-- transaction below it has ended; those that committed have their topic_commits rows
+-- here), and the first %(commits)s transactions from the cursor's on that stored events of
+-- the topic, with how many. A transaction with no row here and an id below the horizon
+-- stored nothing of the topic, or its record was pruned because it is complete.
+SELECT h.xmin::text::bigint, c.tx::text::bigint, c.events
+FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) AS h
+LEFT JOIN LATERAL (
+    SELECT tx, events FROM topic_commits
+    WHERE topic = %(topic)s AND tx >= %(after_tx)s::text::xid8 AND tx < h.xmin
+    ORDER BY tx
+    LIMIT %(commits)s
+) AS c ON true
+ORDER BY c.tx
+
+-- name: count_commits_citus
+-- Step 2, on the workers, after step 1: how many rows of each of those transactions are
+-- visible now. Once all of a transaction's rows are, they stay visible.
+SELECT tx::text::bigint, count(*)
+FROM events
+WHERE topic = %(topic)s AND tx = ANY(%(txs)s::text[]::xid8[])
+GROUP BY tx
+
+-- name: read_after_citus
+-- Step 3, after step 2: read_after with the settled bound decided by steps 1 and 2
+-- (%(settled_below)s: every row below it is visible and none can still appear there).
+SELECT topic, event_id, ts, ts_nanos, source, payload::text, seq, received_at,
+       tx::text::bigint, tx < %(settled_below)s::text::xid8 AS settled
+FROM events
+WHERE topic = %(topic)s
+  AND (tx, seq) > (%(after_tx)s::text::xid8, %(after_seq)s::bigint)
+  AND (%(start_ts)s::timestamptz IS NULL OR (ts, ts_nanos) >= (%(start_ts)s, %(start_nanos)s))
+  AND (%(end_ts)s::timestamptz IS NULL OR (ts, ts_nanos) < (%(end_ts)s, %(end_nanos)s))
+ORDER BY tx, seq
+LIMIT %(limit)s

@@ -1,8 +1,8 @@
 """storage/sql/citus.sql keeps up with the migrations: every table has a place on Citus.
 
-Citus itself is not installed here, so this checks the declarations, not a cluster: each
-table a migration creates is distributed (by a column of its primary key), a reference
-table, or named as staying on the coordinator.
+Without a cluster, in a second: each table a migration creates is distributed (by a column
+of its primary key), a reference table, or named as staying on the coordinator.
+tests/integration/citus/ runs the server on a real coordinator and two workers.
 """
 
 from __future__ import annotations
