@@ -10,6 +10,7 @@ import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import TracebackType
+from typing import cast
 
 import psycopg
 import psycopg_pool
@@ -377,9 +378,9 @@ class Database:
             params["end_ts"], params["end_nanos"] = split_ns(end_ns)
         with self._connection(read=True) as conn:
             if self.distributed:
-                rows = _read_after_citus(conn, params)
+                rows = _read_after_citus(conn, params, max_bytes)
             else:
-                rows = conn.execute(queries.get("read_after"), params).fetchall()
+                rows = _fetch_within(conn, queries.get("read_after"), params, max_bytes)
         events = []
         waiting = False
         for row in rows:
@@ -445,7 +446,36 @@ class Database:
         return Stats(total=Counters(*(int(v) for v in totals)), topics=topics)  # type: ignore[call-overload]
 
 
-def _read_after_citus(conn: Conn, params: dict[str, object]) -> list[tuple[object, ...]]:
+FIRST_FETCH = 8  # rows fetched before a page's payload sizes are known
+
+
+def _fetch_within(
+    conn: Conn, query: str, params: dict[str, object], max_bytes: int | None
+) -> list[tuple[object, ...]]:
+    """The rows of a read (payload text in column 5), fetched from a server-side cursor
+    only until their payloads pass `max_bytes`: a page of large events never makes
+    PostgreSQL read, nor this process hold, more rows than the page needs."""
+    if max_bytes is None:
+        return conn.execute(query, params).fetchall()
+    rows: list[tuple[object, ...]] = []
+    size = 0
+    with conn.transaction(), conn.cursor(name="page") as cursor:
+        cursor.execute(query, params)
+        batch = FIRST_FETCH
+        while size <= max_bytes:
+            fetched = cursor.fetchmany(batch)
+            rows += fetched
+            size += sum(len(cast(str, row[5])) for row in fetched)
+            if len(fetched) < batch:
+                break
+            # As many more as the bytes left allow at the size seen so far (at least one).
+            batch = max(1, (max_bytes - size) * len(rows) // max(size, 1) + 1)
+    return rows
+
+
+def _read_after_citus(
+    conn: Conn, params: dict[str, object], max_bytes: int | None
+) -> list[tuple[object, ...]]:
     """read_after on Citus: rows in the same delivery order, settled by the coordinator.
 
     The coordinator's horizon alone is not enough: a transaction that ended there may
@@ -472,6 +502,9 @@ def _read_after_citus(conn: Conn, params: dict[str, object]) -> list[tuple[objec
             settled_below = min(incomplete)
         elif len(expected) == MAX_COMMITS_PER_READ:
             settled_below = max(expected) + 1  # later transactions are not verified yet
-    return conn.execute(
-        queries.get("read_after_citus"), {**params, "settled_below": str(settled_below)}
-    ).fetchall()
+    return _fetch_within(
+        conn,
+        queries.get("read_after_citus"),
+        {**params, "settled_below": str(settled_below)},
+        max_bytes,
+    )
