@@ -24,6 +24,7 @@ from aggregator.server.grpc import server as grpc_server
 from aggregator.server.grpc.health import GrpcHealth
 from aggregator.server.grpc.servicer import AggregatorServicer
 from aggregator.server.http.app import create_app
+from aggregator.server.http.protocol import Limits
 from aggregator.server.http.server import HttpServer
 from aggregator.server.metrics import Metrics
 
@@ -101,6 +102,10 @@ class Server:
                     config.host,
                     config.http_port,
                     grace=config.shutdown_grace,
+                    limits=Limits(
+                        request_timeout=config.http_request_timeout,
+                        max_connections=listen.connection_cap(config.http_max_connections),
+                    ),
                     tls_cert=config.tls_cert,
                     tls_key=config.tls_key,
                     tls_client_ca=config.tls_client_ca,

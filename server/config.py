@@ -15,6 +15,8 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 50051
     http_port: int = 8000
+    http_max_connections: int = 1000
+    http_request_timeout: float = 30.0
     reuse_port: bool = False
     database_url: str | None = None
     data_dir: Path = Path(".data")
@@ -71,6 +73,18 @@ _OPTIONS: dict[str, tuple[str, Callable[[str], object], str]] = {
         "AGGREGATOR_HTTP_PORT",
         int,
         "HTTP/JSON port (POST /publish, GET /events, /stats, /health, /docs); 0 turns it off",
+    ),
+    "http_max_connections": (
+        "AGGREGATOR_HTTP_MAX_CONNECTIONS",
+        int,
+        "HTTP connections open at once; more are answered 503 and closed (lowered at start to "
+        "fit the file limit, which is raised to what the system allows)",
+    ),
+    "http_request_timeout": (
+        "AGGREGATOR_HTTP_REQUEST_TIMEOUT",
+        float,
+        "seconds an HTTP client has to send a request's head (32 KiB at most), and then its "
+        "body; a connection that sends nothing is closed after as long",
     ),
     "reuse_port": (
         "AGGREGATOR_REUSE_PORT",
@@ -266,6 +280,7 @@ def _check(parser: argparse.ArgumentParser, config: Config) -> None:
         "max_subscribers",
         "max_concurrent_rpcs",
         "max_health_watchers",
+        "http_max_connections",
     ]
     for name in positive:
         if getattr(config, name) < 1:
@@ -289,6 +304,8 @@ def _check(parser: argparse.ArgumentParser, config: Config) -> None:
         )
     if config.log_format not in {"text", "json"}:
         parser.error("--log-format must be text or json")
+    if config.http_request_timeout <= 0:
+        parser.error("--http-request-timeout must be positive")
     if not 0 <= config.http_port <= 65535:
         parser.error("--http-port must be between 0 and 65535")
     if not 0 <= config.metrics_port <= 65535:

@@ -7,6 +7,8 @@ starts without error while the kernel splits new connections between the two pro
 from __future__ import annotations
 
 import errno
+import logging
+import resource
 import socket
 
 import grpc
@@ -59,3 +61,33 @@ def add_port(server: grpc.Server, address: str, credentials: grpc.ServerCredenti
         host, _, number = address.rpartition(":")
         raise OSError(errno.EADDRINUSE, port_taken(host, int(number)))
     return port
+
+
+log = logging.getLogger(__name__)
+FILES_RESERVED = 256  # descriptors kept for everything but HTTP connections (gRPC, database)
+
+
+def connection_cap(wanted: int) -> int:
+    """Raise the process's file limit to what the system allows, and return `wanted` HTTP
+    connections, or fewer if they would not fit in it (leaving FILES_RESERVED)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass  # the system refuses: keep what we have
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    fits = max(1, soft - FILES_RESERVED)
+    if wanted > fits:
+        log.warning(
+            "the file limit (%d) leaves room for %d HTTP connections, not %d "
+            "(--http-max-connections): capped at %d",
+            soft,
+            fits,
+            wanted,
+            fits,
+        )
+        return fits
+    return wanted

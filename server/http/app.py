@@ -18,6 +18,7 @@ import orjson
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import Response
 from fastapi_offline import FastAPIOffline
+from starlette.requests import ClientDisconnect
 
 from aggregator import storage
 from aggregator.server.config import Config
@@ -256,11 +257,14 @@ async def _read_body(request: Request, limit: int) -> bytes:
         raise errors.TooLarge(f"body: {declared} bytes is over the limit of {limit} bytes")
     chunks = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise errors.TooLarge(f"body: over the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise errors.TooLarge(f"body: over the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:  # gone, or cut for sending too slowly: nothing was taken
+        raise errors.Abandoned("the client closed the connection before its body") from None
     return b"".join(chunks)
 
 

@@ -16,6 +16,8 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
+from aggregator.server.http import protocol
+
 
 class HttpServer:
     """uvicorn serving `app` on host:port (TLS when cert and key are given)."""
@@ -26,12 +28,13 @@ class HttpServer:
         port: int,
         *,
         grace: float,
+        limits: protocol.Limits,
         tls_cert: Path | None = None,
         tls_key: Path | None = None,
         tls_client_ca: Path | None = None,
     ) -> None:
         self._settings: dict[str, Any] = {
-            "http": "httptools",
+            "http": protocol.limited(limits),
             "log_config": None,
             "access_log": False,
             "lifespan": "off",
