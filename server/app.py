@@ -188,7 +188,7 @@ class Server:
         )
         if self._http is not None:
             app = create_app(
-                core, config, serving=lambda: health.serving, tokens=tokens, metrics=self.metrics
+                core, config, not_ready=health.not_ready, tokens=tokens, metrics=self.metrics
             )
             await self._http.start(app)
             scheme = "https" if config.tls_cert else "http"

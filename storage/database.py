@@ -344,7 +344,7 @@ class Database:
 
     def list_events(
         self,
-        topic: str,
+        topic: str | None,
         *,
         after: Position = _START,
         limit: int = 100,
@@ -352,7 +352,8 @@ class Database:
         end_ns: int | None = None,
         max_bytes: int | None = None,
     ) -> Page:
-        """Up to `limit` settled events of `topic` after `after`, in delivery order.
+        """Up to `limit` settled events of `topic` (None: of every topic) after `after`, in
+        delivery order.
 
         `start_ns` (inclusive) and `end_ns` (exclusive) bound the event timestamp;
         `max_bytes` ends the page early once its payloads add up to that much (one event
@@ -376,11 +377,12 @@ class Database:
             params["start_ts"], params["start_nanos"] = split_ns(start_ns)
         if end_ns is not None:
             params["end_ts"], params["end_nanos"] = split_ns(end_ns)
+        every = "all_" if topic is None else ""
         with self._connection(read=True) as conn:
             if self.distributed:
-                rows = _read_after_citus(conn, params, max_bytes)
+                rows = _read_after_citus(conn, params, max_bytes, every)
             else:
-                rows = _fetch_within(conn, queries.get("read_after"), params, max_bytes)
+                rows = _fetch_within(conn, queries.get(f"read_{every}after"), params, max_bytes)
         events = []
         waiting = False
         for row in rows:
@@ -438,12 +440,17 @@ class Database:
             rows = conn.execute(
                 queries.get("topic_stats_page"), {"after": after, "limit": limit, "topic": topic}
             ).fetchall()
-        assert totals is not None
+            count = conn.execute(queries.get("stats_topic_count")).fetchone()
+        assert totals is not None and count is not None
         topics = {
             str(name): Counters(*(int(v) for v in values))  # type: ignore[call-overload]
             for name, *values in rows
         }
-        return Stats(total=Counters(*(int(v) for v in totals)), topics=topics)  # type: ignore[call-overload]
+        return Stats(
+            total=Counters(*(int(v) for v in totals)),  # type: ignore[call-overload]
+            topics=topics,
+            topic_count=int(count[0]),  # type: ignore[call-overload]
+        )
 
 
 FIRST_FETCH = 8  # rows fetched before a page's payload sizes are known
@@ -474,7 +481,7 @@ def _fetch_within(
 
 
 def _read_after_citus(
-    conn: Conn, params: dict[str, object], max_bytes: int | None
+    conn: Conn, params: dict[str, object], max_bytes: int | None, every: str
 ) -> list[tuple[object, ...]]:
     """read_after on Citus: rows in the same delivery order, settled by the coordinator.
 
@@ -486,14 +493,14 @@ def _read_after_citus(
     unsettled. Each step reads after the one before it, so what it saw stays true.
     """
     commits = conn.execute(
-        queries.get("read_commits_citus"), {**params, "commits": MAX_COMMITS_PER_READ}
+        queries.get(f"read_commits_{every}citus"), {**params, "commits": MAX_COMMITS_PER_READ}
     ).fetchall()
     horizon = int(commits[0][0])  # type: ignore[call-overload]
     expected = {int(tx): int(n) for _, tx, n in commits if tx is not None}  # type: ignore[call-overload]
     settled_below = horizon
     if expected:
         rows = conn.execute(
-            queries.get("count_commits_citus"),
+            queries.get(f"count_commits_{every}citus"),
             {"topic": params["topic"], "txs": [str(tx) for tx in expected]},
         ).fetchall()
         counted = {int(tx): int(n) for tx, n in rows}  # type: ignore[call-overload]
@@ -504,7 +511,7 @@ def _read_after_citus(
             settled_below = max(expected) + 1  # later transactions are not verified yet
     return _fetch_within(
         conn,
-        queries.get("read_after_citus"),
+        queries.get(f"read_{every}after_citus"),
         {**params, "settled_below": str(settled_below)},
         max_bytes,
     )

@@ -121,7 +121,9 @@ class Counters:
 
 @dataclass(frozen=True, slots=True)
 class Stats:
-    """Counters in total and per topic; `topics` leaves out events without a valid topic."""
+    """Counters in total and per topic (`topics`: one page of them, in topic order, without
+    events that had no valid topic); `topic_count`: how many topics there are in all."""
 
     total: Counters
     topics: dict[str, Counters]
+    topic_count: int = 0

@@ -1,12 +1,13 @@
 // The original service's load scenario over HTTP/JSON: EVENTS events with DUP_RATE
 // duplicates from VUS virtual users, BATCH events per POST /publish (1: single events, the
-// original; 50: arrays). Every status is checked; `python -m bench.k6run` checks /stats after.
+// original; 50: arrays; FRESH=1: each event stamped when sent). Every status is checked;
+// `python -m bench.k6run` checks /stats after.
 //
 //   k6 run -e BASE_URL=http://127.0.0.1:8000 -e EVENTS=20000 -e VUS=20 -e BATCH=1 publish_http.js
 import http from 'k6/http';
 import exec from 'k6/execution';
 import { check } from 'k6';
-import { EVENTS, event, sharedIterations } from './scenario.js';
+import { EVENTS, FRESH, event, sharedIterations } from './scenario.js';
 
 const BASE_URL = __ENV.BASE_URL || 'http://127.0.0.1:8000';
 const BATCH = parseInt(__ENV.BATCH || '1', 10);
@@ -38,9 +39,14 @@ export default function () {
   check(res, {
     'status is 200': (r) => r.status === 200,
     'one result per event': () => answer !== null && answer.results.length === count,
-    'each event ACCEPTED or DUPLICATE': () =>
+    'each event ACCEPTED or DUPLICATE (or CONFLICT when FRESH)': () =>
       answer !== null &&
-      answer.results.every((r) => r.status === 'ACCEPTED' || r.status === 'DUPLICATE'),
+      answer.results.every(
+        (r) =>
+          r.status === 'ACCEPTED' || r.status === 'DUPLICATE' || (FRESH && r.status === 'CONFLICT'),
+      ),
+    'received = accepted + duplicates + rejected': () =>
+      answer !== null && answer.received === answer.accepted + answer.duplicates + answer.rejected,
     'received counts the events taken': () => answer !== null && answer.received === count,
   });
 }

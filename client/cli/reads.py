@@ -12,7 +12,7 @@ from google.protobuf import json_format
 from rich.console import Console
 from rich.table import Table
 
-from aggregator.client.cli import exit_codes
+from aggregator.client.cli import exit_codes, shapes
 from aggregator.client.client import AggregatorClient
 from aggregator.v1 import aggregator_pb2 as pb
 
@@ -84,7 +84,7 @@ def events(args: argparse.Namespace, connect: Connect) -> int:
                 break
             shown += 1
             if args.json:
-                print(json_format.MessageToJson(stored, indent=None))
+                print(shapes.json_line(stored))
             else:
                 table.add_row(*_row(stored))
     if not args.json:

@@ -9,14 +9,11 @@ on standard error, to pass as --after next time: nothing is skipped or printed t
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC
 
-from google.protobuf import json_format
-
-from aggregator.client.cli import exit_codes
+from aggregator.client.cli import exit_codes, shapes
 from aggregator.client.client import AggregatorClient
 from aggregator.v1 import aggregator_pb2 as pb
 
@@ -77,7 +74,7 @@ def _print(events: Iterable[pb.StoredEvent], as_json: bool) -> None:
     for stored in events:
         e = stored.event
         if as_json:
-            lines.append(json.dumps(json_format.MessageToDict(stored)))
+            lines.append(shapes.json_line(stored))
         else:
             when = e.timestamp.ToDatetime(UTC).isoformat()
             lines.append(f"{when} {e.topic} {e.event_id} {e.source} {e.payload}")

@@ -13,6 +13,7 @@ from aggregator.server.core import errors
 from aggregator.storage import Position
 
 MAX_POSITION = 2**63 - 1  # both parts are PostgreSQL bigints
+EVERY_TOPIC = ""  # what a cursor over every topic's events names as its topic
 
 
 def encode(topic: str, position: Position) -> str:

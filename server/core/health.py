@@ -74,6 +74,15 @@ class DatabaseHealth:
         with self._lock:
             return bool(self._healthy) and not self._stop.is_set()
 
+    def not_ready(self) -> str | None:
+        """Why the server does not serve now, or None while it does."""
+        with self._lock:
+            if self._stop.is_set():
+                return "shutting down"
+            if not self._healthy:
+                return "the database is unreachable"
+            return None
+
     def shutting_down(self) -> None:
         """Not serving from now on, whatever the database does."""
         self._stop.set()

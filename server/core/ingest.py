@@ -248,7 +248,7 @@ class Ingest:
 
     async def list_events(
         self,
-        topic: str,
+        topic: str | None,
         *,
         cursor: str = "",
         page_size: int = 0,
@@ -257,12 +257,14 @@ class Ingest:
         default_page_size: int = DEFAULT_PAGE_SIZE,
         fields: ReadFields = ReadFields(),
     ) -> EventsPage:
-        """A page of `topic`'s settled events after `cursor`, in delivery order, bounded in
-        events (`page_size`, 0 for the default, clamped to MAX_PAGE_SIZE) and in bytes;
-        `start`/`end` ((seconds, nanos)) bound the event timestamps, end exclusive."""
-        _check_topic(topic)
+        """A page of `topic`'s settled events (None: every topic's) after `cursor`, in
+        delivery order, bounded in events (`page_size`, 0 for the default, clamped to
+        MAX_PAGE_SIZE) and in bytes; `start`/`end` ((seconds, nanos)) bound the event
+        timestamps, end exclusive."""
+        if topic is not None:
+            _check_topic(topic)
         limit = _page_size(page_size, default_page_size, MAX_PAGE_SIZE, fields.limit)
-        after = cursors.decode(cursor, topic, field=fields.cursor)
+        after = cursors.decode(cursor, topic or cursors.EVERY_TOPIC, field=fields.cursor)
         start_ns = None if start is None else _time_bound(start, "start_time")
         end_ns = None if end is None else _time_bound(end, "end_time")
         page = await self._read(
@@ -276,32 +278,35 @@ class Ingest:
                 max_bytes=PAGE_BYTES,
             )
         )
-        return EventsPage(page.events, cursors.encode(topic, page.position), page.more)
+        return EventsPage(
+            page.events, cursors.encode(topic or cursors.EVERY_TOPIC, page.position), page.more
+        )
 
     async def subscribe(
         self,
-        topic: str,
+        topic: str | None,
         *,
         cursor: str = "",
         from_now: bool = False,
         fields: ReadFields = ReadFields(cursor="after"),
     ) -> subscriptions.Subscription:
-        """Follow `topic` from `cursor` (or, `from_now`, skipping what is stored); use the
-        subscription as an async context, which frees its slot.
+        """Follow `topic` (None: every topic) from `cursor` (or, `from_now`, skipping what is
+        stored); use the subscription as an async context, which frees its slot.
 
         Raises:
             errors.RequestInvalid, errors.TooManySubscribers, errors.ShuttingDown.
         """
-        _check_topic(topic)
+        if topic is not None:
+            _check_topic(topic)
         if from_now:
             after = await self._read(self._database.settled_position)
         else:
-            after = cursors.decode(cursor, topic, field=fields.cursor)
+            after = cursors.decode(cursor, topic or cursors.EVERY_TOPIC, field=fields.cursor)
         return subscriptions.Subscription(self._hub, self._database, self._reads, topic, after)
 
     async def wait_for_events(
         self,
-        topic: str,
+        topic: str | None,
         *,
         cursor: str,
         page_size: int,
@@ -310,7 +315,8 @@ class Ingest:
     ) -> EventsPage:
         """A long poll: the next page after `cursor`, waiting up to `wait` seconds for the
         next commit when none is stored yet (the same wake-ups as a subscription)."""
-        _check_topic(topic)
+        if topic is not None:
+            _check_topic(topic)
         limit = _page_size(page_size, MAX_PAGE_SIZE, MAX_PAGE_SIZE, fields.limit)
         if not 0 <= wait <= MAX_WAIT:
             raise errors.RequestInvalid(
@@ -318,7 +324,7 @@ class Ingest:
             )
         async with await self.subscribe(topic, cursor=cursor, fields=fields) as subscription:
             page = await subscription.wait_for_page(wait, limit=limit)
-        return EventsPage(page.events, cursors.encode(topic, page.position), page.more)
+        return EventsPage(page.events, subscription.cursor, page.more)
 
     async def stats(
         self,
@@ -340,7 +346,9 @@ class Ingest:
         if len(stats.topics) <= limit:
             return StatsPage(stats, "")
         names = list(stats.topics)[:limit]
-        page = storage.Stats(stats.total, {name: stats.topics[name] for name in names})
+        page = storage.Stats(
+            stats.total, {name: stats.topics[name] for name in names}, stats.topic_count
+        )
         return StatsPage(page, cursors.encode_stats(names[-1]))
 
 

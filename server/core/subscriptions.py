@@ -33,8 +33,8 @@ class Subscriber:
 
     __slots__ = ("_woken", "delivered", "topic", "waiting")
 
-    def __init__(self, topic: str) -> None:
-        self.topic = topic
+    def __init__(self, topic: str | None) -> None:
+        self.topic = topic  # None: every topic
         self.waiting = False  # unsettled events were seen on the last read
         self.delivered = 0  # events handed over (past the transport's flow control)
         self._woken = asyncio.Event()
@@ -61,7 +61,7 @@ class Hub:
     def __init__(self, max_subscribers: int, loop: asyncio.AbstractEventLoop) -> None:
         self._max = max_subscribers
         self._loop = loop
-        self._by_topic: dict[str, set[Subscriber]] = {}
+        self._by_topic: dict[str | None, set[Subscriber]] = {}
         self._count = 0
         self._closing = False
 
@@ -73,7 +73,7 @@ class Hub:
     def count(self) -> int:
         return self._count
 
-    def join(self, topic: str) -> Subscriber:
+    def join(self, topic: str | None) -> Subscriber:
         """Raises: errors.ShuttingDown, errors.TooManySubscribers."""
         if self._closing:
             raise errors.ShuttingDown(_SHUTTING_DOWN)
@@ -106,7 +106,12 @@ class Hub:
     def _wake(self, topic: str | None) -> None:
         for subscribers in self._by_topic.values():
             for subscriber in subscribers:
-                if topic is None or subscriber.waiting or subscriber.topic == topic:
+                if (
+                    topic is None
+                    or subscriber.waiting
+                    or subscriber.topic == topic
+                    or subscriber.topic is None
+                ):
                     subscriber.wake()
 
     def close(self) -> None:
@@ -126,7 +131,7 @@ class Subscription:
         hub: Hub,
         database: storage.Database,
         reads: Executor,
-        topic: str,
+        topic: str | None,
         position: storage.Position,
     ) -> None:
         self.topic = topic
@@ -140,7 +145,7 @@ class Subscription:
     @property
     def cursor(self) -> str:
         """Where the subscription is: after the last event it delivered."""
-        return cursors.encode(self.topic, self.position)
+        return cursors.encode(self.topic or cursors.EVERY_TOPIC, self.position)
 
     async def pages(self) -> AsyncIterator[storage.Page]:
         """Non-empty pages in delivery order, forever (until cancel() or shutdown).

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -79,11 +78,12 @@ def create_app(
     core: ingest.Ingest,
     config: Config,
     *,
-    serving: Callable[[], bool],
+    not_ready: Callable[[], str | None],
     tokens: frozenset[str],
     metrics: Metrics,
 ) -> FastAPI:
-    """The HTTP app over `core`, sharing the process's health state, tokens and metrics."""
+    """The HTTP app over `core`, sharing the process's health state (`not_ready`: why it
+    does not serve, None while it does), tokens and metrics."""
     body.allow_depth()
     app = FastAPIOffline(
         title="Event aggregator",
@@ -127,16 +127,28 @@ def create_app(
 
     @app.get(
         "/events",
-        response_model=models.EventsPage,
-        responses={401: _ERRORS[401], 422: _ERRORS[422]},
-        summary="Stored events of a topic, oldest first, keyset-paged",
+        response_model=list[models.StoredEventOut],
+        responses={
+            200: {
+                "description": "a bare array of stored events in delivery order; paging in "
+                'the headers: `Link: <…&after=CURSOR>; rel="next"` while more remain, and '
+                "`X-Next-Cursor` (where to resume, or long-poll from) always",
+                "headers": {
+                    "Link": {"schema": {"type": "string"}},
+                    "X-Next-Cursor": {"schema": {"type": "string"}},
+                },
+            },
+            401: _ERRORS[401],
+            422: _ERRORS[422],
+        },
+        summary="Stored events, oldest first, keyset-paged",
     )
     async def events(
         request: Request,
-        topic: str = Query("", description="the topic to read"),
-        after: str = Query(
-            "", description="the previous page's cursor (empty: the topic's beginning)"
+        topic: str | None = Query(
+            None, description="the topic to read; without it, every topic's events"
         ),
+        after: str = Query("", description="the previous page's cursor (empty: the beginning)"),
         limit: int = Query(
             0,
             description=f"events per page (0: {ingest.MAX_PAGE_SIZE}); at most "
@@ -163,15 +175,11 @@ def create_app(
                 default_page_size=ingest.MAX_PAGE_SIZE,
                 fields=_EVENTS_FIELDS,
             )
-        return _json(
-            200,
-            {
-                "topic": topic,
-                "events": [_stored(row) for row in page.events],
-                "cursor": page.cursor,
-                "has_more": page.more,
-            },
-        )
+        headers = {"X-Next-Cursor": page.cursor}
+        if page.more:
+            following = request.url.include_query_params(after=page.cursor)
+            headers["Link"] = f'<{following}>; rel="next"'
+        return _json(200, [_stored(row) for row in page.events], headers)
 
     @app.get(
         "/stats",
@@ -197,18 +205,24 @@ def create_app(
 
     @app.get("/health", response_model=models.HealthOut, summary="Liveness")
     async def health() -> Response:
-        return _json(200, {"status": "SERVING"})
+        return _json(200, {"status": "ok"})
 
     @app.get(
         "/health/ready",
-        response_model=models.HealthOut,
-        responses={503: {"description": "NOT_SERVING: database unreachable or shutting down"}},
+        response_model=models.ReadyOut,
+        responses={
+            503: {
+                "description": "not ready: the database is unreachable or the server is "
+                "shutting down (`reason` says which)"
+            }
+        },
         summary="Readiness: the database is reachable and the server is not shutting down",
     )
     async def ready() -> Response:
-        if serving():
-            return _json(200, {"status": "SERVING"})
-        return _json(503, {"status": "NOT_SERVING"})
+        reason = not_ready()
+        if reason is None:
+            return _json(200, {"status": "ready"})
+        return _json(503, {"status": "not ready", "reason": reason})
 
     return app
 
@@ -291,6 +305,9 @@ async def _disconnected(request: Request) -> None:
 
 
 def publish_result(outcomes: Sequence[storage.Outcome]) -> dict[str, Any]:
+    """The answer to POST /publish, in the original service's terms: `duplicates` counts
+    every event dropped because its key was stored already, CONFLICTs included;
+    `conflicts` says how many of those had other content."""
     counts = dict.fromkeys(storage.Status, 0)
     results: list[dict[str, str]] = []
     for outcome in outcomes:
@@ -299,31 +316,44 @@ def publish_result(outcomes: Sequence[storage.Outcome]) -> dict[str, Any]:
             results.append({"status": outcome.status.name, "reason": outcome.reason})
         else:
             results.append(_RESULTS[outcome.status])
+    conflicts = counts[storage.Status.CONFLICT]
     return {
         "received": len(outcomes),
         "accepted": counts[storage.Status.ACCEPTED],
-        "duplicates": counts[storage.Status.DUPLICATE],
+        "duplicates": counts[storage.Status.DUPLICATE] + conflicts,
+        "conflicts": conflicts,
         "rejected": counts[storage.Status.REJECTED],
-        "conflicts": counts[storage.Status.CONFLICT],
         "results": results,
     }
 
 
-def stats_result(page: ingest.StatsPage, core: ingest.Ingest) -> dict[str, Any]:
-    stats = page.stats
-    total = stats.total
+def _counters(c: storage.Counters) -> dict[str, int]:
+    """A topic's counters in the original service's terms (duplicates include conflicts)."""
     return {
-        "received": total.received,
-        "unique_processed": total.accepted,
-        "duplicate_dropped": total.duplicates,
+        "received": c.received,
+        "accepted": c.accepted,
+        "duplicates": c.duplicates + c.conflicts,
+        "conflicts": c.conflicts,
+        "rejected": c.rejected,
+    }
+
+
+def stats_result(page: ingest.StatsPage, core: ingest.Ingest) -> dict[str, Any]:
+    """GET /stats: the original service's keys first (received = unique_processed +
+    duplicate_dropped + rejected, always), then ours."""
+    stats = page.stats
+    total = _counters(stats.total)
+    return {
+        "received": total["received"],
+        "unique_processed": total["accepted"],
+        "duplicate_dropped": total["duplicates"],
         "topics": list(stats.topics),
-        "uptime_seconds": core.uptime_seconds,
-        "accepted": total.accepted,
-        "duplicates": total.duplicates,
-        "rejected": total.rejected,
-        "conflicts": total.conflicts,
+        "uptime": core.uptime_seconds,
+        "rejected": total["rejected"],
+        "conflicts": total["conflicts"],
+        "distinct_topics": stats.topic_count,
         "started_at": core.started_at.isoformat().replace("+00:00", "Z"),
-        "per_topic": {topic: dataclasses.asdict(c) for topic, c in stats.topics.items()},
+        "per_topic": {topic: _counters(c) for topic, c in stats.topics.items()},
         "next_page_token": page.next_token,
     }
 

@@ -42,7 +42,9 @@ class EventResult(BaseModel):
 
 class PublishResult(BaseModel):
     """Sent after the events are committed. `received` is the count of events taken (what
-    the original service reported); the other counts split it by status."""
+    the original service reported); `duplicates` counts every event dropped because its key
+    was stored already (CONFLICTs included, `conflicts` says how many of them differed):
+    received = accepted + duplicates + rejected."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -72,79 +74,59 @@ class PublishResult(BaseModel):
 
 
 class StoredEventOut(BaseModel):
-    topic: str
-    event_id: str
-    timestamp: str = Field(description="RFC 3339 in UTC, as precise as it was sent")
-    source: str
-    payload: Any
-    sequence: int = Field(
-        description="unique storage id (not the delivery order: page with `cursor`)"
-    )
-    received_at: str
-
-
-class EventsPage(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
-                {
-                    "topic": "orders",
-                    "events": [
-                        {
-                            **EXAMPLE_EVENT,
-                            "sequence": 17,
-                            "received_at": "2024-05-01T12:00:00.312044Z",
-                        }
-                    ],
-                    "cursor": "MjoxMjM0OjE3Om9yZGVycw",
-                    "has_more": False,
-                }
+                {**EXAMPLE_EVENT, "sequence": 17, "received_at": "2024-05-01T12:00:00.312044Z"}
             ]
         }
     )
 
     topic: str
-    events: list[StoredEventOut]
-    cursor: str = Field(
-        description="opaque position after this page (or `after` if it is empty): pass it as "
-        "?after= to continue; no event ever commits behind it"
+    event_id: str
+    timestamp: str = Field(description="RFC 3339 in UTC, as precise as it was sent")
+    source: str
+    payload: Any = Field(description="the JSON value sent, exactly (numbers included)")
+    sequence: int = Field(
+        description="unique storage id (not the delivery order: page with the cursor)"
     )
-    has_more: bool
+    received_at: str
 
 
 class Counters(BaseModel):
     received: int
     accepted: int
-    duplicates: int
+    duplicates: int = Field(
+        description="events dropped because their key was stored already (conflicts included)"
+    )
+    conflicts: int = Field(description="those of the duplicates whose content differed")
     rejected: int
-    conflicts: int
 
 
 class StatsOut(BaseModel):
     """The original service's keys first, then ours. Persisted and exact:
-    received = accepted + duplicates + rejected + conflicts."""
+    received = unique_processed + duplicate_dropped + rejected."""
 
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
                 {
-                    "received": 10,
+                    "received": 11,
                     "unique_processed": 7,
                     "duplicate_dropped": 3,
                     "topics": ["orders"],
-                    "uptime_seconds": 12.5,
-                    "accepted": 7,
-                    "duplicates": 3,
-                    "rejected": 0,
-                    "conflicts": 0,
+                    "uptime": 12.5,
+                    "rejected": 1,
+                    "conflicts": 1,
+                    "distinct_topics": 1,
                     "started_at": "2024-05-01T12:00:00Z",
                     "per_topic": {
                         "orders": {
-                            "received": 10,
+                            "received": 11,
                             "accepted": 7,
                             "duplicates": 3,
-                            "rejected": 0,
-                            "conflicts": 0,
+                            "conflicts": 1,
+                            "rejected": 1,
                         }
                     },
                     "next_page_token": "",
@@ -153,15 +135,18 @@ class StatsOut(BaseModel):
         }
     )
 
-    received: int
-    unique_processed: int = Field(description="events stored (= accepted)")
-    duplicate_dropped: int = Field(description="events already stored (= duplicates)")
-    topics: list[str]
-    uptime_seconds: float
-    accepted: int
-    duplicates: int
-    rejected: int
-    conflicts: int
+    received: int = Field(description="events received, whatever became of them")
+    unique_processed: int = Field(description="events stored")
+    duplicate_dropped: int = Field(
+        description="events dropped because their key was stored already (conflicts included)"
+    )
+    topics: list[str] = Field(description="the topics on this page, in order")
+    uptime: float = Field(description="seconds since this server started")
+    rejected: int = Field(description="events refused as invalid")
+    conflicts: int = Field(
+        description="those of the dropped duplicates whose content differed from the stored"
+    )
+    distinct_topics: int = Field(description="topics in all, on every page")
     started_at: str
     per_topic: dict[str, Counters]
     next_page_token: str = Field(
@@ -170,4 +155,9 @@ class StatsOut(BaseModel):
 
 
 class HealthOut(BaseModel):
-    status: Literal["SERVING", "NOT_SERVING"]
+    status: Literal["ok"]
+
+
+class ReadyOut(BaseModel):
+    status: Literal["ready", "not ready"]
+    reason: str | None = Field(default=None, description="why it is not ready")

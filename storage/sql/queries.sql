@@ -100,6 +100,17 @@ WHERE topic = %(topic)s
 ORDER BY tx, seq
 LIMIT %(limit)s
 
+-- name: read_all_after
+-- read_after for every topic at once (events_tx_seq_idx).
+SELECT topic, event_id, ts, ts_nanos, source, payload::text, seq, received_at,
+       tx::text::bigint, tx < horizon.xmin AS settled
+FROM events, (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) AS horizon
+WHERE (tx, seq) > (%(after_tx)s::text::xid8, %(after_seq)s::bigint)
+  AND (%(start_ts)s::timestamptz IS NULL OR (ts, ts_nanos) >= (%(start_ts)s, %(start_nanos)s))
+  AND (%(end_ts)s::timestamptz IS NULL OR (ts, ts_nanos) < (%(end_ts)s, %(end_nanos)s))
+ORDER BY tx, seq
+LIMIT %(limit)s
+
 -- name: settled_horizon
 -- Every transaction with an id below this one has finished: the position "now".
 SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint
@@ -119,6 +130,10 @@ WHERE topic > %(after)s AND (%(topic)s::text IS NULL OR topic = %(topic)s)
 GROUP BY topic
 ORDER BY topic
 LIMIT %(limit)s
+
+-- name: stats_topic_count
+-- How many topics have counters (each topic has a row per counter shard).
+SELECT count(DISTINCT topic) FROM topic_stats
 
 -- name: topics_with_events
 -- Which of %(topic)s hold at least one stored event.
@@ -280,6 +295,38 @@ SELECT topic, event_id, ts, ts_nanos, source, payload::text, seq, received_at,
 FROM events
 WHERE topic = %(topic)s
   AND (tx, seq) > (%(after_tx)s::text::xid8, %(after_seq)s::bigint)
+  AND (%(start_ts)s::timestamptz IS NULL OR (ts, ts_nanos) >= (%(start_ts)s, %(start_nanos)s))
+  AND (%(end_ts)s::timestamptz IS NULL OR (ts, ts_nanos) < (%(end_ts)s, %(end_nanos)s))
+ORDER BY tx, seq
+LIMIT %(limit)s
+
+-- name: read_commits_all_citus
+-- read_commits_citus for every topic at once: each transaction with all the events it
+-- stored, whatever their topics.
+SELECT h.xmin::text::bigint, c.tx::text::bigint, c.events
+FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) AS h
+LEFT JOIN LATERAL (
+    SELECT tx, sum(events)::bigint AS events FROM topic_commits
+    WHERE tx >= %(after_tx)s::text::xid8 AND tx < h.xmin
+    GROUP BY tx
+    ORDER BY tx
+    LIMIT %(commits)s
+) AS c ON true
+ORDER BY c.tx
+
+-- name: count_commits_all_citus
+-- count_commits_citus for every topic at once.
+SELECT tx::text::bigint, count(*)
+FROM events
+WHERE tx = ANY(%(txs)s::text[]::xid8[])
+GROUP BY tx
+
+-- name: read_all_after_citus
+-- read_after_citus for every topic at once.
+SELECT topic, event_id, ts, ts_nanos, source, payload::text, seq, received_at,
+       tx::text::bigint, tx < %(settled_below)s::text::xid8 AS settled
+FROM events
+WHERE (tx, seq) > (%(after_tx)s::text::xid8, %(after_seq)s::bigint)
   AND (%(start_ts)s::timestamptz IS NULL OR (ts, ts_nanos) >= (%(start_ts)s, %(start_nanos)s))
   AND (%(end_ts)s::timestamptz IS NULL OR (ts, ts_nanos) < (%(end_ts)s, %(end_nanos)s))
 ORDER BY tx, seq

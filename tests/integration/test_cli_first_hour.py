@@ -370,7 +370,7 @@ def test_events_says_when_it_stops_at_the_limit_and_filters_by_time(server_proce
         *target, "events", "--topic", "t", "--json",
         "--since", "2026-01-02T00:00:00Z", "--until", "2026-01-04T00:00:00Z",
     )  # fmt: skip
-    ids = [json.loads(line)["event"]["eventId"] for line in window.stdout.splitlines()]
+    ids = [json.loads(line)["event_id"] for line in window.stdout.splitlines()]
     assert ids == ["2", "3"]
     bad = run_cli(*target, "events", "--topic", "t", "--since", "yesterday")
     assert bad.returncode == 2 and "not an RFC 3339 time" in bad.stderr

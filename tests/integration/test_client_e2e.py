@@ -143,7 +143,7 @@ def test_cli_stats_and_events(server_process):
         "--target", server_process.target, "events", "--topic", "alpha", "--limit", "5", "--json"
     )
     rows = [json.loads(line) for line in listed.stdout.splitlines()]
-    assert len(rows) == 5 and all(r["event"]["topic"] == "alpha" for r in rows)
+    assert len(rows) == 5 and all(r["topic"] == "alpha" for r in rows)
 
 
 def test_cli_health_reports_serving(server_process):

@@ -81,12 +81,15 @@ def test_duplicate_and_conflict_over_http_keep_their_place(http, sql):
     assert answer["results"][2]["reason"].endswith("different payload")
     assert answer["results"][3]["reason"].startswith("source:")
     assert "reason" not in answer["results"][0]
+    # The original service's terms: a key stored already is a dropped duplicate, whatever
+    # its content; `conflicts` says how many of those differed.
     assert (answer["accepted"], answer["duplicates"], answer["conflicts"], answer["rejected"]) == (
         1,
-        1,
+        2,
         1,
         1,
     )
+    assert answer["received"] == answer["accepted"] + answer["duplicates"] + answer["rejected"]
     assert stored(sql) == 2
 
 
@@ -183,20 +186,32 @@ def test_fifty_concurrent_identical_posts_on_separate_connections_store_once(htt
 
 def test_read_your_write_then_page_by_cursor(http):
     assert http.post("/publish", json=[ev(i) for i in range(5)]).status_code == 200
-    first = http.get("/events", params={"topic": "orders", "limit": 3}).json()
-    assert [e["event_id"] for e in first["events"]] == ["0", "1", "2"]
-    assert first["has_more"] is True
-    assert first["events"][0]["timestamp"] == "2024-05-01T12:00:00.123456789Z"
-    assert first["events"][0]["payload"] == {"n": 1}
-    rest = http.get("/events", params={"topic": "orders", "after": first["cursor"]}).json()
-    assert [e["event_id"] for e in rest["events"]] == ["3", "4"]
-    assert rest["has_more"] is False
-    again = http.get("/events", params={"topic": "orders", "after": rest["cursor"]}).json()
-    assert again["events"] == [] and again["cursor"] == rest["cursor"]
-    other = http.get("/events", params={"topic": "other", "after": rest["cursor"]})
+    first = http.get("/events", params={"topic": "orders", "limit": 3})
+    assert [e["event_id"] for e in first.json()] == ["0", "1", "2"]
+    assert first.json()[0]["timestamp"] == "2024-05-01T12:00:00.123456789Z"
+    assert first.json()[0]["payload"] == {"n": 1}
+    cursor = first.headers["x-next-cursor"]
+    assert first.headers["link"] == (
+        f'<{http.base_url}/events?topic=orders&limit=3&after={cursor}>; rel="next"'
+    )
+    rest = http.get("/events", params={"topic": "orders", "after": cursor})
+    assert [e["event_id"] for e in rest.json()] == ["3", "4"]
+    assert "link" not in rest.headers  # the last page
+    again = http.get("/events", params={"topic": "orders", "after": rest.headers["x-next-cursor"]})
+    assert again.json() == [] and again.headers["x-next-cursor"] == rest.headers["x-next-cursor"]
+    other = http.get("/events", params={"topic": "other", "after": cursor})
     assert other.status_code == 422  # a cursor is bound to its topic
     assert other.json()["detail"][0]["loc"] == ["query", "after"]
-    assert http.get("/events").status_code == 422  # a topic is required
+
+
+def test_every_topic_is_read_without_a_topic_in_one_delivery_order(http):
+    http.post("/publish", json=[ev("a", topic="t1"), ev("b", topic="t2"), ev("c", topic="t1")])
+    first = http.get("/events", params={"limit": 2})
+    assert [(e["topic"], e["event_id"]) for e in first.json()] == [("t1", "a"), ("t2", "b")]
+    rest = http.get("/events", params={"after": first.headers["x-next-cursor"]})
+    assert [(e["topic"], e["event_id"]) for e in rest.json()] == [("t1", "c")]
+    mixed = http.get("/events", params={"topic": "t1", "after": first.headers["x-next-cursor"]})
+    assert mixed.status_code == 422  # a cursor over every topic is not one topic's
 
 
 def test_stats_keep_the_original_keys_and_add_ours(http):
@@ -208,8 +223,8 @@ def test_stats_keep_the_original_keys_and_add_ours(http):
         "duplicate_dropped": 1,
     }
     assert stats["topics"] == ["orders"]
-    assert stats["uptime_seconds"] > 0
-    assert (stats["rejected"], stats["conflicts"]) == (0, 0)
+    assert stats["uptime"] > 0
+    assert (stats["rejected"], stats["conflicts"], stats["distinct_topics"]) == (0, 0, 1)
     assert stats["per_topic"]["orders"]["accepted"] == 2
 
 
@@ -229,8 +244,8 @@ def test_stats_of_one_topic_keep_every_topics_totals(http):
 
 
 def test_health_and_readiness(http):
-    assert http.get("/health").json() == {"status": "SERVING"}
-    assert http.get("/health/ready").json() == {"status": "SERVING"}
+    assert http.get("/health").json() == {"status": "ok"}
+    assert http.get("/health/ready").json() == {"status": "ready"}
 
 
 def test_bearer_tokens_apply_to_http_and_health_and_docs_stay_open(db_url):

@@ -21,4 +21,4 @@ def test_k6_scripts_publish_with_duplicates_and_the_stats_are_exact(db_url, caps
         assert server.stop() == 0
     out = capsys.readouterr().out
     assert code == 0, out[-4000:]
-    assert out.count("stats exact  ok") == 3
+    assert out.count("stats exact  ok") == 4  # fresh timestamps included: conflicts dropped

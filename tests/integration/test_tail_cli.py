@@ -23,7 +23,7 @@ def test_tail_prints_what_is_stored_and_continues_after_its_cursor(server, stub)
     stub.PublishBatch(request([event("a"), event("b")]))
     first = run_cli("--target", target, "tail", "--topic", "orders", "--json")
     assert first.returncode == 0, first.stderr
-    assert [json.loads(line)["event"]["eventId"] for line in first.stdout.splitlines()] == [
+    assert [json.loads(line)["event_id"] for line in first.stdout.splitlines()] == [
         "a",
         "b",
     ]

@@ -56,11 +56,8 @@ def http_page(
     """GET /events: (event ids, the cursor to go on from, whether more follow)."""
     reply = http.get("/events", params={"topic": topic, "after": after, "limit": limit})
     assert reply.status_code == 200
-    body = reply.json()
-    if isinstance(body, list):  # a bare array, paged in headers
-        more = 'rel="next"' in reply.headers.get("link", "")
-        return [e["event_id"] for e in body], reply.headers["x-next-cursor"], more
-    return [e["event_id"] for e in body["events"]], body["cursor"], body["has_more"]
+    more = 'rel="next"' in reply.headers.get("link", "")  # a bare array, paged in headers
+    return [e["event_id"] for e in reply.json()], reply.headers["x-next-cursor"], more
 
 
 def publish_rounds(stub: pb_grpc.AggregatorServiceStub, rounds: int, size: int) -> None:
