@@ -34,7 +34,7 @@ def test_long_poll_returns_the_next_commit_after_the_cursor(served, stub_for):
         answer: dict[str, Any] = {}
 
         def poll() -> None:
-            params = {"topic": "orders", "after": first.headers["x-next-cursor"], "wait": 50}
+            params = {"topic": "orders", "after": first.headers["x-next-cursor"], "wait": "50"}
             reply = http.get("/events", params=params)
             answer.update(events=reply.json(), cursor=reply.headers["x-next-cursor"])
 
