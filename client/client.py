@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from aggregator.client import retry
 from aggregator.client.channel import open_channel, unreachable_reason
 from aggregator.client.errors import PublishError, SubscribeError, Unreachable
+from aggregator.client.events import new_request_id
 from aggregator.client.publisher import Publisher
 from aggregator.v1 import aggregator_pb2 as pb
 from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
@@ -49,18 +50,27 @@ class AggregatorClient:
         return self._stub
 
     def publish(
-        self, events: Iterable[pb.Event], *, sequence: int = 0, retry_for: float = 30.0
+        self,
+        events: Iterable[pb.Event],
+        *,
+        sequence: int = 0,
+        retry_for: float = 30.0,
+        request_id: str | None = None,
     ) -> pb.PublishResponse:
         """Publish events in one PublishBatch call; one status per event, after commit.
 
-        Retryable failures (UNAVAILABLE, RESOURCE_EXHAUSTED, …) are retried for up to
-        `retry_for` seconds with backoff or the server's RetryInfo; resending is safe because
-        events already committed come back DUPLICATE.
+        The request is named (`request_id`, a new UUIDv7 unless given) and every retry
+        carries the name, so a retry of a request whose answer was lost gets the original
+        statuses (ACCEPTED stays ACCEPTED) and the server counts it once. Retryable failures
+        (UNAVAILABLE, RESOURCE_EXHAUSTED, …) are retried for up to `retry_for` seconds with
+        backoff or the server's RetryInfo.
 
         Raises:
             PublishError: a non-retryable failure, or retries ran out.
         """
-        request = pb.PublishRequest(sequence=sequence, events=list(events))
+        request = pb.PublishRequest(
+            sequence=sequence, events=list(events), request_id=request_id or new_request_id()
+        )
         deadline = time.monotonic() + retry_for
         attempt = 0
         while True:

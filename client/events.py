@@ -45,3 +45,8 @@ def make_event(
 def new_event_id() -> str:
     """A fresh time-ordered UUID (RFC 9562 version 7) as text."""
     return str(uuid_utils.uuid7())
+
+
+def new_request_id() -> str:
+    """A fresh request id (a UUIDv7 as text): what names a request across its resends."""
+    return str(uuid_utils.uuid7())

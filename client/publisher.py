@@ -23,6 +23,7 @@ import grpc
 
 from aggregator.client import retry
 from aggregator.client.errors import PublisherClosed, PublishError
+from aggregator.client.events import new_request_id
 from aggregator.v1 import aggregator_pb2 as pb
 from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
 
@@ -213,8 +214,11 @@ class Publisher:
         """Turn the buffer into a request and hand it to the stream. Caller holds the lock."""
         sequence = self._next_sequence
         self._next_sequence += 1
+        # Named: a resend after a reconnect carries the same id, so a request whose answer
+        # was lost is answered as it was written, and counted once.
         sealed = _Sealed(
-            pb.PublishRequest(sequence=sequence, events=self._buffer), self._buffer_futures
+            pb.PublishRequest(sequence=sequence, events=self._buffer, request_id=new_request_id()),
+            self._buffer_futures,
         )
         self._buffer, self._buffer_futures, self._buffer_bytes = [], [], 0
         self._inflight.append(sealed)

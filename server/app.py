@@ -162,7 +162,9 @@ class Server:
         assert database is not None
         loop = asyncio.get_running_loop()
         self._hub = Hub(config.max_subscribers, loop)
-        health = self._health = DatabaseHealth(database, loop)
+        health = self._health = DatabaseHealth(
+            database, loop, request_retention=config.request_retention
+        )
         self._batcher = Batcher(
             database.write_batch,
             workers=config.flush_workers,

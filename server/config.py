@@ -38,6 +38,7 @@ class Config:
     max_health_watchers: int = 16
     enqueue_timeout: float = 5.0
     db_retry_timeout: float = 30.0
+    request_retention: float = 3600.0
     shutdown_grace: float = 15.0
     log_level: str = "info"
     log_format: str = "text"
@@ -184,6 +185,12 @@ _OPTIONS: dict[str, tuple[str, Callable[[str], object], str]] = {
         float,
         "seconds a batch is retried while the database is unreachable before UNAVAILABLE",
     ),
+    "request_retention": (
+        "AGGREGATOR_REQUEST_RETENTION",
+        float,
+        "seconds a named request (request_id, Idempotency-Key) is remembered: a resend within "
+        "them gets the original answer; later it is a new request",
+    ),
     "shutdown_grace": (
         "AGGREGATOR_SHUTDOWN_GRACE",
         float,
@@ -304,6 +311,8 @@ def _check(parser: argparse.ArgumentParser, config: Config) -> None:
         )
     if config.log_format not in {"text", "json"}:
         parser.error("--log-format must be text or json")
+    if config.request_retention <= 0:
+        parser.error("--request-retention must be positive")
     if config.http_request_timeout <= 0:
         parser.error("--http-request-timeout must be positive")
     if not 0 <= config.http_port <= 65535:

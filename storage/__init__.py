@@ -29,6 +29,8 @@ from aggregator.storage.models import (
     Status,
     StoredEvent,
 )
+from aggregator.storage.requests import NamedRequest
+from aggregator.storage.requests import fingerprint as request_fingerprint
 
 __all__ = [
     "MAX_PAGE_SIZE",
@@ -42,6 +44,7 @@ __all__ = [
     "InvalidArgument",
     "Listener",
     "Misconfigured",
+    "NamedRequest",
     "NewEvent",
     "Outcome",
     "Page",
@@ -54,4 +57,5 @@ __all__ = [
     "Ticket",
     "Unavailable",
     "Unsupported",
+    "request_fingerprint",
 ]

@@ -17,6 +17,7 @@ import psycopg_pool
 from psycopg import errors as pg_errors
 
 from aggregator.storage import ledger, queries, schema, writer
+from aggregator.storage import requests as request_ledger
 from aggregator.storage.errors import (
     Busy,
     DiskFull,
@@ -37,6 +38,7 @@ from aggregator.storage.models import (
     split_ns,
 )
 from aggregator.storage.recent import RecentKeys
+from aggregator.storage.requests import NamedRequest
 from aggregator.storage.watchdog import Conn, Watchdog
 
 log = logging.getLogger(__name__)
@@ -293,6 +295,18 @@ class Database:
             ledger.sweep(conn)
             return applied
 
+    def forget_requests(self, older_than: float) -> int:
+        """Delete named requests older than `older_than` seconds (storage.requests)."""
+        with self._connection() as conn:
+            return request_ledger.sweep(conn, older_than)
+
+    def probe_write(self) -> None:
+        """Raise Unavailable (DiskFull) unless the database can write now: a temporary
+        table's file is extended and the commit goes to the WAL; nothing is kept."""
+        with self._connection(self._checkout_timeout) as conn, conn.transaction():
+            for statement in queries.get("probe_write").split(";\n"):
+                conn.execute(statement)
+
     def ping(self) -> None:
         """Raise Unavailable unless the database answers a query."""
         with self._connection(self._checkout_timeout) as conn:
@@ -303,12 +317,14 @@ class Database:
         events: Sequence[NewEvent],
         rejected: Mapping[str, int] | None = None,
         ticket: ledger.Ticket | None = None,
+        requests: Sequence[NamedRequest] = (),
     ) -> BatchResult:
         """Store a batch in one transaction (see storage.writer); counters included.
 
         With a `ticket` the transaction is recorded in the batch ledger, and a retry
         (`ticket.retry`) first learns what an earlier attempt committed (storage.ledger).
         Past `ticket.deadline` (monotonic seconds) the attempt is cut: Unavailable.
+        `requests`: the batch's named requests (storage.requests).
         """
         timeout = None
         if ticket is not None and ticket.deadline is not None:
@@ -328,6 +344,7 @@ class Database:
                         only=only,
                         recent=self.recent,
                         distributed=self.distributed,
+                        requests=requests,
                     ),
                 )
             else:
@@ -338,6 +355,7 @@ class Database:
                     ticket=ticket,
                     recent=self.recent,
                     distributed=self.distributed,
+                    requests=requests,
                 )
             self._used_at[conn] = time.monotonic()
             return result

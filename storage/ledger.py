@@ -56,6 +56,10 @@ class Ticket:
     deadline: float | None = None  # time.monotonic() by which an attempt must have finished
     isolate: bool = True  # split the batch to isolate refused rows; else raise RowsRefused
     seconds: float = 0.0  # spent recording, for the benchmark's cost figure
+    # A COMMIT was sent and its reply never came, and no later attempt has read the ledger
+    # since: whether the batch (or part of it) was written is unknown.
+    committing: bool = False
+    unknown: bool = False
 
     @property
     def lock(self) -> int:
@@ -122,6 +126,7 @@ def resume(
         Unavailable: a transaction of the batch is still committing after AWAIT_TIMEOUT.
     """
     entries = _settled(conn, ticket)
+    ticket.unknown = False  # what committed is known now: the ledger says
     decided: dict[int, Status] = {}
     reasons: dict[int, str] = {}  # index → reason
     counts: dict[tuple[str, Status], int] = {}

@@ -61,6 +61,10 @@ class BatchResult:
     counts: dict[tuple[str, Status], int] = field(default_factory=dict)
     # Events answered DUPLICATE from the recently stored keys (storage.recent), no table read.
     remembered: int = 0
+    # Named requests answered from the request ledger (written before; nothing counted),
+    # and those whose id names other events (not written: the request is refused).
+    replayed: set[str] = field(default_factory=set)
+    reused: set[str] = field(default_factory=set)
 
     @property
     def statuses(self) -> list[Status]:

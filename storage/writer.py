@@ -14,13 +14,14 @@ import logging
 import struct
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import cast
+from typing import NamedTuple, cast
 
 import psycopg
 from psycopg import adapt, postgres, pq
 from psycopg import errors as pg_errors
 
 from aggregator.storage import ledger, queries
+from aggregator.storage import requests as requests_ledger
 from aggregator.storage.errors import RowsRefused, StorageError
 from aggregator.storage.models import (
     ACCEPTED,
@@ -31,6 +32,7 @@ from aggregator.storage.models import (
     Status,
 )
 from aggregator.storage.recent import RecentKeys
+from aggregator.storage.requests import NamedRequest
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +103,7 @@ def write_batch(
     only: list[int] | None = None,
     recent: RecentKeys | None = None,
     distributed: bool = False,
+    requests: Sequence[NamedRequest] = (),
 ) -> BatchResult:
     """Store `events` and count them plus `rejected` (events refused earlier, per topic).
 
@@ -110,10 +113,15 @@ def write_batch(
     restricts the write to those event indexes (ascending). With `recent`, exact re-sends
     of events it remembers are answered DUPLICATE without the events table (storage.recent).
     `distributed`: the database is a Citus coordinator (storage/sql/citus.sql has run).
+    `requests`: the batch's named requests (storage.requests): each is claimed by the
+    transaction that writes all of its events, and one written before is answered from
+    the request ledger instead (result.replayed), or refused (result.reused).
     """
     result = BatchResult(outcomes=[ACCEPTED] * len(events))
     idxs = list(range(len(events))) if only is None else only
-    _write_isolating(conn, events, idxs, dict(rejected or {}), result, ticket, recent, distributed)
+    _write_isolating(
+        conn, events, idxs, dict(rejected or {}), result, ticket, recent, distributed, requests
+    )
     return result
 
 
@@ -126,9 +134,10 @@ def _write_isolating(
     ticket: ledger.Ticket | None,
     recent: RecentKeys | None,
     distributed: bool,
+    requests: Sequence[NamedRequest],
 ) -> None:
     try:
-        _write_retrying(conn, events, idxs, rejected, result, ticket, recent, distributed)
+        _write_retrying(conn, events, idxs, rejected, result, ticket, recent, distributed, requests)
     except _ROW_ERRORS as exc:
         if ticket is not None and not ticket.isolate:
             raise RowsRefused(f"the database refused a row: {exc.diag.message_primary}") from exc
@@ -141,12 +150,16 @@ def _write_isolating(
             rejected = dict(rejected)
             rejected[events[bad].topic] = rejected.get(events[bad].topic, 0) + 1
             _write_retrying(
-                conn, events, [], rejected, result, ticket, recent, distributed, refused=bad
+                conn, events, [], rejected, result, ticket, recent, distributed, (), refused=bad
             )
             return
+        # Split up, a named request is written as an unnamed one (a resend of it would be
+        # written again): only a request whose whole span one transaction writes is claimed.
         half = len(idxs) // 2
-        _write_isolating(conn, events, idxs[:half], rejected, result, ticket, recent, distributed)
-        _write_isolating(conn, events, idxs[half:], {}, result, ticket, recent, distributed)
+        _write_isolating(
+            conn, events, idxs[:half], rejected, result, ticket, recent, distributed, ()
+        )
+        _write_isolating(conn, events, idxs[half:], {}, result, ticket, recent, distributed, ())
 
 
 def _refusal_reason(exc: psycopg.Error) -> str:
@@ -165,11 +178,14 @@ def _write_retrying(
     ticket: ledger.Ticket | None,
     recent: RecentKeys | None,
     distributed: bool,
+    requests: Sequence[NamedRequest],
     refused: int | None = None,
 ) -> None:
     for attempt in range(1, _TRANSIENT_ATTEMPTS + 1):
         try:
-            _write_once(conn, events, idxs, rejected, result, ticket, recent, distributed, refused)
+            _write_once(
+                conn, events, idxs, rejected, result, ticket, recent, distributed, requests, refused
+            )
             return
         except _TRANSIENT as exc:
             if attempt == _TRANSIENT_ATTEMPTS:
@@ -186,11 +202,13 @@ def _write_once(
     ticket: ledger.Ticket | None,
     recent: RecentKeys | None,
     distributed: bool,
+    requests: Sequence[NamedRequest],
     refused: int | None,
 ) -> None:
     """One transaction; `refused` is an event the database refused, counted here."""
     if not idxs and not rejected:
         return
+    named = _whole(requests, idxs, rejected)
     # Every event in idxs gets its outcome below, replacing any from an attempt that rolled back.
     outcomes = result.outcomes
     counts: dict[str, list[int]] = {}  # topic → events per Status (value - 1)
@@ -200,7 +218,7 @@ def _write_once(
     # Built before the transaction opens: the database waits for nothing of this.
     first: dict[tuple[str, str], int] = {}  # key → its first event in the batch
     copies: list[tuple[int, int]] = []  # (event, the first event of its key: the same)
-    rows = []
+    rows: list[_Row] = []
     for i in idxs:
         outcomes[i] = ACCEPTED  # unless the database says otherwise below
         event = events[i]
@@ -225,6 +243,12 @@ def _write_once(
             tx = cast(int, row[0])
         else:
             cur.execute("BEGIN")
+        claimed: list[NamedRequest] = []
+        echoes: list[tuple[NamedRequest, NamedRequest]] = []
+        if named:
+            claimed, idxs, rows, copies, rejected, echoes = _claim(
+                cur, named, idxs, rows, copies, rejected, result
+            )
         if recent is not None and idxs:
             row = cur.execute(queries.get("events_epoch")).fetchone()
             if row is not None and row[1]:  # the trigger that moves the epoch is in place
@@ -262,6 +286,11 @@ def _write_once(
         for i, earlier in copies:
             settled = outcomes[earlier]
             outcomes[i] = DUPLICATE if settled in _STORED_AS_SENT else settled
+        for echo, copy_of in echoes:  # the same request twice: the same answer, counted once
+            outcomes[echo.first : echo.first + echo.size] = outcomes[
+                copy_of.first : copy_of.first + copy_of.size
+            ]
+            result.replayed.add(echo.request_id)
 
         for i in idxs:
             slot = counts.setdefault(events[i].topic, [0, 0, 0, 0])
@@ -282,14 +311,23 @@ def _write_once(
             "conflicts": [counts[t][3] for t in topics],
             "notify": (sorted(stored_topics) or [""]) if rows else [],
             **ledger.fields(ticket, idxs if refused is None else [refused], result, counts),
+            **(
+                requests_ledger.fields(claimed, outcomes)
+                if claimed
+                else requests_ledger.NO_REQUESTS
+            ),
         }
         if distributed:
             settle.update(tx=tx, prune_lock=_PRUNE_LOCK)
+        if ticket is not None:
+            ticket.committing = True  # from here on, a failure leaves the outcome unknown
         with conn.pipeline():
             cur.execute(
                 queries.get("settle_batch_citus" if distributed else "settle_batch"), settle
             )
             cur.execute("COMMIT")
+        if ticket is not None:
+            ticket.committing = False
     # Committed: what this transaction counted is now part of the batch's result.
     if recent is not None:
         result.remembered += len(remembered)
@@ -298,6 +336,90 @@ def _write_once(
         for status, n in zip(Status, per_status, strict=True):
             if n:
                 result.counts[topic, status] = result.counts.get((topic, status), 0) + n
+
+
+def _whole(
+    requests: Sequence[NamedRequest], idxs: list[int], rejected: Mapping[str, int]
+) -> list[NamedRequest]:
+    """The named requests this transaction writes whole: all their events, and their
+    rejected ones' counts (carried by the first transaction of a batch only)."""
+    if not requests:
+        return []
+    writing = set(idxs)
+    return [
+        r
+        for r in requests
+        if all(i in writing for i in range(r.first, r.first + r.size))
+        and (r.size or r.rejected)
+        and (not r.rejected or rejected)
+    ]
+
+
+# A staged row: (idx, is_first, topic, event_id, ts, ts_nanos, source, payload).
+_Row = tuple[int, bool, str, str, int, int, str, str]
+
+
+class _Claimed(NamedTuple):
+    """What a transaction writes after claiming its named requests."""
+
+    requests: list[NamedRequest]  # claimed here: their statuses are recorded at COMMIT
+    idxs: list[int]
+    rows: list[_Row]
+    copies: list[tuple[int, int]]
+    rejected: dict[str, int]
+    echoes: list[tuple[NamedRequest, NamedRequest]]  # (a request, its earlier copy here)
+
+
+def _claim(
+    cur: psycopg.Cursor[tuple[object, ...]],
+    named: list[NamedRequest],
+    idxs: list[int],
+    rows: list[_Row],
+    copies: list[tuple[int, int]],
+    rejected: dict[str, int],
+    result: BatchResult,
+) -> _Claimed:
+    """Claim the named requests; those written before leave this transaction, answered
+    from the request ledger (result.replayed) or refused (result.reused), and so does a
+    second copy of a request in this batch (answered as its first copy is)."""
+    first_of: dict[str, NamedRequest] = {}
+    echoes: list[tuple[NamedRequest, NamedRequest]] = []
+    for r in named:
+        earlier = first_of.setdefault(r.request_id, r)
+        if earlier is not r:
+            echoes.append((r, earlier))
+    claiming = list(first_of.values())
+    replays = requests_ledger.claim(cur, claiming)
+    outcomes = result.outcomes
+    leaving = [(r, replays[r.request_id]) for r in claiming if r.request_id in replays]
+    for r, replay in leaving:
+        if replay.outcomes is not None and len(replay.outcomes) == r.size:
+            outcomes[r.first : r.first + r.size] = replay.outcomes
+            result.replayed.add(r.request_id)
+        else:
+            result.reused.add(r.request_id)
+    for echo, earlier in echoes:
+        if echo.fingerprint != earlier.fingerprint or echo.size != earlier.size:
+            result.reused.add(echo.request_id)
+    gone = [r for r, _ in leaving] + [echo for echo, _ in echoes]
+    claimed = [r for r in claiming if r.request_id not in replays]
+    if not gone:
+        return _Claimed(claimed, idxs, rows, copies, rejected, [])
+    out = {i for r in gone for i in range(r.first, r.first + r.size)}
+    rejected = dict(rejected)
+    for r in gone:
+        for topic, n in r.rejected.items():
+            rejected[topic] -= n
+            if not rejected[topic]:
+                del rejected[topic]
+    return _Claimed(
+        claimed,
+        [i for i in idxs if i not in out],
+        [row for row in rows if row[0] not in out],
+        [(i, e) for i, e in copies if i not in out],
+        rejected,
+        [(e, r) for e, r in echoes if e.request_id not in result.reused],
+    )
 
 
 def _fold_topics_without_events(

@@ -33,7 +33,13 @@ from aggregator.server.core import errors
 log = logging.getLogger(__name__)
 
 WriteBatch = Callable[
-    [Sequence[storage.NewEvent], Mapping[str, int], storage.Ticket], storage.BatchResult
+    [
+        Sequence[storage.NewEvent],
+        Mapping[str, int],
+        storage.Ticket,
+        Sequence[storage.NamedRequest],
+    ],
+    storage.BatchResult,
 ]
 # (seconds, events written, result) of each committed batch
 FlushObserver = Callable[[float, int, storage.BatchResult], None]
@@ -54,11 +60,13 @@ class Submission:
         "_callbacks",
         "error",
         "events",
+        "fingerprint",
         "lane",
         "nbytes",
         "ordered",
         "outcomes",
         "rejected",
+        "request_id",
         "solo",
         "weight",
     )
@@ -70,6 +78,8 @@ class Submission:
         *,
         lane: Hashable | None = None,
         ordered: bool = False,
+        request_id: str | None = None,
+        fingerprint: bytes = b"",
     ) -> None:
         self.events = events
         self.rejected = rejected  # topic → events rejected before the batcher, to count
@@ -77,6 +87,10 @@ class Submission:
         # after the lane's earlier submissions, never beside them.
         self.lane = self if lane is None else lane
         self.ordered = ordered
+        # A named request (its client's id and content): answered from the request ledger
+        # if it was written before (storage.requests).
+        self.request_id = request_id
+        self.fingerprint = fingerprint
         self.weight = max(1, len(events))
         # Memory held while queued: payloads plus a fixed cost per event.
         self.nbytes = sum(len(e.payload) for e in events) + EVENT_OVERHEAD_BYTES * self.weight
@@ -128,6 +142,18 @@ class Submission:
         """The call ended: release its waiter now; unless a worker took it, it is dropped."""
         if not self.done:
             self.fail(errors.Abandoned("the call ended before its events were committed"))
+
+
+def _failure(exc: BaseException, ticket: storage.Ticket) -> BaseException:
+    """What a batch that could not be written tells its callers."""
+    if isinstance(exc, storage.Unavailable):
+        if ticket.unknown:
+            log.warning("batch %s: its COMMIT's reply was lost; outcome unknown", ticket.batch_id)
+            return errors.OutcomeUnknown()
+        return errors.classify(exc)
+    if not isinstance(exc, errors.ServerError):
+        log.error("flush failed", exc_info=exc)
+    return exc
 
 
 def _let_in(waiter: asyncio.Future[None]) -> bool:
@@ -404,12 +430,20 @@ class Batcher:
         self._pending -= item.weight
         self._pending_bytes -= item.nbytes
 
-    def _release(self, batch: list[Submission]) -> None:
-        """A flush of `batch` is over: its ordered lanes may be taken again."""
+    def _release(self, batch: list[Submission], *, failed: bool = False) -> None:
+        """A flush of `batch` is over: its ordered lanes may be taken again. If it `failed`,
+        what those lanes queued behind it is dropped, never written: a stream's requests
+        take effect in order, so none may be written after an earlier one that was not."""
         with self._cond:
             for item in batch:
-                if item.ordered:
-                    self._busy.discard(item.lane)
+                if not item.ordered:
+                    continue
+                self._busy.discard(item.lane)
+                lane = self._lanes.get(item.lane)
+                while failed and lane:
+                    dropped = lane[0]
+                    self._taken(item.lane, lane)
+                    dropped.fail(errors.NotWritten())
             self._cond.notify_all()
 
     def _run(self, light: bool = False) -> None:
@@ -426,12 +460,12 @@ class Batcher:
             try:
                 committed = self._flush(batch, ticket)
             except BaseException as exc:  # never leave a caller waiting forever
-                log.exception("flush failed")
+                error = _failure(exc, ticket)
                 for item in batch:
                     if not item.done:
-                        item.fail(exc)
+                        item.fail(error)
                 finished = [*finished, ticket.batch_id]
-                self._release(batch)
+                self._release(batch, failed=True)
             else:
                 self._release(batch)
                 if committed and any(item.events or item.rejected for item in batch):
@@ -443,14 +477,25 @@ class Batcher:
         """Write `batch` and resolve its submissions; False if it was put back instead."""
         events: list[storage.NewEvent] = []
         rejected: dict[str, int] = {}
+        named: list[storage.NamedRequest] = []
         for item in batch:
+            if item.request_id is not None:
+                named.append(
+                    storage.NamedRequest(
+                        item.request_id,
+                        item.fingerprint,
+                        len(events),
+                        len(item.events),
+                        item.rejected,
+                    )
+                )
             events += item.events
             for topic, n in item.rejected.items():
                 rejected[topic] = rejected.get(topic, 0) + n
         started = time.monotonic()
         try:
             isolate = batch[0].solo == ISOLATING
-            result = self._write_retrying(events, rejected, ticket, isolate=isolate)
+            result = self._write_retrying(events, rejected, ticket, named, isolate=isolate)
         except storage.RowsRefused as exc:
             self._requeue(batch, exc)
             return False
@@ -471,8 +516,23 @@ class Batcher:
         offset = 0
         for item in batch:
             n = len(item.events)
-            item.resolve(outcomes[offset : offset + n])
+            if item.request_id in result.reused:
+                item.fail(
+                    errors.RequestInvalid(
+                        f"request_id: {item.request_id!r} names a request with other events; "
+                        "a resend must carry the same events, another request another id",
+                        field="request_id",
+                    )
+                )
+            else:
+                item.resolve(outcomes[offset : offset + n])
             offset += n
+        if result.replayed:
+            log.info(
+                "%d named requests were written before (their answers were lost): answered "
+                "from the request ledger",
+                len(result.replayed),
+            )
         return True
 
     def _requeue(self, batch: list[Submission], exc: storage.RowsRefused) -> None:
@@ -501,6 +561,7 @@ class Batcher:
         events: list[storage.NewEvent],
         rejected: dict[str, int],
         ticket: storage.Ticket,
+        named: Sequence[storage.NamedRequest],
         *,
         isolate: bool = True,
     ) -> storage.BatchResult:
@@ -517,9 +578,11 @@ class Batcher:
         while True:
             ticket.isolate = isolate or ticket.retry
             try:
-                result = self._write(events, rejected, ticket)
+                result = self._write(events, rejected, ticket, named)
             except storage.Unavailable as exc:
                 ticket.retry = True
+                if ticket.committing:  # cut at COMMIT: the next attempt reads the ledger
+                    ticket.unknown, ticket.committing = True, False
                 self._on_database_state(False)
                 self._on_database_error("unavailable")
                 if time.monotonic() + delay > deadline:

@@ -9,8 +9,10 @@ ServerError                  Kind                  base; also what an unknown er
 │   └── TooManySubscribers   RESOURCE_EXHAUSTED    every subscriber slot is taken
 ├── Unavailable              UNAVAILABLE           retry later, elsewhere if need be
 │   ├── ShuttingDown         UNAVAILABLE           the server takes no new work
-│   └── DatabaseUnavailable  UNAVAILABLE           the database cannot be reached
-│       └── DatabaseFull     UNAVAILABLE           the database's disk is full
+│   ├── DatabaseUnavailable  UNAVAILABLE           the database cannot be reached
+│   │   └── DatabaseFull     UNAVAILABLE           the database's disk is full
+│   ├── OutcomeUnknown       UNAVAILABLE           a COMMIT's reply was lost: written or not
+│   └── NotWritten           UNAVAILABLE           an earlier request of the stream failed
 ├── Unauthenticated          UNAUTHENTICATED       no valid bearer token
 └── Abandoned                CANCELLED             the caller went away while it waited
 
@@ -113,22 +115,35 @@ class ShuttingDown(Unavailable):
 
 
 class DatabaseUnavailable(Unavailable):
-    """The database stayed unreachable for longer than the server retries."""
+    """The database stayed unreachable for longer than the server retries; the request
+    was not written."""
 
-    default_message = (
-        "the database is unavailable; nothing of the unanswered requests was "
-        "acknowledged: resend them"
-    )
+    default_message = "the database is unavailable; the request was not written: resend it"
 
 
 class DatabaseFull(DatabaseUnavailable):
     """The database has no disk space left for the writes; they succeed once it is freed."""
 
     retry_after = 5.0
+    default_message = "the database's disk is full; the request was not written: resend it later"
+
+
+class OutcomeUnknown(Unavailable):
+    """The request's COMMIT was sent and its reply lost, and the database stayed out of reach
+    since: it may or may not have been written."""
+
     default_message = (
-        "the database's disk is full; nothing of the unanswered requests was acknowledged: "
-        "resend them later"
+        "the database became unreachable while the request was being committed: whether "
+        "it was written is unknown; resend it with the same request_id (it is then "
+        "answered as it was written, if it was; an unnamed request's events would come "
+        "back DUPLICATE)"
     )
+
+
+class NotWritten(Unavailable):
+    """A request queued behind one of its stream that failed: dropped, never written."""
+
+    default_message = "not written: an earlier request of the stream failed; resend it"
 
 
 class Unauthenticated(ServerError):

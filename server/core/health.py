@@ -1,8 +1,12 @@
-"""Whether the server serves: the database reachable and no shutdown begun.
+"""Whether the server serves: the database takes writes and no shutdown begun.
 
-Flush outcomes report the database's state as they happen, and a periodic ping covers idle
-times. Each face shows the same state its own way (grpc.health.v1, GET /health/ready): they
-register an observer, called on the event loop whenever the state changes.
+Flush outcomes report the database's state as they happen, and a periodic check covers
+idle times: a ping while writes succeed; once a write failed, a probe that writes (a
+temporary table's file extended, a commit record in the WAL), so a database that answers
+queries but cannot write (a full disk) stays NOT_SERVING until it can, instead of flapping
+with each ping. Each face shows the same state its own way (grpc.health.v1,
+GET /health/ready): they register an observer, called on the event loop at each change.
+The same thread keeps the request ledger within its retention.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from aggregator import storage
 log = logging.getLogger(__name__)
 
 Observer = Callable[[bool], None]
+SWEEP_EVERY = 10  # checks between sweeps of the request ledger
 
 
 class DatabaseHealth:
@@ -28,11 +33,13 @@ class DatabaseHealth:
         database: storage.Database,
         loop: asyncio.AbstractEventLoop,
         *,
-        interval: float = 2.0,
+        interval: float = 1.0,
+        request_retention: float = 3600.0,
     ) -> None:
         self._database = database
         self._loop = loop
         self._interval = interval
+        self._request_retention = request_retention
         self._healthy: bool | None = None  # None until start()
         self._observers: list[Observer] = []
         self._lock = threading.Lock()
@@ -94,10 +101,28 @@ class DatabaseHealth:
             self._thread.join()
 
     def _run(self) -> None:
+        checks = 0
         while not self._stop.wait(self._interval):
+            checks += 1
+            with self._lock:
+                writing = bool(self._healthy)
             try:
-                self._database.ping()
+                if writing:
+                    self._database.ping()
+                else:
+                    self._database.probe_write()
             except storage.StorageError:
                 self.report(False)
-            else:
-                self.report(True)
+                continue
+            self.report(True)
+            if checks % SWEEP_EVERY == 0:
+                self._forget_old_requests()
+
+    def _forget_old_requests(self) -> None:
+        try:
+            forgotten = self._database.forget_requests(self._request_retention)
+        except storage.StorageError as exc:
+            log.warning("could not forget old named requests: %s", exc)
+        else:
+            if forgotten:
+                log.debug("forgot %d named requests past their retention", forgotten)

@@ -24,7 +24,13 @@ from typing import TypeVar
 from aggregator import storage
 from aggregator.server.config import Config
 from aggregator.server.core import batcher, cursors, errors, subscriptions, timestamps
-from aggregator.server.core.validation import Incoming, Rejected, check_event, check_topic
+from aggregator.server.core.validation import (
+    Incoming,
+    Rejected,
+    check_event,
+    check_request_id,
+    check_topic,
+)
 
 T = TypeVar("T")
 
@@ -158,16 +164,24 @@ class Ingest:
         name: str = "the request",
         publisher: Hashable | None = None,
         ordered: bool = False,
+        request_id: str = "",
     ) -> Pending:
         """Validate a request's events. `publisher` names who sends it, for a fair share of
         the write queue (a stream, a connection; None: this request alone); `ordered`: it
         takes effect after the publisher's earlier requests, never beside them (a stream's).
+        `request_id`: its client's id for it, if any: a resend of a request written before
+        is answered as it was then (storage.requests).
 
         Raises:
             errors.TooLarge: more events than a request may hold.
+            errors.RequestInvalid: a request id that is too long or holds NUL.
         """
         size = len(events)
         self.check_event_count(size, name=name)
+        if request_id:
+            reason = check_request_id(request_id)
+            if reason:
+                raise errors.RequestInvalid(reason, field="request_id")
         max_payload = self._config.max_payload_bytes
         valid: list[storage.NewEvent] = []
         known: list[storage.Outcome | None] = []
@@ -181,7 +195,14 @@ class Ingest:
             else:
                 valid.append(checked)
                 known.append(None)
-        submission = batcher.Submission(valid, rejected, lane=publisher, ordered=ordered)
+        submission = batcher.Submission(
+            valid,
+            rejected,
+            lane=publisher,
+            ordered=ordered,
+            request_id=request_id or None,
+            fingerprint=storage.request_fingerprint(events) if request_id else b"",
+        )
         if not valid and not rejected:
             submission.resolve([])  # an empty request: nothing to commit
         return Pending(size, known if rejected else None, submission)
@@ -230,10 +251,11 @@ class Ingest:
         *,
         name: str = "the request",
         publisher: Hashable | None = None,
+        request_id: str = "",
     ) -> list[storage.Outcome]:
         """Validate, queue (waiting a bounded time for room), commit: the outcomes. When the
         caller is cancelled, its events are dropped unless a flush worker has them."""
-        pending = self.prepare(events, name=name, publisher=publisher)
+        pending = self.prepare(events, name=name, publisher=publisher, request_id=request_id)
         try:
             await self.submit(pending, timeout=self._config.enqueue_timeout)
             return await self.outcomes(pending)

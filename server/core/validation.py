@@ -16,6 +16,7 @@ from aggregator.storage import NewEvent
 
 MAX_KEY_CHARS = 255
 MAX_SOURCE_CHARS = 255
+MAX_REQUEST_ID_CHARS = 64
 NO_TOPIC = ""  # counters of events rejected without a valid topic (totals only)
 
 
@@ -51,6 +52,11 @@ def check_event(event: Incoming, max_payload_bytes: int) -> NewEvent | Rejected:
     if isinstance(checked, str):
         return Rejected(checked, topic)
     return checked
+
+
+def check_request_id(request_id: str) -> str | None:
+    """Why `request_id` is not a usable request id (naming the field), or None."""
+    return _check_text("request_id", request_id, MAX_REQUEST_ID_CHARS, required=False)
 
 
 def check_topic(topic: str) -> str | None:

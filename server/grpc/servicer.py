@@ -26,9 +26,10 @@ _SUBSCRIBE_FIELDS = ingest.ReadFields(cursor="after")
 
 
 class _Prepared(NamedTuple):
-    """A request read from a stream: its sequence and its events on their way."""
+    """A request read from a stream: its sequence, its id, and its events on their way."""
 
     sequence: int
+    request_id: str
     pending: ingest.Pending
 
 
@@ -98,6 +99,11 @@ class _Stream:
         self._wake(self._room)
         return item
 
+    @property
+    def unanswered(self) -> int:
+        """Requests read after the one being answered."""
+        return sum(isinstance(item, _Prepared) for item in self._items)
+
     def end(self) -> None:
         """The call is over: drop its unanswered requests unless a flush worker has them."""
         if self.ended:
@@ -107,6 +113,15 @@ class _Stream:
             if isinstance(item, _Prepared):
                 item.pending.submission.abandon()
         self.close()
+
+
+def _naming(error: errors.Unavailable, item: _Prepared, after: int) -> errors.Unavailable:
+    """The stream's error, naming the request it is about and what became of the rest."""
+    named = f"request {item.sequence}"
+    if item.request_id:
+        named += f" (request_id {item.request_id!r})"
+    rest = f"; the {after} requests read after it were not written" if after else ""
+    return type(error)(f"{named}: {error.message}{rest}")
 
 
 def _time(value: timestamp_pb2.Timestamp) -> tuple[int, int]:
@@ -167,7 +182,10 @@ class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
                     return
                 if isinstance(item, BaseException):
                     raise item
-                outcomes = await self._core.outcomes(item.pending)
+                try:
+                    outcomes = await self._core.outcomes(item.pending)
+                except errors.Unavailable as exc:
+                    raise _naming(exc, item, stream.unanswered) from None
                 yield convert.publish_response(item.sequence, outcomes)
         finally:
             on_end()
@@ -182,7 +200,9 @@ class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
         final: BaseException | None = None
         try:
             async for request in requests:
-                prepared = _Prepared(request.sequence, self._prepare(request, stream))
+                prepared = _Prepared(
+                    request.sequence, request.request_id, self._prepare(request, stream)
+                )
                 if not await stream.push(prepared):
                     return
                 try:
@@ -211,6 +231,7 @@ class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
             [convert.incoming(e) for e in request.events],
             name=f"request {request.sequence}",
             publisher=context.peer(),  # a connection's calls share one fair share
+            request_id=request.request_id,
         )
         return convert.publish_response(request.sequence, outcomes)
 
@@ -277,4 +298,5 @@ class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
             name=f"request {request.sequence}",
             publisher=stream,
             ordered=True,
+            request_id=request.request_id,
         )

@@ -32,6 +32,17 @@ _RESULTS = {status: {"status": status.name} for status in storage.Status}
 
 _EVENT_SCHEMA = models.event_schema()
 _PUBLISH_BODY: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string", "maxLength": 64},
+            "description": "unique per request (a UUID, say), the same on a resend: a resend "
+            "of a request whose answer was lost gets the original answer and counts nothing "
+            "again; the same key with another body is a 422 (kept one hour by default)",
+        }
+    ],
     "requestBody": {
         "required": True,
         "content": {
@@ -59,7 +70,7 @@ _PUBLISH_BODY: dict[str, Any] = {
                 },
             }
         },
-    }
+    },
 }
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "no valid bearer token (when the server requires one)"},
@@ -114,7 +125,10 @@ def create_app(
     async def publish(request: Request) -> Response:
         """Body: one event, an array of events, or `{"events": [...]}`. The answer comes
         after commit, with one result per event in order; sending the same events again is
-        safe (they come back DUPLICATE)."""
+        safe (they come back DUPLICATE). With an `Idempotency-Key` header (≤ 64
+        characters, unique per request), a resend of a request whose answer was lost gets
+        the original answer, and counts nothing again; the same key with another body is a
+        422."""
         content = await _read_body(request, max_body)
         try:
             events = body.parse(content, max_events)
@@ -122,7 +136,18 @@ def create_app(
             raise core.too_many_events(exc.count, more=exc.more) from None
         except body.Faults as exc:
             return _json(422, {"detail": exc.entries})
-        outcomes = await core.publish(events, publisher=request.scope.get("client"))
+        try:
+            outcomes = await core.publish(
+                events,
+                publisher=request.scope.get("client"),
+                request_id=request.headers.get("idempotency-key", ""),
+            )
+        except errors.RequestInvalid as exc:
+            if exc.field != "request_id":
+                raise
+            message = exc.message.replace("request_id", "Idempotency-Key", 1)
+            fault = {"type": "value_error", "loc": ["header", "Idempotency-Key"], "msg": message}
+            return _json(422, {"detail": [fault]})
         return _json(200, publish_result(outcomes))
 
     @app.get(

@@ -57,4 +57,4 @@ CREATE TABLE topic_commits (
 );
 CREATE INDEX topic_commits_tx_idx ON topic_commits (tx);
 
--- Stays on the coordinator: schema_migrations (read and written by the server at start only), events_epoch (read once per flush transaction and moved only by the trigger dropped above), topic_commits (written and read in the coordinator's own transactions)
+-- Stays on the coordinator: schema_migrations (read and written by the server at start only), events_epoch (read once per flush transaction and moved only by the trigger dropped above), topic_commits (written and read in the coordinator's own transactions), request_ledger (claimed and read in the flush transactions, which run on the coordinator)

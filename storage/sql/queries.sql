@@ -58,6 +58,8 @@ JOIN events e ON e.topic = s.topic AND e.event_id = s.event_id
 --   has answered are deleted, this transaction's decisions recorded; no row when batch_id
 --   is NULL. The advisory lock (keyed by the batch) is held until this transaction ends,
 --   so a retry that takes it too waits for a COMMIT still in flight before reading it.
+--   answered: the statuses decided for the named requests this transaction claimed
+--   (storage/requests.py).
 --   The SELECT: delivered at commit (never for a rollback) to every server's listener.
 WITH counted AS (
     INSERT INTO topic_stats AS t
@@ -82,6 +84,11 @@ WITH counted AS (
     SELECT %(batch_id)s, %(first_idx)s, %(idxs)s, %(statuses)s, %(reasons)s, %(counts)s
     FROM (SELECT pg_advisory_xact_lock(%(lock)s)) AS held
     WHERE %(batch_id)s::uuid IS NOT NULL
+), answered AS (
+    UPDATE request_ledger AS r SET statuses = u.statuses, reasons = u.reasons
+    FROM unnest(%(request_ids)s::text[], %(request_statuses)s::bytea[],
+                %(request_reasons)s::jsonb[]) AS u(id, statuses, reasons)
+    WHERE r.request_id = u.id
 )
 SELECT pg_notify('aggregator_events', topic) FROM unnest(%(notify)s::text[]) AS topic
 
@@ -140,6 +147,12 @@ SELECT count(DISTINCT topic) FROM topic_stats
 SELECT t FROM unnest(%(topic)s::text[]) AS t
 WHERE EXISTS (SELECT 1 FROM events e WHERE e.topic = t)
 
+-- name: probe_write
+-- Whether the database can write: a temporary table's file is extended by a page and the
+-- transaction's commit record goes to the WAL (health, once a write has failed).
+CREATE TEMP TABLE IF NOT EXISTS write_probe (b bytea) ON COMMIT DELETE ROWS;
+INSERT INTO write_probe SELECT decode(repeat('00', 9000), 'hex')
+
 -- name: ping
 SELECT 1
 
@@ -167,6 +180,27 @@ SELECT pg_advisory_xact_lock(%(lock)s)
 SELECT first_idx, idxs, statuses, reasons, counts
 FROM batch_ledger
 WHERE batch_id = %(batch_id)s
+
+-- name: claim_requests
+-- Request ledger (storage/requests.py): claim this transaction's named requests, in id
+-- order (two batches claiming the same ids never deadlock). A claim committed by another
+-- transaction keeps its row; one still in flight makes this INSERT wait for its end.
+-- Returns the ids claimed here.
+INSERT INTO request_ledger (request_id, fingerprint)
+SELECT u.id, u.fingerprint
+FROM unnest(%(ids)s::text[], %(fingerprints)s::bytea[]) AS u(id, fingerprint)
+ORDER BY u.id
+ON CONFLICT (request_id) DO NOTHING
+RETURNING request_id
+
+-- name: read_requests
+-- What was recorded for named requests claimed before.
+SELECT request_id, fingerprint, statuses, reasons
+FROM request_ledger
+WHERE request_id = ANY(%(ids)s::text[])
+
+-- name: sweep_requests
+DELETE FROM request_ledger WHERE committed_at < now() - make_interval(secs => %(older_than)s)
 
 -- name: sweep_ledger
 -- Rows left by a server that died before forgetting them; no retry lives this long.
@@ -255,6 +289,11 @@ WITH counted AS (
     SELECT %(batch_id)s, %(first_idx)s, %(idxs)s, %(statuses)s, %(reasons)s, %(counts)s
     FROM (SELECT pg_advisory_xact_lock(%(lock)s)) AS held
     WHERE %(batch_id)s::uuid IS NOT NULL
+), answered AS (
+    UPDATE request_ledger AS r SET statuses = u.statuses, reasons = u.reasons
+    FROM unnest(%(request_ids)s::text[], %(request_statuses)s::bytea[],
+                %(request_reasons)s::jsonb[]) AS u(id, statuses, reasons)
+    WHERE r.request_id = u.id
 )
 SELECT pg_notify('aggregator_events', topic) FROM unnest(%(notify)s::text[]) AS topic
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import grpc
 import psycopg
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from aggregator import storage
 from aggregator.client import EventResult, Publisher
@@ -94,6 +95,7 @@ def test_disk_full_gives_a_retryable_reason_loses_no_ack_and_resumes_when_space_
         with grpc.insecure_channel(server.target) as channel:
             stub = pb_grpc.AggregatorServiceStub(channel)
             assert list(stub.PublishBatch(request([event("warm-up")])).statuses) == [ACCEPTED]
+            health = HealthLog(channel)
             disk.fill(leave=2 * MIB)
 
             # Unary publishers: acked until the disk is full, then told why, and to retry.
@@ -114,14 +116,22 @@ def test_disk_full_gives_a_retryable_reason_loses_no_ack_and_resumes_when_space_
             metadata = dict(failure.trailing_metadata() or ())
             assert "grpc-status-details-bin" in metadata  # RetryInfo: retry later
 
-            # A streaming publisher keeps resending while the disk stays full…
-            publisher = Publisher(channel, reconnect_timeout=120)
-            streamed = [event(f"s{i}", payload=payload()) for i in range(2000)]
-            results: list[Future[EventResult]] = []
-            feeder = threading.Thread(
-                target=lambda: results.extend(publisher.publish(e) for e in streamed)
-            )
-            feeder.start()
+            # Four streaming publishers keep resending while the disk stays full…
+            publishers = [Publisher(channel, reconnect_timeout=120) for _ in range(4)]
+            streamed = [
+                [event(f"s{p}-{i}", payload=payload()) for i in range(500)] for p in range(4)
+            ]
+            results: list[list[Future[EventResult]]] = [[] for _ in range(4)]
+            feeders = [
+                threading.Thread(
+                    target=lambda p=p: results[p].extend(
+                        publishers[p].publish(e) for e in streamed[p]
+                    )
+                )
+                for p in range(4)
+            ]
+            for feeder in feeders:
+                feeder.start()
             memory = []
             for _ in range(4):  # each attempt fails after the server's retry timeout
                 with pytest.raises(grpc.RpcError) as again:
@@ -129,28 +139,72 @@ def test_disk_full_gives_a_retryable_reason_loses_no_ack_and_resumes_when_space_
                 assert again.value.code() == grpc.StatusCode.UNAVAILABLE
                 memory.append(process_status(server.pid)["VmRSS"])
             assert memory[-1] - memory[0] < 30_000  # kB: refused work is not piling up
-            wait_until(lambda: publisher.reconnects >= 1, what="the stream failed and reconnects")
+            wait_until(
+                lambda: all(p.reconnects >= 1 for p in publishers),
+                what="every stream failed and reconnects",
+            )
+            assert health.statuses[-1] == "NOT_SERVING"
 
             # …and is served by itself once space is freed.
             freed = time.monotonic()
             disk.free()
-            feeder.join(60)
-            publisher.close(timeout=120)
+            wait_until(lambda: health.statuses[-1] == "SERVING", what="SERVING again")
+            serving_after = time.monotonic() - freed
+            for feeder in feeders:
+                feeder.join(60)
+            for publisher in publishers:
+                publisher.close(timeout=120)
             resumed = time.monotonic() - freed
-            assert [f.result().status for f in results] == [ACCEPTED] * len(streamed)
+            health.close()
+            # Every event's first answer to its own publisher: ACCEPTED, though requests
+            # were resent after UNAVAILABLE, and some had committed before it.
+            for p in range(4):
+                assert [f.result().status for f in results[p]] == [ACCEPTED] * 500
             stats = stub.GetStats(pb.GetStatsRequest())
     finally:
         assert server.stop() == 0
 
     stored = stored_ids(cluster.url)
     assert acked <= stored  # nothing acknowledged was lost
-    assert {e.event_id for e in streamed} <= stored
+    assert {e.event_id for batch in streamed for e in batch} <= stored
     with psycopg.connect(cluster.url) as conn:
         rows = conn.execute("SELECT count(*) FROM events").fetchone()
     assert rows == (len(stored),)
-    assert stats.received == stats.accepted == len(stored)  # counted exactly once
+    # Counted exactly once: the resends of requests that had committed counted nothing.
+    assert stats.received == stats.accepted == len(stored)
+    # NOT_SERVING for as long as writes failed, with no flapping; SERVING soon after.
+    assert health.statuses == ["SERVING", "NOT_SERVING", "SERVING"], health.statuses
+    assert serving_after < 5
     print(
         f"disk full after {len(acked)} acked events: UNAVAILABLE ({failure.details()}); "
         f"server RSS {memory[0] // 1024}→{memory[-1] // 1024} MB over 4 refused calls; "
-        f"the waiting stream was all acked {resumed:.2f}s after space was freed"
+        f"SERVING {serving_after:.2f}s and the 4 waiting streams all acked {resumed:.2f}s "
+        "after space was freed"
     )
+
+
+class HealthLog:
+    """grpc.health.v1 Watch of the service: every status it reports, in order."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.statuses: list[str] = []
+        self._call = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service="aggregator.v1.AggregatorService")
+        )
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+        wait_until(lambda: bool(self.statuses), what="the first health status")
+
+    def _read(self) -> None:
+        names = health_pb2.HealthCheckResponse.ServingStatus.Name
+        try:
+            for reply in self._call:
+                status = names(reply.status)
+                if not self.statuses or self.statuses[-1] != status:
+                    self.statuses.append(status)
+        except grpc.RpcError:
+            return  # cancelled by close()
+
+    def close(self) -> None:
+        self._call.cancel()
+        self._thread.join(30)

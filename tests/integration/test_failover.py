@@ -101,3 +101,45 @@ def test_primary_lost_mid_publish_standby_promoted_server_recovers_and_no_ack_is
         f"({times['serving'] - times['lost']:.2f}s after the loss); "
         f"{len(acked_before_loss)} events acked before the loss, all on the standby"
     )
+
+
+def test_standby_gone_past_the_retry_timeout_no_ack_then_each_first_answer_accepted(
+    replicated: Pair,
+):
+    """The synchronous standby stops for longer than the server retries: no COMMIT is
+    acknowledged meanwhile (one machine alone would hold it), publishers are told the
+    outcome is unknown and resend under the same request ids; the COMMITs waiting for the
+    standby complete when it returns, and each resend gets its first answer: ACCEPTED,
+    counted once."""
+    primary, standby = replicated
+    server = ServerProcess(primary.url, "--db-retry-timeout", "2").start()
+    streams, per_stream = 4, 300
+    sent = [[event(f"sb-{p}-{i}") for i in range(per_stream)] for p in range(streams)]
+    results: list[list[Future[EventResult]]] = [[] for _ in range(streams)]
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = pb_grpc.AggregatorServiceStub(channel)
+            assert list(stub.PublishBatch(pb.PublishRequest(events=[event("sb-warm")])).statuses)
+            standby.stop("immediate")
+            publishers = [Publisher(channel, reconnect_timeout=180) for _ in range(streams)]
+            for p in range(streams):
+                results[p].extend(publishers[p].publish(e) for e in sent[p])
+            with pytest.raises(grpc.RpcError) as unknown:
+                stub.PublishBatch(pb.PublishRequest(events=[event("sb-probe")]), timeout=60)
+            assert unknown.value.code() == grpc.StatusCode.UNAVAILABLE
+            wait_until(lambda: all(p.reconnects >= 1 for p in publishers), what="streams resending")
+            assert not any(f.done() for r in results for f in r)  # nothing acked meanwhile
+            standby.start()
+            for publisher in publishers:
+                publisher.close(timeout=180)
+            stats = stub.GetStats(pb.GetStatsRequest())
+    finally:
+        assert server.stop() == 0
+    for p in range(streams):
+        assert [f.result().status for f in results[p]] == [ACCEPTED] * per_stream
+    distinct = streams * per_stream + 1 + 1  # the warm-up and the probe, resent by no one
+    assert stats.received == stats.accepted == len(stored_ids(primary.url))
+    assert stats.received in (distinct - 1, distinct)  # the probe's outcome: either way once
+    assert "whether it was written is unknown" in unknown.value.details() or (
+        "not written" in unknown.value.details()
+    )

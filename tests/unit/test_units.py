@@ -15,7 +15,7 @@ from aggregator.server import config, metrics
 from aggregator.server.core import batcher, cursors, errors, ingest, validation
 from aggregator.server.grpc import convert, interceptors
 from aggregator.storage import embedded
-from tests.support import event
+from tests.support import event, wait_until
 
 
 def check_event(message, max_payload_bytes):
@@ -104,7 +104,7 @@ class GatedWriter:
         self.release = threading.Event()
         self.entered = threading.Event()
 
-    def __call__(self, events, rejected, ticket):
+    def __call__(self, events, rejected, ticket, requests=()):
         self.entered.set()
         self.release.wait(30)
         self.sizes.append(len(events))
@@ -259,7 +259,7 @@ def test_requests_settled_together_wake_their_event_loop_once():
 def test_batcher_fails_the_batch_when_the_database_stays_unavailable():
     states: list[bool] = []
 
-    def down(events, rejected, ticket):
+    def down(events, rejected, ticket, requests=()):
         raise storage.Unavailable("down")
 
     queue = batcher.Batcher(
@@ -268,13 +268,57 @@ def test_batcher_fails_the_batch_when_the_database_stays_unavailable():
     item = submission(3)
     assert queue.offer(item)
     assert item.wait(10)
-    assert isinstance(item.error, storage.Unavailable)
+    assert isinstance(item.error, errors.DatabaseUnavailable)
+    assert "was not written" in item.error.message  # no COMMIT was ever sent
     assert states and not any(states)
     queue.close()
 
 
+def test_a_batch_cut_at_commit_that_cannot_be_resolved_is_an_unknown_outcome():
+    def cut(events, rejected, ticket, requests=()):
+        ticket.committing = True  # as the writer does before its COMMIT
+        raise storage.Unavailable("connection lost")
+
+    queue = batcher.Batcher(cut, workers=1, light_worker=False, retry_timeout=0.2)
+    item = submission(2)
+    assert queue.offer(item)
+    assert item.wait(10)
+    queue.close()
+    assert isinstance(item.error, errors.OutcomeUnknown)
+    assert "same request_id" in item.error.message
+
+
+def test_requests_of_a_stream_behind_a_failed_one_are_never_written():
+    written: list[int] = []
+    gate = threading.Event()
+
+    def first_fails(events, rejected, ticket, requests=()):
+        if not written:
+            gate.wait(30)
+            written.append(0)
+            raise storage.Unavailable("down")
+        written.append(len(events))
+        return storage.BatchResult([storage.Outcome(storage.Status.ACCEPTED)] * len(events))
+
+    queue = batcher.Batcher(first_fails, workers=2, light_worker=False, retry_timeout=0.0)
+    stream = object()
+    items = [
+        batcher.Submission(submission(1).events, {}, lane=stream, ordered=True) for _ in range(3)
+    ]
+    assert queue.offer(items[0])
+    wait_until(lambda: queue.pending_events == 0, what="the first taken")
+    assert queue.offer(items[1]) and queue.offer(items[2])  # behind it in its lane
+    gate.set()
+    for item in items:
+        assert item.wait(10)
+    queue.close()
+    assert isinstance(items[0].error, errors.DatabaseUnavailable)
+    assert [type(i.error) for i in items[1:]] == [errors.NotWritten] * 2
+    assert written == [0]  # the other worker never took them
+
+
 def test_batcher_hands_each_request_exactly_its_own_outcomes_in_order():
-    def write(events, rejected, ticket):
+    def write(events, rejected, ticket, requests=()):
         return storage.BatchResult(
             [storage.Outcome(storage.Status.DUPLICATE, e.event_id) for e in events]
         )

@@ -25,39 +25,39 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61ggregator/v1/aggregator.proto\x12\raggregator.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"x\n\x05\x45vent\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x0f\n\x07payload\x18\x05 \x01(\t\"H\n\x0ePublishRequest\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12$\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x14.aggregator.v1.Event\"X\n\x0b\x45ventDetail\x12\r\n\x05index\x18\x01 \x01(\r\x12*\n\x06status\x18\x02 \x01(\x0e\x32\x1a.aggregator.v1.EventStatus\x12\x0e\n\x06reason\x18\x03 \x01(\t\"~\n\x0fPublishResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12,\n\x08statuses\x18\x02 \x03(\x0e\x32\x1a.aggregator.v1.EventStatus\x12+\n\x07\x64\x65tails\x18\x03 \x03(\x0b\x32\x1a.aggregator.v1.EventDetail\"\xa7\x01\n\x11ListEventsRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"u\n\x0bStoredEvent\x12#\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.aggregator.v1.Event\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12/\n\x0breceived_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"i\n\x12ListEventsResponse\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.aggregator.v1.StoredEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x03 \x01(\t\"B\n\x10SubscribeRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\t\x12\x10\n\x08\x66rom_now\x18\x03 \x01(\x08\"O\n\x11SubscribeResponse\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.aggregator.v1.StoredEvent\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\"G\n\x0fGetStatsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\r\n\x05topic\x18\x03 \x01(\t\"x\n\nTopicStats\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x10\n\x08received\x18\x02 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\x04\x12\x12\n\nduplicates\x18\x04 \x01(\x04\x12\x10\n\x08rejected\x18\x05 \x01(\x04\x12\x11\n\tconflicts\x18\x06 \x01(\x04\"\xfb\x01\n\x10GetStatsResponse\x12\x10\n\x08received\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x04\x12\x12\n\nduplicates\x18\x03 \x01(\x04\x12\x10\n\x08rejected\x18\x04 \x01(\x04\x12\x11\n\tconflicts\x18\x05 \x01(\x04\x12)\n\x06topics\x18\x06 \x03(\x0b\x32\x19.aggregator.v1.TopicStats\x12\x16\n\x0euptime_seconds\x18\x07 \x01(\x01\x12.\n\nstarted_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fnext_page_token\x18\t \x01(\t*\x98\x01\n\x0b\x45ventStatus\x12\x1c\n\x18\x45VENT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45VENT_STATUS_ACCEPTED\x10\x01\x12\x1a\n\x16\x45VENT_STATUS_DUPLICATE\x10\x02\x12\x19\n\x15\x45VENT_STATUS_REJECTED\x10\x03\x12\x19\n\x15\x45VENT_STATUS_CONFLICT\x10\x04\x32\xa2\x03\n\x11\x41ggregatorService\x12L\n\x07Publish\x12\x1d.aggregator.v1.PublishRequest\x1a\x1e.aggregator.v1.PublishResponse(\x01\x30\x01\x12M\n\x0cPublishBatch\x12\x1d.aggregator.v1.PublishRequest\x1a\x1e.aggregator.v1.PublishResponse\x12Q\n\nListEvents\x12 .aggregator.v1.ListEventsRequest\x1a!.aggregator.v1.ListEventsResponse\x12K\n\x08GetStats\x12\x1e.aggregator.v1.GetStatsRequest\x1a\x1f.aggregator.v1.GetStatsResponse\x12P\n\tSubscribe\x12\x1f.aggregator.v1.SubscribeRequest\x1a .aggregator.v1.SubscribeResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61ggregator/v1/aggregator.proto\x12\raggregator.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"x\n\x05\x45vent\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x0f\n\x07payload\x18\x05 \x01(\t\"\\\n\x0ePublishRequest\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12$\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x14.aggregator.v1.Event\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"X\n\x0b\x45ventDetail\x12\r\n\x05index\x18\x01 \x01(\r\x12*\n\x06status\x18\x02 \x01(\x0e\x32\x1a.aggregator.v1.EventStatus\x12\x0e\n\x06reason\x18\x03 \x01(\t\"~\n\x0fPublishResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12,\n\x08statuses\x18\x02 \x03(\x0e\x32\x1a.aggregator.v1.EventStatus\x12+\n\x07\x64\x65tails\x18\x03 \x03(\x0b\x32\x1a.aggregator.v1.EventDetail\"\xa7\x01\n\x11ListEventsRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"u\n\x0bStoredEvent\x12#\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.aggregator.v1.Event\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12/\n\x0breceived_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"i\n\x12ListEventsResponse\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.aggregator.v1.StoredEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x03 \x01(\t\"B\n\x10SubscribeRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\t\x12\x10\n\x08\x66rom_now\x18\x03 \x01(\x08\"O\n\x11SubscribeResponse\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.aggregator.v1.StoredEvent\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\"G\n\x0fGetStatsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\r\n\x05topic\x18\x03 \x01(\t\"x\n\nTopicStats\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x10\n\x08received\x18\x02 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\x04\x12\x12\n\nduplicates\x18\x04 \x01(\x04\x12\x10\n\x08rejected\x18\x05 \x01(\x04\x12\x11\n\tconflicts\x18\x06 \x01(\x04\"\xfb\x01\n\x10GetStatsResponse\x12\x10\n\x08received\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x04\x12\x12\n\nduplicates\x18\x03 \x01(\x04\x12\x10\n\x08rejected\x18\x04 \x01(\x04\x12\x11\n\tconflicts\x18\x05 \x01(\x04\x12)\n\x06topics\x18\x06 \x03(\x0b\x32\x19.aggregator.v1.TopicStats\x12\x16\n\x0euptime_seconds\x18\x07 \x01(\x01\x12.\n\nstarted_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fnext_page_token\x18\t \x01(\t*\x98\x01\n\x0b\x45ventStatus\x12\x1c\n\x18\x45VENT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45VENT_STATUS_ACCEPTED\x10\x01\x12\x1a\n\x16\x45VENT_STATUS_DUPLICATE\x10\x02\x12\x19\n\x15\x45VENT_STATUS_REJECTED\x10\x03\x12\x19\n\x15\x45VENT_STATUS_CONFLICT\x10\x04\x32\xa2\x03\n\x11\x41ggregatorService\x12L\n\x07Publish\x12\x1d.aggregator.v1.PublishRequest\x1a\x1e.aggregator.v1.PublishResponse(\x01\x30\x01\x12M\n\x0cPublishBatch\x12\x1d.aggregator.v1.PublishRequest\x1a\x1e.aggregator.v1.PublishResponse\x12Q\n\nListEvents\x12 .aggregator.v1.ListEventsRequest\x1a!.aggregator.v1.ListEventsResponse\x12K\n\x08GetStats\x12\x1e.aggregator.v1.GetStatsRequest\x1a\x1f.aggregator.v1.GetStatsResponse\x12P\n\tSubscribe\x12\x1f.aggregator.v1.SubscribeRequest\x1a .aggregator.v1.SubscribeResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'aggregator.v1.aggregator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EVENTSTATUS']._serialized_start=1491
-  _globals['_EVENTSTATUS']._serialized_end=1643
+  _globals['_EVENTSTATUS']._serialized_start=1511
+  _globals['_EVENTSTATUS']._serialized_end=1663
   _globals['_EVENT']._serialized_start=82
   _globals['_EVENT']._serialized_end=202
   _globals['_PUBLISHREQUEST']._serialized_start=204
-  _globals['_PUBLISHREQUEST']._serialized_end=276
-  _globals['_EVENTDETAIL']._serialized_start=278
-  _globals['_EVENTDETAIL']._serialized_end=366
-  _globals['_PUBLISHRESPONSE']._serialized_start=368
-  _globals['_PUBLISHRESPONSE']._serialized_end=494
-  _globals['_LISTEVENTSREQUEST']._serialized_start=497
-  _globals['_LISTEVENTSREQUEST']._serialized_end=664
-  _globals['_STOREDEVENT']._serialized_start=666
-  _globals['_STOREDEVENT']._serialized_end=783
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=785
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=890
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=892
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=958
-  _globals['_SUBSCRIBERESPONSE']._serialized_start=960
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=1039
-  _globals['_GETSTATSREQUEST']._serialized_start=1041
-  _globals['_GETSTATSREQUEST']._serialized_end=1112
-  _globals['_TOPICSTATS']._serialized_start=1114
-  _globals['_TOPICSTATS']._serialized_end=1234
-  _globals['_GETSTATSRESPONSE']._serialized_start=1237
-  _globals['_GETSTATSRESPONSE']._serialized_end=1488
-  _globals['_AGGREGATORSERVICE']._serialized_start=1646
-  _globals['_AGGREGATORSERVICE']._serialized_end=2064
+  _globals['_PUBLISHREQUEST']._serialized_end=296
+  _globals['_EVENTDETAIL']._serialized_start=298
+  _globals['_EVENTDETAIL']._serialized_end=386
+  _globals['_PUBLISHRESPONSE']._serialized_start=388
+  _globals['_PUBLISHRESPONSE']._serialized_end=514
+  _globals['_LISTEVENTSREQUEST']._serialized_start=517
+  _globals['_LISTEVENTSREQUEST']._serialized_end=684
+  _globals['_STOREDEVENT']._serialized_start=686
+  _globals['_STOREDEVENT']._serialized_end=803
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=805
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=910
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=912
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=978
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=980
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=1059
+  _globals['_GETSTATSREQUEST']._serialized_start=1061
+  _globals['_GETSTATSREQUEST']._serialized_end=1132
+  _globals['_TOPICSTATS']._serialized_start=1134
+  _globals['_TOPICSTATS']._serialized_end=1254
+  _globals['_GETSTATSRESPONSE']._serialized_start=1257
+  _globals['_GETSTATSRESPONSE']._serialized_end=1508
+  _globals['_AGGREGATORSERVICE']._serialized_start=1666
+  _globals['_AGGREGATORSERVICE']._serialized_end=2084
 # @@protoc_insertion_point(module_scope)

@@ -97,8 +97,16 @@ class PublishRequest(_message.Message):
 
     SEQUENCE_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Chosen by the client, echoed back in the response."""
+    request_id: _builtins.str
+    """Optional, at most 64 characters, chosen by the client and unique per request (a UUIDv7,
+    say); a resend of the request carries the same id. A resend of a request the server has
+    committed gets the original statuses (ACCEPTED stays ACCEPTED) and counts nothing again;
+    the same id with other events is INVALID_ARGUMENT. Kept for --request-retention (one
+    hour by default); unnamed requests are answered as sent (a resend comes back DUPLICATE).
+    """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]: ...
     def __init__(
@@ -106,10 +114,11 @@ class PublishRequest(_message.Message):
         *,
         sequence: _builtins.int = ...,
         events: _abc.Iterable[Global___Event] | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "request_id", b"request_id", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,181 @@
+"""Named requests (PublishRequest.request_id, HTTP Idempotency-Key): a resend of a request
+whose answer was lost gets the original answer and counts nothing again, whenever and
+wherever it comes (a new stream, another call, after a restart, while the original still
+commits); the same id with other events is refused."""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+import httpx
+import psycopg
+import pytest
+
+from aggregator.server import Server
+from aggregator.storage.embedded import free_port
+from aggregator.v1 import aggregator_pb2 as pb
+from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
+from tests.integration.conftest import server_config
+from tests.support import (
+    ACCEPTED,
+    CONFLICT,
+    DUPLICATE,
+    REJECTED,
+    ServerProcess,
+    event,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def named(events, request_id: str, sequence: int = 0) -> pb.PublishRequest:
+    return pb.PublishRequest(sequence=sequence, events=events, request_id=request_id)
+
+
+def counters(stub) -> tuple[int, ...]:
+    s = stub.GetStats(pb.GetStatsRequest())
+    return (s.received, s.accepted, s.duplicates, s.rejected, s.conflicts)
+
+
+@pytest.fixture
+def served(db_url):
+    with Server(server_config(db_url, http_port=free_port())) as running:
+        yield running
+
+
+@pytest.fixture
+def stub(served):
+    with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+        yield pb_grpc.AggregatorServiceStub(channel)
+
+
+MIXED = [
+    event("new"),
+    event("old"),
+    event("old", payload='{"n": 2}'),  # CONFLICT with the copy just before it
+    event(""),  # REJECTED: no event_id
+]
+
+
+def test_a_resent_named_request_gets_its_first_answer_and_counts_nothing_again(stub):
+    stub.PublishBatch(pb.PublishRequest(events=[event("old")]))
+    first = stub.PublishBatch(named(MIXED, "req-1", sequence=7))
+    assert list(first.statuses) == [ACCEPTED, DUPLICATE, CONFLICT, REJECTED]
+    before = counters(stub)
+    again = stub.PublishBatch(named(MIXED, "req-1", sequence=8))  # its answer was lost
+    assert again.sequence == 8
+    assert list(again.statuses) == list(first.statuses)  # ACCEPTED stays ACCEPTED
+    assert [(d.index, d.status, d.reason) for d in again.details] == [
+        (d.index, d.status, d.reason) for d in first.details
+    ]
+    assert counters(stub) == before
+    # Over a stream too, and a request without an id is answered as sent.
+    over_stream = list(stub.Publish(iter([named(MIXED, "req-1")]), timeout=60))
+    assert list(over_stream[0].statuses) == list(first.statuses)
+    unnamed = stub.PublishBatch(pb.PublishRequest(events=MIXED))
+    assert list(unnamed.statuses) == [DUPLICATE, DUPLICATE, CONFLICT, REJECTED]
+
+
+def test_the_same_id_with_other_events_is_refused_naming_the_field(stub, served):
+    stub.PublishBatch(named([event("a")], "req-2"))
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.PublishBatch(named([event("b")], "req-2"))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details().startswith("request_id: 'req-2' names a request with other")
+    with pytest.raises(grpc.RpcError) as too_long:
+        stub.PublishBatch(named([event("c")], "x" * 65))
+    assert too_long.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert too_long.value.details().startswith("request_id: 65 characters")
+    http = httpx.Client(base_url=f"http://127.0.0.1:{served.http_port}", timeout=30)
+    with http:
+        body = {"topic": "orders", "event_id": "h", "timestamp": "2024-05-01T12:00:00Z"}
+        first = http.post("/publish", json=body, headers={"Idempotency-Key": "key-1"})
+        again = http.post("/publish", json=body, headers={"Idempotency-Key": "key-1"})
+        assert first.json()["results"] == again.json()["results"] == [{"status": "ACCEPTED"}]
+        other = http.post(
+            "/publish", json={**body, "event_id": "h2"}, headers={"Idempotency-Key": "key-1"}
+        )
+        assert other.status_code == 422
+        assert other.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
+        stats = http.get("/stats").json()
+    assert (stats["received"], stats["unique_processed"]) == (2, 2)
+
+
+def test_the_same_request_twice_in_one_batch_is_answered_alike_and_counted_once(stub):
+    answers = list(
+        stub.Publish(iter([named([event("t1")], "req-3", 1), named([event("t1")], "req-3", 2)]))
+    )
+    assert [list(a.statuses) for a in answers] == [[ACCEPTED], [ACCEPTED]]
+    assert counters(stub) == (1, 1, 0, 0, 0)
+
+
+def test_a_resend_while_the_first_still_commits_waits_for_it_then_gets_its_answer(
+    served, stub, db_url
+):
+    blocker = psycopg.connect(db_url)
+    blocker.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")  # the first one waits
+    answers: dict[str, pb.PublishResponse] = {}
+
+    def send(which: str) -> None:
+        with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+            answers[which] = pb_grpc.AggregatorServiceStub(channel).PublishBatch(
+                named([event("slow")], "req-4"), timeout=60
+            )
+
+    first = threading.Thread(target=send, args=("first",))
+    first.start()
+    try:
+        with psycopg.connect(db_url, autocommit=True) as sql:
+
+            def waiting() -> int:
+                query = "SELECT count(*) FROM pg_locks WHERE NOT granted"
+                return int(sql.execute(query).fetchone()[0])  # type: ignore[index]
+
+            wait_until(lambda: waiting() == 1, what="the first holds its claim, waiting")
+            resend = threading.Thread(target=send, args=("resend",))
+            resend.start()  # taken by the other flush worker: it waits on the claim
+            wait_until(lambda: waiting() == 2, what="the resend waiting for the first")
+    finally:
+        blocker.rollback()
+        blocker.close()
+    first.join(60)
+    resend.join(60)
+    assert list(answers["first"].statuses) == list(answers["resend"].statuses) == [ACCEPTED]
+    assert counters(stub) == (1, 1, 0, 0, 0)
+
+
+def test_a_named_request_is_answered_as_it_was_after_a_restart(db_url):
+    server = ServerProcess(db_url).start()
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = pb_grpc.AggregatorServiceStub(channel)
+            first = stub.PublishBatch(named([event("k1"), event("k2")], "req-5"))
+        server.stop(sig=9)  # SIGKILL: as if it died before its reply left
+        server.start()
+        with grpc.insecure_channel(server.target) as channel:
+            stub = pb_grpc.AggregatorServiceStub(channel)
+            again = stub.PublishBatch(named([event("k1"), event("k2")], "req-5"))
+            assert list(again.statuses) == list(first.statuses) == [ACCEPTED, ACCEPTED]
+            assert counters(stub) == (2, 2, 0, 0, 0)
+    finally:
+        server.stop()
+
+
+def test_named_requests_are_forgotten_after_their_retention(db_url):
+    with (
+        Server(server_config(db_url, request_retention=1.0)) as running,
+        grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        psycopg.connect(db_url, autocommit=True) as sql,
+    ):
+        stub = pb_grpc.AggregatorServiceStub(channel)
+        stub.PublishBatch(named([event("r1")], "req-6"))
+        sql.execute("UPDATE request_ledger SET committed_at = now() - interval '1 minute'")
+        wait_until(
+            lambda: sql.execute("SELECT count(*) FROM request_ledger").fetchone() == (0,),
+            timeout=120,
+            what="the health thread's sweep",
+        )
+        # A new request now, not a resend: its event is stored already.
+        assert list(stub.PublishBatch(named([event("r1")], "req-6")).statuses) == [DUPLICATE]
