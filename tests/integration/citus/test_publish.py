@@ -7,7 +7,7 @@ import random
 import threading
 from collections import Counter
 from concurrent import futures
-from typing import cast
+from typing import Any, cast
 
 import grpc
 import httpx
@@ -38,10 +38,10 @@ def counters(stub: pb_grpc.AggregatorServiceStub) -> tuple[int, ...]:
     return (s.received, s.accepted, s.duplicates, s.rejected, s.conflicts)
 
 
-def http_stats(server: Server) -> dict[str, object]:
+def http_stats(server: Server) -> dict[str, Any]:
     reply = httpx.get(f"http://127.0.0.1:{server.http_port}/stats", timeout=30)
     assert reply.status_code == 200
-    body: dict[str, object] = reply.json()
+    body: dict[str, Any] = reply.json()
     return body
 
 
