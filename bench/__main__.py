@@ -69,6 +69,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default="uuid4",
         help="event ids: random UUIDv4s (default) or time-ordered, like UUIDv7s",
     )
+    p.add_argument(
+        "--unnamed",
+        action="store_true",
+        help="requests without a request_id (the client library names every request; a "
+        "named request costs its flush a claim in the request ledger)",
+    )
     p.add_argument("--workers", type=int, default=0, help="load processes (default: cores)")
     p.add_argument("--baselines", action="store_true", help="measure the baselines too")
     p.add_argument(
@@ -293,6 +299,7 @@ def _load(
                 topics=args.topics,
                 payload_bytes=args.payload_bytes,
                 ordered_ids=args.ids == "ordered",
+                named=not args.unnamed,
                 offsets=stream_offsets(w, share, workers, args.rps),
                 run_id=run_id,
                 start_at=start_at,

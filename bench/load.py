@@ -44,6 +44,7 @@ class WorkerPlan:
     run_id: str
     start_at: float  # time.time() at which every worker starts
     ordered_ids: bool = False  # `run_id-k` ids (time-ordered, like UUIDv7s); else UUIDv4s
+    named: bool = True  # each request carries a request_id, as the client library sends it
     # With a rate: when each of this worker's streams/callers sends its first request,
     # seconds after the start, so that all requests of all workers are evenly spaced.
     offsets: tuple[float, ...] = ()
@@ -77,15 +78,21 @@ def _events(plan: WorkerPlan) -> workload.Workload:
     )
 
 
-def _request(events: workload.Workload, size: int, sequence: int) -> bytes:
+def _request(events: workload.Workload, size: int, sequence: int, request_id: str) -> bytes:
     batch = [events.event(k) for k in events.draw(size)]
-    return pb.PublishRequest(sequence=sequence, events=batch).SerializeToString()
+    return pb.PublishRequest(
+        sequence=sequence, events=batch, request_id=request_id
+    ).SerializeToString()
 
 
 def _request_source(plan: WorkerPlan, events: workload.Workload) -> Iterator[bytes]:
+    def build(n: int) -> bytes:
+        name = f"{plan.run_id}-{plan.worker}-{n}" if plan.named else ""
+        return _request(events, plan.batch_size, n, name)
+
     if plan.requests is not None:  # built now, before the clock starts
-        return iter([_request(events, plan.batch_size, n) for n in range(plan.requests)])
-    return (_request(events, plan.batch_size, n) for n in range(2**62))
+        return iter([build(n) for n in range(plan.requests)])
+    return (build(n) for n in range(2**62))
 
 
 def run_worker(plan: WorkerPlan) -> WorkerResult:
