@@ -1,4 +1,4 @@
-"""The HTTP-against-gRPC comparison of `make bench` runs and reports both transports."""
+"""`make bench`'s HTTP face comparisons and its one-event ack measurement run and report."""
 
 from __future__ import annotations
 
@@ -6,16 +6,27 @@ import orjson
 import pytest
 
 from aggregator.v1 import aggregator_pb2 as pb
-from bench import transports
+from bench import ack, transports
 
 pytestmark = pytest.mark.integration
 
 
 def test_transports_comparison_sends_the_same_batches_over_both_faces(capsys):
-    assert transports.main(["-n", "4", "-c", "2", "--batch-size", "10", "--rounds", "2"]) == 0
+    arguments = ["-n", "4", "-c", "2", "--batch-size", "10", "--rounds", "2"]
+    assert transports.main([*arguments, "--single", "60", "--vus", "2"]) == 0
     out = capsys.readouterr().out
     assert "gRPC PublishBatch:" in out and "HTTP POST /publish:" in out
     assert "4 requests of 10 events each" in out
+    # Single events with k6 against ours and the no-work FastAPI app, each twice.
+    assert "no-work FastAPI app:" in out and "ours / no-work:" in out
+
+
+def test_one_events_ack_is_measured_against_both_floors(capsys):
+    assert ack.main(["-n", "30", "--rounds", "2"]) == 0
+    out = capsys.readouterr().out
+    for line in ("INSERT … ON CONFLICT + COMMIT", "no-work servicer", "PublishBatch of one"):
+        assert line in out
+    assert "the two floors together (p50)" in out
 
 
 def test_both_transports_carry_the_same_events():
