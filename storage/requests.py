@@ -85,11 +85,12 @@ def fields(requests: Sequence[NamedRequest], outcomes: Sequence[Outcome]) -> dic
     """The settle statement's parameters that record what this transaction decided for the
     requests it claimed."""
     statuses = []
-    reasons = []
+    reasons: list[Jsonb | None] = []
     for r in requests:
         mine = outcomes[r.first : r.first + r.size]
         statuses.append(bytes([o.status for o in mine]))
-        reasons.append(Jsonb({str(i): o.reason for i, o in enumerate(mine) if o.reason}))
+        said = {str(i): o.reason for i, o in enumerate(mine) if o.reason}
+        reasons.append(Jsonb(said) if said else None)  # most have none: NULL, not {}
     return {
         "request_ids": [r.request_id for r in requests],
         "request_statuses": statuses,

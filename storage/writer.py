@@ -241,14 +241,17 @@ def _write_once(
             row = cur.fetchone()
             assert row is not None
             tx = cast(int, row[0])
-        else:
+        elif not named:
             cur.execute("BEGIN")
         claimed: list[NamedRequest] = []
         echoes: list[tuple[NamedRequest, NamedRequest]] = []
         if named:
-            claimed, idxs, rows, copies, rejected, echoes = _claim(
-                cur, named, idxs, rows, copies, rejected, result
-            )
+            with conn.pipeline():  # BEGIN and the claim in one round trip
+                if not distributed:
+                    cur.execute("BEGIN")
+                claimed, idxs, rows, copies, rejected, echoes = _claim(
+                    cur, named, idxs, rows, copies, rejected, result
+                )
         if recent is not None and idxs:
             row = cur.execute(queries.get("events_epoch")).fetchone()
             if row is not None and row[1]:  # the trigger that moves the epoch is in place

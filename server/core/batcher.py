@@ -188,7 +188,10 @@ class Batcher:
         self._on_database_state = on_database_state
         self._on_flush = on_flush
         self._on_database_error = on_database_error
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)  # what the flush workers wait on
+        self._light_cond = threading.Condition(lock)  # the light lanes' worker's
+        self._idle = 0  # workers waiting for a batch (either kind)
         # Each publisher's queued submissions, in arrival order; the dict's order is the
         # round-robin order (a lane served goes to the back).
         self._lanes: dict[Hashable, collections.deque[Submission]] = {}
@@ -296,7 +299,9 @@ class Batcher:
         ):
             return False
         self._enqueue(submission)
-        self._cond.notify_all()  # the light lanes' worker may not take it: wake every idle one
+        self._cond.notify()
+        if self._lane_events[submission.lane] <= self._light_events:
+            self._light_cond.notify()
         return True
 
     def _enqueue(self, submission: Submission, *, first: bool = False) -> None:
@@ -342,7 +347,7 @@ class Batcher:
         """Take no new work, commit everything queued, stop the workers."""
         with self._cond:
             self._closing = True
-            self._cond.notify_all()
+            self._wake_all()
             self._room_made()  # waiters learn that it is shutting down
         deadline = None if timeout is None else time.monotonic() + timeout
         for worker in self._workers:
@@ -356,30 +361,53 @@ class Batcher:
     def _take(self, light: bool) -> list[Submission] | None:
         """The next batch (`light`: from light lanes only): waits until there is one; None
         once closed and drained."""
-        with self._cond:
+        waiting = self._light_cond if light else self._cond
+        with waiting:
             while True:
                 batch = self._fill(light)
                 if batch:
                     self._room_made()
+                    if self._lanes and self._idle:  # what is left is theirs
+                        self._cond.notify()
+                        self._light_cond.notify()
                     return batch
                 if self._closing and not self._lanes:
                     return None
-                self._cond.wait()
+                self._idle += 1
+                try:
+                    waiting.wait()
+                finally:
+                    self._idle -= 1
+
+    def _wake_all(self) -> None:
+        """Every idle worker looks again (the lock held)."""
+        self._cond.notify_all()
+        self._light_cond.notify_all()
 
     def _fill(self, light: bool) -> list[Submission]:
         """A batch from the lanes in turn, an equal share of events each per pass (deficit
-        round robin); an ordered lane another worker is flushing is skipped (the lock held)."""
+        round robin); an ordered lane another worker is flushing is skipped (the lock held).
+
+        While other workers are idle, a batch takes its share of the ordered lanes only,
+        the rest left for them: a stream's requests are flushed one batch at a time, so
+        streams would otherwise all be in one worker's batch, and the others idle.
+        """
         batch: list[Submission] = []
         size = nbytes = 0
         credit: collections.Counter[Hashable] = collections.Counter()
         mine: set[Hashable] = set()  # ordered lanes this batch takes from
         most = self._light_events if light else self._max_batch
+        ordered = sum(
+            1 for key in self._lanes if key not in self._busy and self._lanes[key][0].ordered
+        )
+        share = -(-ordered // (self._idle + 1))  # ceiling
         while True:
             open_lanes = [
                 key
                 for key in self._lanes
                 if (key in mine or key not in self._busy)
                 and (not light or key in mine or self._lane_events[key] <= most)
+                and (key in mine or len(mine) < share or not self._lanes[key][0].ordered)
             ]
             if not open_lanes:
                 return batch
@@ -435,16 +463,19 @@ class Batcher:
         what those lanes queued behind it is dropped, never written: a stream's requests
         take effect in order, so none may be written after an earlier one that was not."""
         with self._cond:
+            freed = False
             for item in batch:
                 if not item.ordered:
                     continue
+                freed = True
                 self._busy.discard(item.lane)
                 lane = self._lanes.get(item.lane)
                 while failed and lane:
                     dropped = lane[0]
                     self._taken(item.lane, lane)
                     dropped.fail(errors.NotWritten())
-            self._cond.notify_all()
+            if freed:
+                self._wake_all()
 
     def _run(self, light: bool = False) -> None:
         finished: list[uuid.UUID] = []  # answered batches whose ledger rows can go
@@ -554,7 +585,7 @@ class Batcher:
                 item = batch[0]
                 item.solo = ISOLATING
                 self._enqueue(item, first=item.ordered)
-            self._cond.notify_all()
+            self._wake_all()
 
     def _write_retrying(
         self,

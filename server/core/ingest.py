@@ -165,12 +165,15 @@ class Ingest:
         publisher: Hashable | None = None,
         ordered: bool = False,
         request_id: str = "",
+        fingerprint: bytes = b"",
     ) -> Pending:
         """Validate a request's events. `publisher` names who sends it, for a fair share of
         the write queue (a stream, a connection; None: this request alone); `ordered`: it
         takes effect after the publisher's earlier requests, never beside them (a stream's).
         `request_id`: its client's id for it, if any: a resend of a request written before
-        is answered as it was then (storage.requests).
+        is answered as it was then (storage.requests); `fingerprint`: what tells a resend
+        from another request under the same id, from the face's wire bytes (else made here
+        from the events).
 
         Raises:
             errors.TooLarge: more events than a request may hold.
@@ -201,7 +204,7 @@ class Ingest:
             lane=publisher,
             ordered=ordered,
             request_id=request_id or None,
-            fingerprint=storage.request_fingerprint(events) if request_id else b"",
+            fingerprint=(fingerprint or storage.request_fingerprint(events)) if request_id else b"",
         )
         if not valid and not rejected:
             submission.resolve([])  # an empty request: nothing to commit
@@ -252,10 +255,13 @@ class Ingest:
         name: str = "the request",
         publisher: Hashable | None = None,
         request_id: str = "",
+        fingerprint: bytes = b"",
     ) -> list[storage.Outcome]:
         """Validate, queue (waiting a bounded time for room), commit: the outcomes. When the
         caller is cancelled, its events are dropped unless a flush worker has them."""
-        pending = self.prepare(events, name=name, publisher=publisher, request_id=request_id)
+        pending = self.prepare(
+            events, name=name, publisher=publisher, request_id=request_id, fingerprint=fingerprint
+        )
         try:
             await self.submit(pending, timeout=self._config.enqueue_timeout)
             return await self.outcomes(pending)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import logging
 from collections.abc import AsyncIterator
 from typing import NamedTuple
@@ -124,6 +125,19 @@ def _naming(error: errors.Unavailable, item: _Prepared, after: int) -> errors.Un
     return type(error)(f"{named}: {error.message}{rest}")
 
 
+def _fingerprint(request: pb.PublishRequest) -> bytes:
+    """A named request's content, for telling a resend from another request under its
+    name: its events as serialised (a resend may come with another sequence)."""
+    if not request.request_id:
+        return b""
+    name, sequence = request.request_id, request.sequence
+    request.ClearField("request_id")
+    request.ClearField("sequence")
+    digest = hashlib.blake2b(request.SerializeToString(), digest_size=16).digest()
+    request.request_id, request.sequence = name, sequence
+    return digest
+
+
 def _time(value: timestamp_pb2.Timestamp) -> tuple[int, int]:
     return (value.seconds, value.nanos)
 
@@ -232,6 +246,7 @@ class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
             name=f"request {request.sequence}",
             publisher=context.peer(),  # a connection's calls share one fair share
             request_id=request.request_id,
+            fingerprint=_fingerprint(request),
         )
         return convert.publish_response(request.sequence, outcomes)
 
@@ -299,4 +314,5 @@ class AggregatorServicer(pb_grpc.AggregatorServiceServicer):
             publisher=stream,
             ordered=True,
             request_id=request.request_id,
+            fingerprint=_fingerprint(request),
         )

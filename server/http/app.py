@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -137,10 +138,12 @@ def create_app(
         except body.Faults as exc:
             return _json(422, {"detail": exc.entries})
         try:
+            key = request.headers.get("idempotency-key", "")
             outcomes = await core.publish(
                 events,
                 publisher=request.scope.get("client"),
-                request_id=request.headers.get("idempotency-key", ""),
+                request_id=key,
+                fingerprint=hashlib.blake2b(content, digest_size=16).digest() if key else b"",
             )
         except errors.RequestInvalid as exc:
             if exc.field != "request_id":
