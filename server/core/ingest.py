@@ -28,6 +28,9 @@ from aggregator.server.core.validation import Incoming, Rejected, check_event, c
 
 T = TypeVar("T")
 
+# KeyedEvent((…)) from a checked NewEvent, without a NamedTuple's Python-level __new__.
+_keyed = functools.partial(tuple.__new__, storage.KeyedEvent)
+
 DEFAULT_PAGE_SIZE = 100  # events per ListEvents page when the request names none
 MAX_PAGE_SIZE = storage.MAX_PAGE_SIZE  # events per page, most: larger requests get this many
 PAGE_BYTES = 4 * 1024 * 1024  # payload bytes per page, about (one event always fits)
@@ -151,15 +154,20 @@ class Ingest:
 
     def prepare(
         self,
-        events: Sequence[Incoming],
+        events: Sequence[Incoming | Rejected],
         *,
         name: str = "the request",
         publisher: Hashable | None = None,
         ordered: bool = False,
+        keyed: bool = False,
     ) -> Pending:
         """Validate a request's events. `publisher` names who sends it, for a fair share of
         the write queue (a stream, a connection; None: this request alone); `ordered`: it
         takes effect after the publisher's earlier requests, never beside them (a stream's).
+        A face may hand in events it has judged invalid itself (`Rejected`): they are
+        answered and counted as the core's own rejections. `keyed`: each event is identified
+        by its key alone, so a stored key makes it a DUPLICATE whatever its content
+        (storage.KeyedEvent), never a CONFLICT.
 
         Raises:
             errors.TooLarge: more events than a request may hold.
@@ -171,13 +179,13 @@ class Ingest:
         known: list[storage.Outcome | None] = []
         rejected: dict[str, int] = {}
         for event in events:
-            checked = check_event(event, max_payload)
+            checked = event if isinstance(event, Rejected) else check_event(event, max_payload)
             if isinstance(checked, Rejected):
                 known.append(storage.Outcome(storage.Status.REJECTED, checked.reason))
                 topic = checked.stats_topic
                 rejected[topic] = rejected.get(topic, 0) + 1
             else:
-                valid.append(checked)
+                valid.append(_keyed(checked) if keyed else checked)
                 known.append(None)
         submission = batcher.Submission(valid, rejected, lane=publisher, ordered=ordered)
         if not valid and not rejected:
@@ -224,14 +232,16 @@ class Ingest:
 
     async def publish(
         self,
-        events: Sequence[Incoming],
+        events: Sequence[Incoming | Rejected],
         *,
         name: str = "the request",
         publisher: Hashable | None = None,
+        keyed: bool = False,
     ) -> list[storage.Outcome]:
         """Validate, queue (waiting a bounded time for room), commit: the outcomes. When the
-        caller is cancelled, its events are dropped unless a flush worker has them."""
-        pending = self.prepare(events, name=name, publisher=publisher)
+        caller is cancelled, its events are dropped unless a flush worker has them. See
+        prepare() for `keyed`."""
+        pending = self.prepare(events, name=name, publisher=publisher, keyed=keyed)
         try:
             await self.submit(pending, timeout=self._config.enqueue_timeout)
             return await self.outcomes(pending)

@@ -53,6 +53,11 @@ def check_event(event: Incoming, max_payload_bytes: int) -> NewEvent | Rejected:
     return checked
 
 
+def rejected(topic: str, reason: str) -> Rejected:
+    """An event of `topic` a face refuses itself, counted under `topic` if it is valid."""
+    return Rejected(reason, NO_TOPIC if check_topic(topic) else topic)
+
+
 def check_topic(topic: str) -> str | None:
     """Why `topic` is not a valid topic (naming the field), or None."""
     return _check_text("topic", topic, MAX_KEY_CHARS, required=True)
