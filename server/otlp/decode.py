@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import binascii
 import functools
+import re
 from collections.abc import Iterator
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 import orjson
@@ -226,31 +227,32 @@ def _record_from_protobuf(raw: memoryview, *, max_part_bytes: int) -> logs_pb2.L
 
 def from_json(raw: bytes, *, max_records: int, max_part_bytes: int) -> list[Scoped]:
     """The groups of an OTLP/JSON ExportLogsServiceRequest (proto3 JSON; trace and span
-    ids in hex; unknown fields ignored). Each level is decoded with its entries left as
-    raw JSON, at most `max_records` of them per list, before the next level is looked at.
+    ids in hex; unknown fields ignored). Each level is decoded with its lists left as raw
+    JSON, whose entries are counted before any is read.
 
     Raises:
         errors.TooLarge: more than `max_records` records (or entries of any level).
         errors.RequestInvalid: not JSON, or not of that shape.
     """
-    shapes = _json_shapes(max_records)
+    request = _decode_json(_REQUEST, raw, "the body")  # checks that it is JSON
+    _check_structure(raw, max_records)
     budget = _Budget(max_records)
     max_json = MAX_JSON_RATIO * max_part_bytes
     read = functools.partial(_record_from_json, max_bytes=max_json)
-    request = _decode_json(shapes.request, raw, "the body", max_records)
     groups: list[Scoped] = []
-    for i, entry in enumerate(request.resourceLogs or ()):
+    resources = _entries(request.resourceLogs, "resourceLogs", max_records)
+    for i, entry in enumerate(resources):
         where = f"resourceLogs[{i}]"
-        resource_logs = _decode_json(shapes.resource_logs, entry, where, max_records)
+        resource_logs = _decode_json(_RESOURCE_LOGS_JSON, entry, where)
         resource = _part_from_json(
             resource_logs.resource, resource_pb2.Resource, "resource", max_json
         )
-        for j, scope_entry in enumerate(resource_logs.scopeLogs or ()):
+        scopes = _entries(resource_logs.scopeLogs, f"{where}.scopeLogs", max_records)
+        for j, scope_entry in enumerate(scopes):
             budget.field(where)
-            scope_logs = _decode_json(
-                shapes.scope_logs, scope_entry, f"{where}.scopeLogs[{j}]", max_records
-            )
-            records = scope_logs.logRecords or []
+            scope_where = f"{where}.scopeLogs[{j}]"
+            scope_logs = _decode_json(_SCOPE_LOGS_JSON, scope_entry, scope_where)
+            records = _entries(scope_logs.logRecords, f"{scope_where}.logRecords", max_records)
             for _ in records:
                 budget.record()
             groups.append(
@@ -268,55 +270,92 @@ def from_json(raw: bytes, *, max_records: int, max_part_bytes: int) -> list[Scop
     return groups
 
 
-class _Shapes:
-    """The three levels of an OTLP/JSON logs request, each list at most `limit` long."""
-
-    def __init__(self, limit: int) -> None:
-        entries = Annotated[list[msgspec.Raw] | None, msgspec.Meta(max_length=limit)]
-
-        class Request(msgspec.Struct):  # OTLP/JSON's names: lowerCamelCase
-            resourceLogs: entries = None
-
-        class ResourceLogs(msgspec.Struct):
-            resource: msgspec.Raw | None = None
-            scopeLogs: entries = None
-            schemaUrl: str | None = None
-
-        class ScopeLogs(msgspec.Struct):
-            scope: msgspec.Raw | None = None
-            logRecords: entries = None
-            schemaUrl: str | None = None
-
-        self.request = msgspec.json.Decoder(Request)
-        self.resource_logs = msgspec.json.Decoder(ResourceLogs)
-        self.scope_logs = msgspec.json.Decoder(ScopeLogs)
+# The three levels of a request, in OTLP/JSON's names, each list and part left unparsed.
+Unparsed = msgspec.Raw | msgspec.UnsetType  # a Raw holds null too
 
 
-@functools.cache
-def _json_shapes(limit: int) -> _Shapes:
-    return _Shapes(limit)
+class _RequestJson(msgspec.Struct):
+    resourceLogs: Unparsed = msgspec.UNSET
 
 
-def _decode_json(decoder: msgspec.json.Decoder[Any], raw: Any, where: str, limit: int) -> Any:
+class _ResourceLogsJson(msgspec.Struct):
+    resource: Unparsed = msgspec.UNSET
+    scopeLogs: Unparsed = msgspec.UNSET
+    schemaUrl: str | None = None
+
+
+class _ScopeLogsJson(msgspec.Struct):
+    scope: Unparsed = msgspec.UNSET
+    logRecords: Unparsed = msgspec.UNSET
+    schemaUrl: str | None = None
+
+
+_REQUEST = msgspec.json.Decoder(_RequestJson)
+_RESOURCE_LOGS_JSON = msgspec.json.Decoder(_ResourceLogsJson)
+_SCOPE_LOGS_JSON = msgspec.json.Decoder(_ScopeLogsJson)
+_ENTRIES = msgspec.json.Decoder(list[msgspec.Raw])
+# A JSON body is decoded level by level with msgspec, which makes an object for every entry
+# of a list before the entries can be counted. So the body's structure is bounded first:
+# at most this many objects, arrays and commas (outside strings) per record allowed, which
+# bounds the entries of every list, whatever their shape.
+STRUCTURE_PER_RECORD = 128
+_STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+
+
+def _check_structure(raw: bytes, limit: int) -> None:
+    """TooLarge if `raw` has more objects, arrays and commas than `limit` records may."""
+    most = STRUCTURE_PER_RECORD * (limit + 1)
+    if raw.count(b"{") + raw.count(b"[") + raw.count(b",") <= most:
+        return  # strings included, and still under
+    bare = _STRINGS.sub(b"", raw)
+    found = bare.count(b"{") + bare.count(b"[") + bare.count(b",")
+    if found > most:
+        raise errors.TooLarge(
+            f"the body has {found} JSON objects, arrays and commas; an export of at most "
+            f"{limit} log records may have {STRUCTURE_PER_RECORD} a record: send fewer "
+            "records per request, or protobuf",
+            field="resourceLogs",
+        )
+
+
+def _decode_json(decoder: msgspec.json.Decoder[Any], raw: Any, where: str) -> Any:
     try:
         return decoder.decode(raw)
     except msgspec.ValidationError as exc:
-        if "length <=" in str(exc):
-            raise too_many(limit) from None
         raise errors.RequestInvalid(f"{where} is not OTLP/JSON logs: {exc}") from None
     except msgspec.DecodeError as exc:
         raise errors.RequestInvalid(f"{where} is not valid JSON: {exc}") from None
 
 
-def _part_from_json(raw: msgspec.Raw | None, kind: type[M], where: str, max_bytes: int) -> M | str:
-    if raw is None:
+def _entries(raw: Unparsed, where: str, limit: int) -> list[Any]:
+    """The entries of a JSON list, each as its raw JSON (the body's structure is bounded:
+    see STRUCTURE_PER_RECORD); TooLarge past `limit` of them."""
+    if raw is msgspec.UNSET or bytes(raw) == b"null":
+        return []
+    try:
+        entries: list[Any] = _ENTRIES.decode(raw)
+    except msgspec.ValidationError:
+        raise errors.RequestInvalid(f"{where} is not OTLP/JSON logs: expected an array") from None
+    if len(entries) > limit:
+        raise _too_many_entries(where, limit)
+    return entries
+
+
+def _too_many_entries(where: str, limit: int) -> errors.TooLarge:
+    if where.endswith("logRecords"):
+        return too_many(limit)
+    return errors.TooLarge(f"{where}: more than {limit} entries", field=where)
+
+
+def _part_from_json(raw: Unparsed, kind: type[M], where: str, max_bytes: int) -> M | str:
+    if raw is msgspec.UNSET or bytes(raw) == b"null":
         return kind()
     if len(raw) > max_bytes:
         return f"{where}: {len(raw)} bytes of JSON is over the limit of {max_bytes} bytes"
     return _parse_json(raw, kind(), where)
 
 
-def _record_from_json(raw: msgspec.Raw, *, max_bytes: int) -> logs_pb2.LogRecord | str:
+def _record_from_json(raw: msgspec.Raw | bytes, *, max_bytes: int) -> logs_pb2.LogRecord | str:
     if len(raw) > max_bytes:
         return (
             f"payload: the log record is {len(raw)} bytes of JSON, over the limit of "
@@ -328,7 +367,7 @@ def _record_from_json(raw: msgspec.Raw, *, max_bytes: int) -> logs_pb2.LogRecord
 _HEX_IDS = ("traceId", "spanId")
 
 
-def _parse_json(raw: msgspec.Raw, into: M, where: str) -> M | str:
+def _parse_json(raw: msgspec.Raw | bytes, into: M, where: str) -> M | str:
     """One part in proto3 JSON, with OTLP's hex trace and span ids; or why it cannot be."""
     try:
         document = orjson.loads(bytes(raw))

@@ -52,10 +52,7 @@ def mount(app: FastAPI, logs: LogsIngest, *, max_body_bytes: int) -> None:
         except _Unsupported as exc:
             return _failure(415, str(exc), kind if kind == PROTOBUF else JSON)
         except Exception as exc:
-            error = errors.classify(exc)
-            return _failure(
-                _http_status(error), error.message, kind, error.kind.code, error.retry_after
-            )
+            return error_response(exc, kind)
         return _encoded(200, answer, kind)
 
     app.add_api_route(
@@ -85,11 +82,13 @@ def mount(app: FastAPI, logs: LogsIngest, *, max_body_bytes: int) -> None:
     )
 
 
-def _http_status(error: errors.ServerError) -> int:
-    """OTLP/HTTP's status for a core error: 400 for bad data, else the core's table."""
-    if error.kind is errors.Kind.INVALID_ARGUMENT:
-        return 400
-    return error.kind.http_status
+def error_response(exc: BaseException, kind: str) -> Response:
+    """The answer to a failed export (`kind`: the request's content type): OTLP/HTTP's
+    status for the core error `exc` is (400 for bad data, else the core's table), a
+    google.rpc.Status, and Retry-After where retrying later helps."""
+    error = errors.classify(exc)
+    code = 400 if error.kind is errors.Kind.INVALID_ARGUMENT else error.kind.http_status
+    return _failure(code, error.message, kind, error.kind.code, error.retry_after)
 
 
 async def _read(request: Request, limit: int) -> bytes:
