@@ -99,12 +99,14 @@ format: $(STAMP)
 
 # Big requests against every baseline (then 30 s at half their rate, same server), small
 # requests against the gRPC ceiling, then HTTP POST /publish against gRPC PublishBatch with
-# the same 500-event batches (bench/transports.py).
+# the same 500-event batches (bench/transports.py), then OTLP logs exports of 512 records
+# against PublishBatch of the same events (bench/otlp.py).
 bench: install
 	$(PY) -m bench --spawn --baselines --delivery -n 1200 -c 4 --batch-size 500 --at-fraction 0.5
 	$(PY) -m bench --spawn --ceiling -n 8000 -c 4 --batch-size 1
 	$(PY) -m bench --spawn --ceiling -n 4000 -c 4 --batch-size 1 --call publish-batch
 	$(PY) -m bench.transports -n 240 -c 4 --batch-size 500
+	$(PY) -m bench.otlp -n 240 -c 4 --batch-size 512
 
 # The rate as the table grows: GROWTH_EVENTS (default 20M) in rounds of 1M.
 GROWTH_EVENTS ?= 20000000
