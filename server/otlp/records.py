@@ -23,7 +23,7 @@ import base64
 import functools
 import hashlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import orjson
@@ -63,21 +63,25 @@ class Scoped(NamedTuple):
 def events(groups: Sequence[Scoped], *, received_ns: int) -> list[Incoming | Rejected]:
     """One event (or rejection) per record, in request order. `received_ns`: when the
     request arrived, the timestamp of records that carry no time."""
-    found: list[Incoming | Rejected] = []
+    return list(each_event(groups, received_ns=received_ns))
+
+
+def each_event(groups: Sequence[Scoped], *, received_ns: int) -> Iterator[Incoming | Rejected]:
+    """events(), one at a time: a caller on the event loop can let others run between."""
     for group in groups:
         context = _Context(group)
         if context.refused:
             refusal = validation.rejected(context.topic, context.refused)
-            found.extend(refusal for _ in group.records)
+            for _ in group.records:
+                yield refusal
             continue
         read = group.read
         for raw in group.records:
             record = read(raw)
             if isinstance(record, str):
-                found.append(validation.rejected(context.topic, record))
+                yield validation.rejected(context.topic, record)
             else:
-                found.append(context.event(record, received_ns))
-    return found
+                yield context.event(record, received_ns)
 
 
 class _Context:

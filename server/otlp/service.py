@@ -6,6 +6,7 @@ commit. Duplicates are success; only rejected records count in `partial_success`
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Hashable, Sequence
 
@@ -14,9 +15,13 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as pb
 from aggregator import storage
 from aggregator.server.config import Config
 from aggregator.server.core import ingest
+from aggregator.server.core.validation import Incoming, Rejected
 from aggregator.server.otlp import decode, records
 
 MAX_REASONS = 10  # rejected records named in a partial success's error_message
+# Records mapped between two turns of the event loop: a large export (or a JSON one, whose
+# records cost several times as much to read) never holds the loop for long.
+RECORDS_PER_TURN = 256
 
 
 class LogsIngest:
@@ -47,7 +52,11 @@ class LogsIngest:
         Raises:
             the core's errors, as Ingest.publish.
         """
-        events = records.events(groups, received_ns=time.time_ns())
+        events: list[Incoming | Rejected] = []
+        for event in records.each_event(groups, received_ns=time.time_ns()):
+            events.append(event)
+            if len(events) % RECORDS_PER_TURN == 0:
+                await asyncio.sleep(0)
         outcomes = await self._core.publish(
             events, name="the export", publisher=publisher, keyed=True
         )
