@@ -159,10 +159,10 @@ _NOT_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
 Convert = Callable[[Any], Any] | None  # None: the value is JSON as it is
 _PLANS: dict[FieldDescriptor, tuple[str, Convert]] = {}
 _ATTRIBUTES = logs_pb2.LogRecord.DESCRIPTOR.fields_by_name["attributes"].number
-# Attributes seen recently (their protobuf bytes) → their JSON, and the uid if they are one:
-# most recur from record to record (code.file.path, a request's user …). Cleared when full.
-_KNOWN: dict[bytes, tuple[orjson.Fragment, str]] = {}
+# Attributes recur from record to record (code.file.path, a request's user …): the JSON of
+# the last few thousand short ones is kept, by their protobuf bytes.
 KNOWN_ATTRIBUTES = 4096
+KNOWN_ATTRIBUTE_BYTES = 256  # longer ones are written each time: the memo stays small
 
 
 def to_json(msg: message.Message) -> dict[str, Any]:
@@ -200,15 +200,24 @@ def _attributes(values: Sequence[common_pb2.KeyValue]) -> tuple[list[orjson.Frag
     uid = ""
     for attribute in values:
         raw = attribute.SerializeToString()
-        known = _KNOWN.get(raw)
-        if known is None:
-            if len(_KNOWN) >= KNOWN_ATTRIBUTES:
-                _KNOWN.clear()
-            value = attribute.value.string_value if attribute.key == UID else ""
-            known = _KNOWN[raw] = (orjson.Fragment(orjson.dumps(to_json(attribute))), value)
-        found.append(known[0])
-        uid = known[1] or uid
+        if len(raw) <= KNOWN_ATTRIBUTE_BYTES:
+            written, value = _known_attribute(raw)
+        else:
+            written, value = _attribute(attribute)
+        found.append(written)
+        uid = value or uid
     return found, uid
+
+
+@functools.lru_cache(maxsize=KNOWN_ATTRIBUTES)
+def _known_attribute(raw: bytes) -> tuple[orjson.Fragment, str]:
+    return _attribute(common_pb2.KeyValue.FromString(raw))
+
+
+def _attribute(attribute: common_pb2.KeyValue) -> tuple[orjson.Fragment, str]:
+    """The attribute as written JSON, and its value if it is the record's uid (else '')."""
+    value = attribute.value.string_value if attribute.key == UID else ""
+    return orjson.Fragment(orjson.dumps(to_json(attribute))), value
 
 
 def _any_value(value: common_pb2.AnyValue) -> dict[str, Any]:

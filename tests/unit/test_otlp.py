@@ -228,6 +228,19 @@ def test_event_id_is_the_log_record_uid_as_sent():
     assert len(from_protobuf(export(not_text))[0].event_id) == 32  # a fingerprint
 
 
+def test_long_attributes_and_uids_are_mapped_like_short_ones():
+    """Short attributes are written from a memo of recent ones, long ones each time."""
+    uid = "u" * 255
+    record = logs.LogRecord(
+        attributes=[kv(UID, text(uid)), kv("long", text("z" * 1000)), kv("short", text("s"))]
+    )
+    [event] = from_protobuf(export(record))
+    assert event.event_id == uid
+    assert orjson.loads(event.payload)["logRecord"] == otlp_json(record)
+    short = logs.LogRecord(attributes=[kv(UID, text("u-1"))])
+    assert [e.event_id for e in from_protobuf(export(short, short))] == ["u-1", "u-1"]
+
+
 def test_timestamp_is_the_time_else_the_observed_time_else_the_arrival():
     both = from_protobuf(
         export(logs.LogRecord(time_unix_nano=3 * 10**9 + 7, observed_time_unix_nano=9))
