@@ -16,7 +16,6 @@ refuses the request (errors.RequestInvalid), as the parsers of the other faces d
 from __future__ import annotations
 
 import binascii
-import functools
 import re
 from collections.abc import Iterator
 from typing import Any, TypeVar
@@ -62,7 +61,6 @@ def from_protobuf(raw: bytes, *, max_records: int, max_part_bytes: int) -> list[
         errors.RequestInvalid: not a protobuf message of that shape.
     """
     budget = _Budget(max_records)
-    read = functools.partial(_record_from_protobuf, max_part_bytes=max_part_bytes)
     groups: list[Scoped] = []
     for number, resource_logs in _fields(memoryview(raw), REQUEST, budget):
         if number != _RESOURCE_LOGS or resource_logs is None:
@@ -82,14 +80,15 @@ def from_protobuf(raw: bytes, *, max_records: int, max_part_bytes: int) -> list[
         )
         for scope_logs in scope_logs_found:
             scope: list[memoryview] = []
-            records: list[memoryview] = []
+            records: list[memoryview | str] = []
             scope_schema_url = b""
             for number, value in _fields(scope_logs, "scope_logs", budget):
                 if number == _SCOPE:
                     scope.append(value)
                 elif number == _LOG_RECORDS:
                     budget.record()
-                    records.append(value)
+                    too_big = len(value) > max_part_bytes
+                    records.append(_too_big(len(value), max_part_bytes) if too_big else value)
                 elif number == _SCHEMA_URL:
                     scope_schema_url = value
             groups.append(
@@ -101,7 +100,8 @@ def from_protobuf(raw: bytes, *, max_records: int, max_part_bytes: int) -> list[
                     ),
                     _text(scope_schema_url, "scope_logs.schema_url"),
                     records,
-                    read,
+                    _record_from_protobuf,
+                    protobuf=True,
                 )
             )
     return groups
@@ -211,11 +211,12 @@ def _part_from_protobuf(
         return f"{where}: not a valid {kind.__name__}: {exc}"
 
 
-def _record_from_protobuf(raw: memoryview, *, max_part_bytes: int) -> logs_pb2.LogRecord | str:
-    if len(raw) > max_part_bytes:
-        return (
-            f"payload: the log record is {len(raw)} bytes, over the limit of {max_part_bytes} bytes"
-        )
+def _too_big(size: int, max_bytes: int, what: str = "") -> str:
+    """Why a record is rejected unread."""
+    return f"payload: the log record is {size} bytes{what}, over the limit of {max_bytes} bytes"
+
+
+def _record_from_protobuf(raw: memoryview) -> logs_pb2.LogRecord | str:
     try:
         return logs_pb2.LogRecord.FromString(bytes(raw))
     except message.DecodeError as exc:
@@ -238,7 +239,6 @@ def from_json(raw: bytes, *, max_records: int, max_part_bytes: int) -> list[Scop
     _check_structure(raw, max_records)
     budget = _Budget(max_records)
     max_json = MAX_JSON_RATIO * max_part_bytes
-    read = functools.partial(_record_from_json, max_bytes=max_json)
     groups: list[Scoped] = []
     resources = _entries(request.resourceLogs, "resourceLogs", max_records)
     for i, entry in enumerate(resources):
@@ -253,8 +253,10 @@ def from_json(raw: bytes, *, max_records: int, max_part_bytes: int) -> list[Scop
             scope_where = f"{where}.scopeLogs[{j}]"
             scope_logs = _decode_json(_SCOPE_LOGS_JSON, scope_entry, scope_where)
             records = _entries(scope_logs.logRecords, f"{scope_where}.logRecords", max_records)
-            for _ in records:
+            for k, record in enumerate(records):
                 budget.record()
+                if len(record) > max_json:
+                    records[k] = _too_big(len(record), max_json, " of JSON")
             groups.append(
                 Scoped(
                     resource,
@@ -264,7 +266,7 @@ def from_json(raw: bytes, *, max_records: int, max_part_bytes: int) -> list[Scop
                     ),
                     scope_logs.schemaUrl or "",
                     records,
-                    read,
+                    _record_from_json,
                 )
             )
     return groups
@@ -355,12 +357,7 @@ def _part_from_json(raw: Unparsed, kind: type[M], where: str, max_bytes: int) ->
     return _parse_json(raw, kind(), where)
 
 
-def _record_from_json(raw: msgspec.Raw | bytes, *, max_bytes: int) -> logs_pb2.LogRecord | str:
-    if len(raw) > max_bytes:
-        return (
-            f"payload: the log record is {len(raw)} bytes of JSON, over the limit of "
-            f"{max_bytes} bytes"
-        )
+def _record_from_json(raw: msgspec.Raw) -> logs_pb2.LogRecord | str:
     return _parse_json(raw, logs_pb2.LogRecord(), "logRecord")
 
 

@@ -10,6 +10,7 @@ import grpc
 import orjson
 import pytest
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -159,6 +160,60 @@ def test_a_record_is_written_in_otlps_json_mapping(record):
     assert records.to_json(record) == expected
     document, _ = records._record_json(record)  # the fast path of the same mapping
     assert orjson.loads(orjson.dumps(document)) == expected
+
+
+def written_by_the_parser(raw: bytes):
+    try:
+        record = logs.LogRecord.FromString(raw)
+    except DecodeError:
+        return None
+    return records._written(record)
+
+
+def same(a, b) -> bool:
+    """Two _Written alike once their documents are written out."""
+    return (orjson.loads(orjson.dumps(a.document)), *a[1:]) == (
+        orjson.loads(orjson.dumps(b.document)),
+        *b[1:],
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(log_records)
+def test_a_record_written_from_its_bytes_is_written_as_the_parser_would(record):
+    raw = record.SerializeToString()
+    from_wire = records._written_from_wire(raw)
+    assert from_wire is not None  # every record a proto of these fields makes
+    assert same(from_wire, written_by_the_parser(raw))
+
+
+@settings(max_examples=300, deadline=None)
+@given(log_records, st.binary(max_size=40), st.integers(0, 400))
+def test_bytes_the_writer_cannot_read_are_left_to_the_parser(record, junk, cut):
+    """Truncated or garbled records, fields of other wire types, unknown fields: written
+    as the parser reads them, or not at all (the parser then decides)."""
+    raw = record.SerializeToString()
+    raw = raw[: cut % (len(raw) + 1)] + junk
+    from_wire = records._written_from_wire(raw)
+    if from_wire is not None:
+        parsed = written_by_the_parser(raw)
+        assert parsed is not None and same(from_wire, parsed)
+
+
+def test_what_only_the_parser_reads_falls_back_to_it():
+    body_twice = (
+        logs.LogRecord(
+            body=common.AnyValue(array_value=common.ArrayValue(values=[text("a")]))
+        ).SerializeToString()
+        * 2
+    )  # a message field sent twice is merged: the arrays join
+    negative = logs.LogRecord(severity_number=-1).SerializeToString()  # type: ignore[arg-type]
+    for raw in (body_twice, negative, b"\x1a\x02\xff\xfe"):  # the last: not UTF-8
+        assert records._written_from_wire(raw) is None
+    merged = written_by_the_parser(body_twice)
+    assert merged.document["body"] == {
+        "arrayValue": {"values": [{"stringValue": "a"}, {"stringValue": "a"}]}
+    }
 
 
 @settings(max_examples=60, deadline=None)
