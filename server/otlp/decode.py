@@ -69,6 +69,8 @@ def from_protobuf(raw: bytes, *, max_records: int, max_part_bytes: int) -> list[
         scope_logs_found: list[memoryview] = []
         resource_schema_url = b""
         for number, value in _fields(resource_logs, "resource_logs", budget):
+            if value is None:
+                continue  # not length-delimited: not one of the fields read here
             if number == _RESOURCE:
                 resource.append(value)
             elif number == _SCOPE_LOGS:
@@ -83,6 +85,8 @@ def from_protobuf(raw: bytes, *, max_records: int, max_part_bytes: int) -> list[
             records: list[memoryview | str] = []
             scope_schema_url = b""
             for number, value in _fields(scope_logs, "scope_logs", budget):
+                if value is None:
+                    continue
                 if number == _SCOPE:
                     scope.append(value)
                 elif number == _LOG_RECORDS:

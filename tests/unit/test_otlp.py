@@ -430,6 +430,26 @@ def test_a_request_that_is_not_protobuf_is_refused_as_invalid(raw, problem):
     assert problem in str(refused.value)
 
 
+def test_fields_of_another_wire_type_are_skipped_as_protobuf_parsers_skip_them():
+    record = logs.LogRecord(body=text("kept")).SerializeToString()
+    resource = resource_pb2.Resource(
+        attributes=[kv("service.name", text("svc"))]
+    ).SerializeToString()
+    # resource, scope_logs, scope and log_records each once more as a varint: unknown fields
+    raw = wrap(
+        1,
+        b"\x08\x05"
+        + wrap(1, resource)
+        + b"\x10\x01"
+        + wrap(2, b"\x08\x02\x10\x03" + wrap(2, record)),
+    )
+    [event] = from_protobuf(raw)
+    assert (event.topic, orjson.loads(event.payload)["logRecord"]) == (
+        "svc",
+        {"body": {"stringValue": "kept"}},
+    )
+
+
 def test_a_record_that_is_not_protobuf_is_rejected_alone():
     good = logs.LogRecord(body=text("fine")).SerializeToString()
     raw = wrap(1, wrap(2, wrap(2, b"\x0a\xff\xfe") + wrap(2, good)))  # field 1: a bad length
