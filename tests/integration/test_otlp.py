@@ -135,6 +135,20 @@ def stored_over_grpc(stub, topic: str) -> list[pb.StoredEvent]:
     return list(stub.ListEvents(pb.ListEventsRequest(topic=topic, page_size=1000)).events)
 
 
+def subscribed(stub, topic: str, count: int) -> list[pb.StoredEvent]:
+    """The first `count` events a Subscribe call on `topic` delivers."""
+    responses = stub.Subscribe(pb.SubscribeRequest(topic=topic), timeout=60)
+    found: list[pb.StoredEvent] = []
+    try:
+        for response in responses:
+            found.extend(response.events)
+            if len(found) >= count:
+                return found
+    finally:
+        responses.cancel()
+    return found
+
+
 def export_call(channel: grpc.Channel):
     """LogsService/Export taking a request's bytes as they are."""
     return channel.unary_unary(
@@ -215,6 +229,9 @@ def test_python_sdk_logs_over_grpc_are_stored_once_each_and_read_back_over_both_
     assert [e.event.event_id for e in over_grpc] == [e["event_id"] for e in over_http]
     assert [orjson.loads(e.event.payload) for e in over_grpc] == [e["payload"] for e in over_http]
     assert over_grpc[0].event.timestamp.ToNanoseconds() == int(record["timeUnixNano"])
+    assert [e.event.payload for e in subscribed(stub, service, 51)] == [
+        e.event.payload for e in over_grpc
+    ]
     assert topic_stats(stub, service) == pb.TopicStats(topic=service, received=51, accepted=51)
 
 
