@@ -1,5 +1,5 @@
 """OTLP log records → the core's events: one event per record, the same whichever encoding
-(protobuf or JSON) the record arrived in, since both decoders hand over protobuf messages.
+(protobuf or JSON) the record arrived in.
 
 - topic: the resource's `service.name` attribute (a string); without one, UNKNOWN_SERVICE,
   the name OpenTelemetry SDKs give a service that did not name itself.
