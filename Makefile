@@ -100,13 +100,15 @@ format: $(STAMP)
 # Big requests against every baseline (then 30 s at half their rate, same server), small
 # requests against the gRPC ceiling, one event's ack against its two floors (bench/ack.py),
 # then the HTTP face: arrays of 500 against gRPC PublishBatch, single-event POSTs (k6)
-# against a FastAPI app that does no work (bench/transports.py).
+# against a FastAPI app that does no work (bench/transports.py), then OTLP logs exports of
+# 512 records against PublishBatch of the same events (bench/otlp.py).
 bench: install
 	$(PY) -m bench --spawn --baselines --delivery -n 1200 -c 4 --batch-size 500 --at-fraction 0.5
 	$(PY) -m bench --spawn --ceiling -n 8000 -c 4 --batch-size 1
 	$(PY) -m bench --spawn --ceiling -n 4000 -c 4 --batch-size 1 --call publish-batch
 	$(PY) -m bench.ack -n 1000
 	$(PY) -m bench.transports -n 240 -c 4 --batch-size 500
+	$(PY) -m bench.otlp -n 240 -c 4 --batch-size 512
 
 # The rate as the table grows: GROWTH_EVENTS (default 20M) in rounds of 1M.
 GROWTH_EVENTS ?= 20000000

@@ -1,5 +1,5 @@
-"""Wires the server together and runs it: database, core, both faces on one event loop,
-health, shutdown."""
+"""Wires the server together and runs it: database, core, both faces (and OTLP's logs
+service on each) on one event loop, health, shutdown."""
 
 from __future__ import annotations
 
@@ -27,6 +27,9 @@ from aggregator.server.http.app import create_app
 from aggregator.server.http.protocol import Limits
 from aggregator.server.http.server import HttpServer
 from aggregator.server.metrics import Metrics
+from aggregator.server.otlp import grpc_service as otlp_grpc
+from aggregator.server.otlp import http_route as otlp_http
+from aggregator.server.otlp.service import LogsIngest
 
 log = logging.getLogger(__name__)
 
@@ -185,13 +188,20 @@ class Server:
         await self._grpc_health.set(False)
         health.watch(self._grpc_health.show)
         self._servicer = AggregatorServicer(config, core)
+        logs = LogsIngest(core, config)
         self._grpc, self.port = await grpc_server.start(
-            config, self._servicer, self._grpc_health, tokens=tokens, metrics=self.metrics
+            config,
+            self._servicer,
+            self._grpc_health,
+            tokens=tokens,
+            metrics=self.metrics,
+            services=[lambda server: otlp_grpc.register(server, logs)],
         )
         if self._http is not None:
             app = create_app(
                 core, config, not_ready=health.not_ready, tokens=tokens, metrics=self.metrics
             )
+            otlp_http.mount(app, logs, max_body_bytes=config.max_message_bytes)
             await self._http.start(app)
             scheme = "https" if config.tls_cert else "http"
             log.info(

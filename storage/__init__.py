@@ -21,6 +21,7 @@ from aggregator.storage.listener import Listener
 from aggregator.storage.models import (
     BatchResult,
     Counters,
+    KeyedEvent,
     NewEvent,
     Outcome,
     Page,
@@ -42,6 +43,7 @@ __all__ = [
     "EmbeddedError",
     "EmbeddedPostgres",
     "InvalidArgument",
+    "KeyedEvent",
     "Listener",
     "Misconfigured",
     "NamedRequest",

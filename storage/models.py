@@ -40,6 +40,14 @@ class NewEvent(NamedTuple):
     payload: str  # a JSON document
 
 
+class KeyedEvent(NewEvent):
+    """A NewEvent that its key alone identifies: when the key is stored already it is a
+    DUPLICATE whatever its content, never a CONFLICT (OpenTelemetry's rule for log records
+    that share a `log.record.uid`: an SDK stamps a new observed time on each emit)."""
+
+    __slots__ = ()
+
+
 class Outcome(NamedTuple):
     """What became of one event; `reason` is set for REJECTED and CONFLICT."""
 

@@ -1,11 +1,12 @@
 """Writes one batch of events in one transaction and classifies every event.
 
 COPY into the connection's staging table, then one INSERT … SELECT … ON CONFLICT that
-inserts new keys and settles stored ones (DUPLICATE when the content is the same), then
-a comparison against the stored row for the few left: CONFLICTs (which fields differ) and
-later copies of a key in the batch. Counters are updated in the same transaction, so they
-are exact. On Citus (`distributed`) the coordinator's transaction id is read first and
-stamped on the rows; the queries named `*_citus` say why.
+inserts new keys and settles stored ones (DUPLICATE when the content is the same, or when
+the event is a KeyedEvent), then a comparison against the stored row for the few left:
+CONFLICTs (which fields differ) and later copies of a key in the batch. Counters are
+updated in the same transaction, so they are exact. On Citus (`distributed`) the
+coordinator's transaction id is read first and stamped on the rows; the queries named
+`*_citus` say why.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from aggregator.storage.models import (
     ACCEPTED,
     DUPLICATE,
     BatchResult,
+    KeyedEvent,
     NewEvent,
     Outcome,
     Status,
@@ -215,6 +217,7 @@ def _write_once(
     stored_topics: set[str] = set()
     epoch: int | None = None
     remembered: set[int] = set()
+    unlike: set[int] = set()  # DUPLICATEs by key alone: the stored row may hold other content
     # Built before the transaction opens: the database waits for nothing of this.
     first: dict[tuple[str, str], int] = {}  # key → its first event in the batch
     copies: list[tuple[int, int]] = []  # (event, the first event of its key: the same)
@@ -283,12 +286,17 @@ def _write_once(
                     stored_topics.add(r[2])
                 elif new is None and r[1]:
                     outcomes[r[0]] = DUPLICATE  # stored with the same content
+                elif isinstance(events[r[0]], KeyedEvent):
+                    outcomes[r[0]] = DUPLICATE  # its key is stored: that is all it takes
+                    unlike.add(r[0])
                 else:
                     differing.append(r[0])
             _compare_with_stored(cur, differing, result)
         for i, earlier in copies:
             settled = outcomes[earlier]
             outcomes[i] = DUPLICATE if settled in _STORED_AS_SENT else settled
+            if earlier in unlike:
+                unlike.add(i)
         for echo, copy_of in echoes:  # the same request twice: the same answer, counted once
             outcomes[echo.first : echo.first + echo.size] = outcomes[
                 copy_of.first : copy_of.first + copy_of.size
@@ -334,7 +342,11 @@ def _write_once(
     # Committed: what this transaction counted is now part of the batch's result.
     if recent is not None:
         result.remembered += len(remembered)
-        recent.remember(epoch, events, (i for i in idxs if outcomes[i] in _STORED_AS_SENT))
+        recent.remember(
+            epoch,
+            events,
+            (i for i in idxs if outcomes[i] in _STORED_AS_SENT and i not in unlike),
+        )
     for topic, per_status in counts.items():
         for status, n in zip(Status, per_status, strict=True):
             if n:

@@ -34,6 +34,9 @@ from aggregator.server.core.validation import (
 
 T = TypeVar("T")
 
+# KeyedEvent((…)) from a checked NewEvent, without a NamedTuple's Python-level __new__.
+_keyed = functools.partial(tuple.__new__, storage.KeyedEvent)
+
 DEFAULT_PAGE_SIZE = 100  # events per ListEvents page when the request names none
 MAX_PAGE_SIZE = storage.MAX_PAGE_SIZE  # events per page, most: larger requests get this many
 # Payload bytes per page, about (one event always fits): a page of 1 MiB events stays
@@ -159,13 +162,14 @@ class Ingest:
 
     def prepare(
         self,
-        events: Sequence[Incoming],
+        events: Sequence[Incoming | Rejected],
         *,
         name: str = "the request",
         publisher: Hashable | None = None,
         ordered: bool = False,
         request_id: str = "",
         fingerprint: bytes = b"",
+        keyed: bool = False,
     ) -> Pending:
         """Validate a request's events. `publisher` names who sends it, for a fair share of
         the write queue (a stream, a connection; None: this request alone); `ordered`: it
@@ -173,7 +177,10 @@ class Ingest:
         `request_id`: its client's id for it, if any: a resend of a request written before
         is answered as it was then (storage.requests); `fingerprint`: what tells a resend
         from another request under the same id, from the face's wire bytes (else made here
-        from the events).
+        from the events). A face may hand in events it has judged invalid itself
+        (`Rejected`): they are answered and counted as the core's own rejections. `keyed`:
+        each event is identified by its key alone, so a stored key makes it a DUPLICATE
+        whatever its content (storage.KeyedEvent), never a CONFLICT.
 
         Raises:
             errors.TooLarge: more events than a request may hold.
@@ -190,13 +197,13 @@ class Ingest:
         known: list[storage.Outcome | None] = []
         rejected: dict[str, int] = {}
         for event in events:
-            checked = check_event(event, max_payload)
+            checked = event if isinstance(event, Rejected) else check_event(event, max_payload)
             if isinstance(checked, Rejected):
                 known.append(storage.Outcome(storage.Status.REJECTED, checked.reason))
                 topic = checked.stats_topic
                 rejected[topic] = rejected.get(topic, 0) + 1
             else:
-                valid.append(checked)
+                valid.append(_keyed(checked) if keyed else checked)
                 known.append(None)
         submission = batcher.Submission(
             valid,
@@ -250,17 +257,24 @@ class Ingest:
 
     async def publish(
         self,
-        events: Sequence[Incoming],
+        events: Sequence[Incoming | Rejected],
         *,
         name: str = "the request",
         publisher: Hashable | None = None,
         request_id: str = "",
         fingerprint: bytes = b"",
+        keyed: bool = False,
     ) -> list[storage.Outcome]:
         """Validate, queue (waiting a bounded time for room), commit: the outcomes. When the
-        caller is cancelled, its events are dropped unless a flush worker has them."""
+        caller is cancelled, its events are dropped unless a flush worker has them. See
+        prepare() for `request_id`, `fingerprint` and `keyed`."""
         pending = self.prepare(
-            events, name=name, publisher=publisher, request_id=request_id, fingerprint=fingerprint
+            events,
+            name=name,
+            publisher=publisher,
+            request_id=request_id,
+            fingerprint=fingerprint,
+            keyed=keyed,
         )
         try:
             await self.submit(pending, timeout=self._config.enqueue_timeout)

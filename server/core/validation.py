@@ -59,6 +59,11 @@ def check_request_id(request_id: str) -> str | None:
     return _check_text("request_id", request_id, MAX_REQUEST_ID_CHARS, required=False)
 
 
+def rejected(topic: str, reason: str) -> Rejected:
+    """An event of `topic` a face refuses itself, counted under `topic` if it is valid."""
+    return Rejected(reason, NO_TOPIC if check_topic(topic) else topic)
+
+
 def check_topic(topic: str) -> str | None:
     """Why `topic` is not a valid topic (naming the field), or None."""
     return _check_text("topic", topic, MAX_KEY_CHARS, required=True)

@@ -1,8 +1,10 @@
-"""The gRPC face: AggregatorService, grpc.health.v1 and reflection on one grpc.aio server."""
+"""The gRPC face: AggregatorService, grpc.health.v1, reflection and the services given (OTLP's
+LogsService) on one grpc.aio server."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grpc
@@ -37,8 +39,10 @@ async def start(
     *,
     tokens: frozenset[str],
     metrics: Metrics,
+    services: Sequence[Callable[[grpc.aio.Server], str]] = (),
 ) -> tuple[grpc.aio.Server, int]:
     """Start serving on config's host and port, on the running loop: the server and its port.
+    `services` add more services to the server (each returns its name, for reflection).
 
     Raises:
         OSError: the port cannot be bound (the message says why and what to do).
@@ -61,10 +65,11 @@ async def start(
         ],
     )
     handlers.register(server, servicer)
+    more = [add(server) for add in services]
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     reflection.enable(
         server,
-        (rpc.SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name),
+        (rpc.SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, *more),
     )
     tls = None
     if config.tls_cert and config.tls_key:

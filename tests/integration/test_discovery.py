@@ -44,6 +44,7 @@ def test_reflection_lists_every_service_in_both_versions(channel, path):
     assert names == {
         "aggregator.v1.AggregatorService",
         "grpc.health.v1.Health",
+        "opentelemetry.proto.collector.logs.v1.LogsService",
         "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",
     }

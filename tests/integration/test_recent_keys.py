@@ -9,7 +9,7 @@ import pytest
 
 from aggregator import storage
 from aggregator.server import Server
-from aggregator.storage import NewEvent, Status
+from aggregator.storage import KeyedEvent, NewEvent, Status
 from aggregator.storage.embedded import free_port
 from aggregator.v1 import aggregator_pb2 as pb
 from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
@@ -50,6 +50,17 @@ def test_only_identical_bytes_are_answered_from_memory(remembering):
     assert reordered.statuses == [Status.DUPLICATE] and reordered.remembered == 0
     other = remembering.write_batch([new(payload='{"v": 2}'), new(source="elsewhere")])
     assert other.statuses == [Status.CONFLICT, Status.CONFLICT] and other.remembered == 0
+
+
+def test_a_keyed_duplicate_of_other_content_is_not_remembered_as_stored(remembering):
+    """A KeyedEvent answered DUPLICATE by its key alone did not find its own content
+    stored: remembering it would answer a plain event with that content DUPLICATE, where
+    the stored row makes it a CONFLICT."""
+    remembering.write_batch([new()])
+    other = new(payload='{"v": 2}')
+    assert remembering.write_batch([KeyedEvent(*other)]).statuses == [Status.DUPLICATE]
+    again = remembering.write_batch([other])
+    assert again.statuses == [Status.CONFLICT] and again.remembered == 0
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from aggregator import storage
-from aggregator.storage import NewEvent, Status
+from aggregator.storage import KeyedEvent, NewEvent, Status
 from aggregator.storage.embedded import free_port
 
 pytestmark = pytest.mark.integration
@@ -157,6 +157,38 @@ def test_copies_inside_a_batch_are_settled_against_their_first_copy(database):
     assert result.outcomes[6].reason.endswith("with a different payload")
     assert database.stats().topics["t"] == storage.Counters(
         received=9, accepted=3, duplicates=3, rejected=0, conflicts=3
+    )
+
+
+def test_a_keyed_event_whose_key_is_stored_is_a_duplicate_whatever_its_content(database, sql):
+    """KeyedEvent (OTLP's log.record.uid): a stored key is all that makes a DUPLICATE, in
+    the answer and in the counters; the stored row keeps the first content. Plain events
+    with the same key still get CONFLICT."""
+    database.write_batch([KeyedEvent(*new("uid-1")), new("plain")])
+    other = KeyedEvent(*new("uid-1", payload='{"v": 2}', ts_ns=1_700_000_000_000_000_999))
+    result = database.write_batch(
+        [
+            other,
+            KeyedEvent(*new("uid-2")),
+            KeyedEvent(*new("uid-2", payload='{"v": 3}')),  # a later copy, other content
+            other,  # an exact copy of the first
+            KeyedEvent(*new("plain", payload='{"v": 4}')),
+            new("uid-1", payload='{"v": 5}'),  # not keyed: its content decides
+        ]
+    )
+    assert result.statuses == [
+        Status.DUPLICATE,
+        Status.ACCEPTED,
+        Status.DUPLICATE,
+        Status.DUPLICATE,
+        Status.DUPLICATE,
+        Status.CONFLICT,
+    ]
+    assert [o.reason for o in result.outcomes[:5]] == [""] * 5
+    stored = dict(sql.execute("SELECT event_id, payload->>'v' FROM events").fetchall())
+    assert stored == {"uid-1": "1", "uid-2": "1", "plain": "1"}
+    assert database.stats().topics["t"] == storage.Counters(
+        received=8, accepted=3, duplicates=4, rejected=0, conflicts=1
     )
 
 

@@ -1,5 +1,6 @@
 """The tree is the architecture: the core knows no transport, the faces never reach into
-each other, storage knows neither (checked on the imports each module's source makes)."""
+each other, storage knows neither, and the OTLP face keeps its mapping apart from the two
+servers it is put on (checked on the imports each module's source makes)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import pytest
 ROOT = Path(__file__).parents[2]
 TRANSPORTS = (
     *("grpc", "grpc_health", "grpc_reflection", "grpc_status", "google.protobuf", "google.rpc"),
-    *("fastapi", "fastapi_offline", "starlette", "uvicorn", "aggregator.v1"),
+    *("fastapi", "fastapi_offline", "starlette", "uvicorn", "aggregator.v1", "opentelemetry"),
 )
+GRPC = ("grpc", "grpc_health", "grpc_reflection", "grpc_status", "aggregator.server.grpc")
+HTTP = ("fastapi", "fastapi_offline", "starlette", "uvicorn", "aggregator.server.http")
 
 
 def imports(path: Path) -> set[str]:
@@ -27,9 +30,11 @@ def imports(path: Path) -> set[str]:
     return found
 
 
-def offending(folder: str, forbidden: tuple[str, ...]) -> dict[str, list[str]]:
+def offending(
+    folder: str, forbidden: tuple[str, ...], pattern: str = "*.py"
+) -> dict[str, list[str]]:
     faults = {}
-    for path in sorted((ROOT / folder).rglob("*.py")):
+    for path in sorted((ROOT / folder).rglob(pattern)):
         bad = sorted(
             name
             for name in imports(path)
@@ -41,7 +46,7 @@ def offending(folder: str, forbidden: tuple[str, ...]) -> dict[str, list[str]]:
 
 
 def test_the_core_imports_no_transport():
-    assert offending("server/core", TRANSPORTS) == {}
+    assert offending("server/core", (*TRANSPORTS, "aggregator.server.otlp")) == {}
 
 
 @pytest.mark.parametrize(
@@ -50,6 +55,23 @@ def test_the_core_imports_no_transport():
 )
 def test_a_face_never_imports_the_other(face, other):
     assert offending(face, (other,)) == {}
+
+
+def test_the_faces_know_nothing_of_otlp():
+    """OTLP's services are handed to the servers by server/app.py, never looked up."""
+    for face in ("server/grpc", "server/http"):
+        assert offending(face, ("opentelemetry", "aggregator.server.otlp")) == {}
+
+
+@pytest.mark.parametrize("module", ["records.py", "decode.py", "service.py"])
+def test_the_otlp_mapping_is_transport_neutral(module):
+    """Records to events, request decoding and the export itself know neither server."""
+    assert offending("server/otlp", (*GRPC, *HTTP), module) == {}
+
+
+def test_otlp_over_grpc_and_over_http_never_import_each_other():
+    assert offending("server/otlp", HTTP, "grpc_service.py") == {}
+    assert offending("server/otlp", GRPC, "http_route.py") == {}
 
 
 def test_storage_knows_neither_the_server_nor_protobuf():
