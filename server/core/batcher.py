@@ -9,9 +9,11 @@ Fair share: each publisher (a stream, or a connection's unary calls) has a lane 
 A worker fills its batch from the lanes in turn, an equal share of events each (deficit
 round robin), so one publisher's flood never pushes another's request further back than
 the next batch; when the queue is full, the waiting request of the publisher holding the
-least goes in first. One more worker serves light lanes only (those holding a few events,
-LIGHT_SHARE of a batch at most), so a light publisher's request does not wait for a full
-batch to be written before its own starts. Stream order: a stream's lane is flushed by one
+least goes in first. While a batch of more than a light lane's events is being written,
+one more worker serves light lanes only (those holding a few events, LIGHT_SHARE of a batch
+at most), so a light publisher's request does not wait for a full batch to be written
+before its own starts; when every batch is light, the flush workers serve them all and
+batch them together. Stream order: a stream's lane is flushed by one
 worker at a time, its requests in the order they came, so a later request of a stream never
 commits before an earlier one; different streams still flush in parallel.
 """
@@ -192,6 +194,7 @@ class Batcher:
         self._cond = threading.Condition(lock)  # what the flush workers wait on
         self._light_cond = threading.Condition(lock)  # the light lanes' worker's
         self._idle = 0  # workers waiting for a batch (either kind)
+        self._heavy = 0  # batches of more than a light lane's events being flushed
         # Each publisher's queued submissions, in arrival order; the dict's order is the
         # round-robin order (a lane served goes to the back).
         self._lanes: dict[Hashable, collections.deque[Submission]] = {}
@@ -367,6 +370,9 @@ class Batcher:
                 batch = self._fill(light)
                 if batch:
                     self._room_made()
+                    if not light and sum(item.weight for item in batch) > self._light_events:
+                        self._heavy += 1
+                        self._light_cond.notify()  # light lanes need not wait behind it
                     if self._lanes and self._idle:  # what is left is theirs
                         self._cond.notify()
                         self._light_cond.notify()
@@ -393,6 +399,8 @@ class Batcher:
         streams would otherwise all be in one worker's batch, and the others idle.
         """
         batch: list[Submission] = []
+        if light and not self._heavy:
+            return batch  # nothing to overtake: the flush workers' batches serve them too
         size = nbytes = 0
         credit: collections.Counter[Hashable] = collections.Counter()
         mine: set[Hashable] = set()  # ordered lanes this batch takes from
@@ -458,11 +466,13 @@ class Batcher:
         self._pending -= item.weight
         self._pending_bytes -= item.nbytes
 
-    def _release(self, batch: list[Submission], *, failed: bool = False) -> None:
+    def _release(self, batch: list[Submission], *, light: bool, failed: bool = False) -> None:
         """A flush of `batch` is over: its ordered lanes may be taken again. If it `failed`,
         what those lanes queued behind it is dropped, never written: a stream's requests
         take effect in order, so none may be written after an earlier one that was not."""
         with self._cond:
+            if not light and sum(item.weight for item in batch) > self._light_events:
+                self._heavy -= 1
             freed = False
             for item in batch:
                 if not item.ordered:
@@ -485,7 +495,7 @@ class Batcher:
             if self._stop_retrying.is_set():  # closing gave up on the database
                 for item in batch:
                     item.fail(errors.ShuttingDown())
-                self._release(batch)
+                self._release(batch, light=light)
                 continue
             ticket = storage.Ticket(finished=finished)
             try:
@@ -496,9 +506,9 @@ class Batcher:
                     if not item.done:
                         item.fail(error)
                 finished = [*finished, ticket.batch_id]
-                self._release(batch, failed=True)
+                self._release(batch, light=light, failed=True)
             else:
-                self._release(batch)
+                self._release(batch, light=light)
                 if committed and any(item.events or item.rejected for item in batch):
                     finished = [ticket.batch_id]  # the commit deleted the older rows
                 else:
