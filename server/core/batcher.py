@@ -303,8 +303,8 @@ class Batcher:
             return False
         self._enqueue(submission)
         self._cond.notify()
-        if self._lane_events[submission.lane] <= self._light_events:
-            self._light_cond.notify()
+        if self._heavy and self._lane_events[submission.lane] <= self._light_events:
+            self._light_cond.notify()  # only while it may take it: a wake-up costs
         return True
 
     def _enqueue(self, submission: Submission, *, first: bool = False) -> None:
@@ -375,7 +375,8 @@ class Batcher:
                         self._light_cond.notify()  # light lanes need not wait behind it
                     if self._lanes and self._idle:  # what is left is theirs
                         self._cond.notify()
-                        self._light_cond.notify()
+                        if self._heavy:
+                            self._light_cond.notify()
                     return batch
                 if self._closing and not self._lanes:
                     return None
