@@ -237,7 +237,7 @@ def test_down_and_up_without_volumes_keeps_every_event(stack: Stack):
     assert before[0] > 0
     stack.compose("down")
     assert stack.compose("ps", "--all", "--quiet").strip() == ""
-    stack.compose("up", "--detach", "aggregator")  # as the README: not the publisher again
+    stack.compose("up", "--detach", "aggregator")  # as docs/operations.md: not the publisher again
     stack.wait_healthy("aggregator")
     assert stack.snapshot() == before
 
