@@ -95,7 +95,7 @@ def suite_database_url(request: pytest.FixtureRequest) -> str:
 def db_url(suite_database_url: str) -> str:
     """The test database, emptied before each test."""
     with psycopg.connect(suite_database_url, autocommit=True) as conn:
-        conn.execute("TRUNCATE events, topic_stats, batch_ledger RESTART IDENTITY")
+        conn.execute("TRUNCATE events, topic_stats, batch_ledger, request_ledger RESTART IDENTITY")
     return suite_database_url
 
 
