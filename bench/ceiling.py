@@ -2,7 +2,7 @@
 
 It answers every request at once with every event ACCEPTED (one Publish response per request,
 in order), on the same kind of grpcio server as the real one: `grpc.aio` (the default), or
-the threaded server (`--stack threads`, what the real one ran on until session 24). The load
+grpcio's threaded server (`--stack threads`). The load
 generator measures it like the real server: what is left between the two is our work per
 message.
 """

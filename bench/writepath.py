@@ -10,7 +10,7 @@ of --order, into an emptied events table (or fresh tables for the bare path):
 - `on`:   the same with re-sends answered from memory (--recent-keys-bytes).
 
 For each it prints events/s and the statement time per event summed over connections
-(client side: execute() to its return), the measure BENCHMARKS.md quotes.
+(client side: execute() to its return), the measure docs/benchmarks.md quotes.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ under two names."""
 
 import sys
 
-from aggregator.server.main import main
+try:
+    from aggregator.server.main import main
 
-sys.exit(main())
+    sys.exit(main())
+except KeyboardInterrupt:  # Ctrl-C before main() handles signals: nothing has started yet
+    sys.exit(130)

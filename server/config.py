@@ -24,7 +24,7 @@ class Config:
     flush_workers: int = 2
     read_connections: int = 4
     max_batch_events: int = 5000
-    recent_keys_bytes: int = 0  # off: see README, GUARANTEES
+    recent_keys_bytes: int = 0  # off: see docs/guarantees.md
     max_pending_events: int = 100_000
     max_pending_bytes: int = 256 * MIB
     max_events_per_request: int = 10_000

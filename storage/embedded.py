@@ -38,11 +38,11 @@ _SUPERUSER = "postgres"
 _THROWAWAY_SETTINGS = {"fsync": "off", "full_page_writes": "off"}
 # Every cluster, durable or not (fsync, synchronous_commit and full_page_writes stay on in a
 # durable one). A new 16 MB WAL segment is not zero-filled first: PostgreSQL makes it while
-# holding the WAL write lock, so every commit waited behind the fill; a fresh cluster makes
+# holding the WAL write lock, so every commit would wait behind the fill; a fresh cluster makes
 # one per 16 MB of WAL until its first checkpoints let it recycle old ones. Writes into the
 # new file allocate its blocks and fdatasync persists them, so durability is unchanged.
-# Measured in BENCHMARKS.md (issue 14, session 20): half-rate ack p99 after a full-speed run
-# 174-333 ms -> 79-247 ms, lower in each of 5 interleaved pairs; the maximum rate the same.
+# Measured 2026-12-02 (26800b0): half-rate ack p99 after a full-speed run 174-333 ms ->
+# 79-247 ms, lower in each of 5 interleaved pairs; the maximum rate the same.
 _INGEST_SETTINGS = {"wal_init_zero": "off"}
 
 MIB = 1024 * 1024
@@ -52,7 +52,7 @@ GIB = 1024 * MIB
 def sized_settings(memory: int, free_disk: int) -> dict[str, str]:
     """Memory and checkpoint settings for a durable cluster on a machine with `memory` bytes
     (its cgroup limit, where it has one) and `free_disk` bytes free on the disk that holds
-    its WAL (machine_size). Measured in BENCHMARKS.md, issue 14, session 27: over 20M
+    its WAL (machine_size). Measured 2026-12-03 (8a9c435, docs/benchmarks.md): over 20M
     events with random ids the rate fell to 0.38x of the first round's with PostgreSQL's
     defaults, to 0.48x with shared_buffers alone, and held at 0.79x with all three.
 
@@ -63,7 +63,7 @@ def sized_settings(memory: int, free_disk: int) -> dict[str, str]:
     - max_wal_size: a tenth of the free disk, between 1 GB and 8 GB; checkpoint_timeout
       15 min. After each checkpoint the first change to a page writes all of it to the WAL;
       with random keys that is nearly every index leaf again, so at PostgreSQL's 1 GB the
-      WAL per event grew ninefold with the table. The price: up to max_wal_size of pg_wal
+      WAL per event grows ninefold with the table. The price: up to max_wal_size of pg_wal
       on disk, and a crash recovery that may replay that much.
     """
     shared_buffers = min(max(memory // 4, 128 * MIB), 8 * GIB)

@@ -29,7 +29,8 @@ Why an answer from the map is what the database would have said at that moment:
   connection) empties the map: the database behind it may have lost committed rows.
 - If the trigger is missing or disabled (storage/sql/citus.sql drops it on Citus; a DBA may
   disable it), the map is emptied and not used. Not covered: a session that bypasses
-  triggers on purpose (`session_replication_role = replica`) while deleting; README says so.
+  triggers on purpose (`session_replication_role = replica`) while deleting;
+  docs/guarantees.md says so.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The CLI's exit codes, as the README lists them."""
+"""The CLI's exit codes, as docs/client.md lists them."""
 
 OK = 0
 FAILED = 1  # a failure the output explains

@@ -3,7 +3,7 @@
 -- server stopped (servers learn at start whether events is distributed, and the write and
 -- read paths differ; the check below refuses to run while one is connected):
 --     psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -f storage/sql/citus.sql
--- Every node needs Citus first (README, "Beyond one PostgreSQL"). Later migrations'
+-- Every node needs Citus first (docs/scaling.md). Later migrations'
 -- ALTER TABLEs are propagated by Citus.
 --
 -- Every table the migrations create is named below, distributed or reference, or as one

@@ -1,10 +1,12 @@
-"""Fixtures: one throwaway PostgreSQL cluster per session, clean tables per test."""
+"""Fixtures: one throwaway PostgreSQL cluster per test run (or the database
+AGGREGATOR_TEST_DATABASE_URL names), clean tables per test."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime
 import ipaddress
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -17,6 +19,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from psycopg import conninfo
+from psycopg import sql as pg_sql
 
 from aggregator import storage
 from aggregator.server import Config, Server
@@ -61,12 +65,38 @@ def own_cluster() -> Iterator[storage.EmbeddedPostgres]:
         yield cluster
 
 
+@pytest.fixture(scope="session")
+def suite_database_url(request: pytest.FixtureRequest) -> str:
+    """The database the tests write: the throwaway cluster's, or the one that
+    AGGREGATOR_TEST_DATABASE_URL names (the Compose `test` service: a database of the
+    stack's PostgreSQL), created when missing and migrated."""
+    external = os.environ.get("AGGREGATOR_TEST_DATABASE_URL")
+    if not external:
+        cluster: storage.EmbeddedPostgres = request.getfixturevalue("pg_cluster")
+        return cluster.url
+    name = conninfo.conninfo_to_dict(external).get("dbname")
+    # Every test empties its tables: never a database that may hold someone's events.
+    if not isinstance(name, str) or "test" not in name:
+        raise pytest.UsageError(f"AGGREGATOR_TEST_DATABASE_URL: {name!r} is not a test database")
+    server = conninfo.make_conninfo(external, dbname="postgres")
+    with psycopg.connect(server, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
+            conn.execute(
+                pg_sql.SQL("CREATE DATABASE {} ENCODING 'UTF8' TEMPLATE template0").format(
+                    pg_sql.Identifier(name)
+                )
+            )
+    with storage.Database(external, min_connections=1, max_connections=1) as db:
+        db.migrate()
+    return external
+
+
 @pytest.fixture
-def db_url(pg_cluster: storage.EmbeddedPostgres) -> str:
+def db_url(suite_database_url: str) -> str:
     """The test database, emptied before each test."""
-    with psycopg.connect(pg_cluster.url, autocommit=True) as conn:
-        conn.execute("TRUNCATE events, topic_stats, batch_ledger RESTART IDENTITY")
-    return pg_cluster.url
+    with psycopg.connect(suite_database_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE events, topic_stats, batch_ledger, request_ledger RESTART IDENTITY")
+    return suite_database_url
 
 
 @pytest.fixture

@@ -404,16 +404,17 @@ def test_stats_json_has_numbers_a_topic_filter_and_long_topics_in_full(server_pr
     assert missing.returncode == 1 and "no events stored for topic 'nope'" in missing.stderr
 
 
-def test_readme_commands_run_as_written():
-    readme = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```sh\n(.*?)```", readme, flags=re.S)
+def test_documented_commands_run_as_written():
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    text = "\n".join(page.read_text() for page in pages)
+    blocks = re.findall(r"```sh\n(.*?)```", text, flags=re.S)
     commands = [line for block in blocks for line in block.splitlines()]
     # Outside Docker, Python commands name the project's interpreter: no `python` on PATH
     # is assumed to have the dependencies.
     bare = [c for c in commands if re.match(r"\s*python3? ", c)]
     assert bare == []
     for module in ("server", "client"):
-        assert f".venv/bin/python -m {module} --help" in readme
+        assert f".venv/bin/python -m {module} --help" in text
         done = subprocess.run(
             [sys.executable, "-m", module, "--help"],
             capture_output=True,

@@ -1,9 +1,10 @@
 """The Compose stack in a real Docker engine, checked as a user would (`make compose-test`).
 
 scripts/compose-test provides the engine, Compose v2 and the base images and sets
-COMPOSE_FILE, COMPOSE_PROJECT_NAME and AGGREGATOR_IMAGE; these tests run `docker compose`
-as the README writes it. They share one stack (built with --build on an empty volume) and
-run in file order: up, the publisher service, restart, down/up, stop while publishing, down -v.
+COMPOSE_FILE, COMPOSE_PROJECT_NAME, AGGREGATOR_IMAGE and AGGREGATOR_TEST_IMAGE; these tests
+run `docker compose` as docs/operations.md writes it. They share one stack (built with --build
+on an empty volume) and run in file order: up, the publisher service, the test profile,
+restart, down/up, stop while publishing, down -v; then `make up` and `make down`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +31,7 @@ from tests.support import wait_until
 
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(900)]
 
+ROOT = Path(__file__).parents[2]
 USER_UID = "10001"  # the Dockerfile's aggregator user
 EVENTS_PER_SECOND = 5_000  # the publisher's pace in the SIGTERM test
 
@@ -203,6 +206,22 @@ def test_the_publisher_service_stores_14000_of_its_20000_events(stack: Stack):
     assert accepted == 14_000
 
 
+def test_the_test_profile_runs_the_tests_in_a_container_against_the_stacks_postgres(
+    stack: Stack,
+):
+    before = stack.snapshot()
+    stack.compose("--profile", "test", "build", "test")
+    output = stack.compose("--profile", "test", "run", "--rm", "test", timeout=900)
+    summary = output.strip().splitlines()[-1]
+    assert " passed" in summary and "failed" not in summary and "error" not in summary, output
+    assert "tests/integration/test_publish.py" in output
+    # In a database of their own: the stack's events and counters are as they were.
+    assert stack.sql("SELECT datname FROM pg_database WHERE datname LIKE '%test%'") == (
+        "aggregator_test"
+    )
+    assert stack.snapshot() == before
+
+
 def test_restarting_the_aggregator_keeps_every_event(stack: Stack):
     stack.wait_healthy("aggregator")
     before = stack.snapshot()
@@ -218,7 +237,7 @@ def test_down_and_up_without_volumes_keeps_every_event(stack: Stack):
     assert before[0] > 0
     stack.compose("down")
     assert stack.compose("ps", "--all", "--quiet").strip() == ""
-    stack.compose("up", "--detach", "aggregator")  # as the README: not the publisher again
+    stack.compose("up", "--detach", "aggregator")  # as docs/operations.md: not the publisher again
     stack.wait_healthy("aggregator")
     assert stack.snapshot() == before
 
@@ -300,3 +319,48 @@ def test_down_with_volumes_removes_the_data(stack: Stack):
     assert [name.rsplit("_", 1)[-1] for name in stack.volumes()] == ["pgdata"]
     stack.compose("down", "--volumes")
     assert stack.volumes() == []
+
+
+def test_make_up_leaves_a_stack_running_and_make_down_removes_it(stack: Stack, tmp_path: Path):
+    """On the engine that is running (so `make down` must leave it running), with a project,
+    ports and a state folder of their own (.data/docker may hold a user's `make up`)."""
+    ports = Stack()
+    env = {
+        **ports.env,
+        "COMPOSE_PROJECT_NAME": "aggregator-make-up-test",
+        "DOCKER_STATE": str(tmp_path),
+    }
+
+    def make(target: str, *args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            ["make", "--no-print-directory", target, *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert done.returncode == 0, f"make {target}: {done.stdout}\n{done.stderr}"
+        return done
+
+    try:
+        up = make("up")
+        assert f"HTTP on http://127.0.0.1:{ports.http_port}" in up.stdout
+        health = json.loads(ports.get(ports.http_port, "/health"))
+        assert health == {"status": "ok"}
+        with AggregatorClient(ports.grpc_target) as agg:
+            agg.wait_for_server(timeout=30)
+        exported = (tmp_path / "compose.env").read_text()
+        assert "COMPOSE_PROJECT_NAME='aggregator-make-up-test'" in exported
+        assert f"HOST_HTTP_PORT='{ports.http_port}'" in exported
+        assert not (tmp_path / "up-dockerd.pid").exists()  # an engine answered: none started
+    finally:
+        make("down", "DOWN_ARGS=--volumes")
+    listed = subprocess.run(
+        ["docker", "ps", "--all", "--quiet", "--filter",
+         "label=com.docker.compose.project=aggregator-make-up-test"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert listed.stdout.strip() == ""
+    assert not (tmp_path / "compose.env").exists()
+    assert subprocess.run(["docker", "info"], capture_output=True).returncode == 0  # engine kept

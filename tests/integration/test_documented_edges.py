@@ -1,4 +1,4 @@
-"""Claims the README makes about edge cases, checked: transaction size, shutdown, bad UTF-8."""
+"""Claims the docs make about edge cases, checked: transaction size, shutdown, bad UTF-8."""
 
 from __future__ import annotations
 
@@ -26,13 +26,13 @@ def test_one_request_over_max_batch_events_is_written_alone_in_one_transaction(d
         response = stub.PublishBatch(request([event(i) for i in range(10_000)]), timeout=300)
         assert list(response.statuses) == [ACCEPTED] * 10_000
         text = generate_latest(server.metrics.registry).decode()
-    # The batch-size histogram saw one batch, of 10,000 events (the README says so).
+    # The batch-size histogram saw one batch, of 10,000 events (docs/configuration.md says so).
     assert "aggregator_batch_events_count 1.0" in text
     assert 'aggregator_batch_events_bucket{le="5000.0"} 0.0' in text
     assert "aggregator_batch_events_sum 10000.0" in text
 
 
-def test_invalid_utf8_in_one_event_refuses_the_whole_request_as_the_readme_says(channel, sql):
+def test_invalid_utf8_in_one_event_refuses_the_whole_request_as_documented(channel, sql):
     good = event("fine").SerializeToString()
     bad = event("x").SerializeToString().replace(b"orders", b"ord\xffrs")
     raw = b"".join(b"\x12" + bytes([len(e)]) + e for e in (good, bad))

@@ -90,8 +90,9 @@ def test_a_bystanders_requests_are_not_held_back_by_floods(db_url):
     """Four streams flood the server with 500-event requests, as fast as it reads them
     (tests/integration/flood.py, in a process of its own): the write queue stays full. A
     bystander's one-event calls keep a p99 within a bound of their unloaded p99: at most
-    two flushes of a full batch later (README, Resources). Before the queue served
-    publishers in turn, the bystander waited behind the whole queue: p99 of seconds."""
+    two flushes of a full batch later (docs/configuration.md, "Limits and their defaults").
+    A queue that served requests in arrival order would make it wait behind the whole
+    queue: a p99 of seconds."""
     server = ServerProcess(db_url, "--max-batch-events", "5000").start()
     flood: subprocess.Popen[str] | None = None
     try:

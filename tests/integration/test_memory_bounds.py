@@ -32,8 +32,8 @@ def big_events(prefix: str, count: int, size: int) -> list[pb.Event]:
 
 def test_publish_batch_gives_its_memory_back_once_answered(db_url):
     """400 MiB published as PublishBatch calls of ten 500 KiB events: the server's memory
-    settles after the first calls and stays (each call's events used to stay alive in a
-    reference cycle until the cycle collector ran: +1 GB after 1,000 MiB)."""
+    settles after the first calls and stays: no call's events stay alive in a reference
+    cycle until the cycle collector runs (+1 GB after 1,000 MiB if they did)."""
     server = ServerProcess(db_url, "--max-message-bytes", str(16 * MIB)).start()
     try:
         with grpc.insecure_channel(

@@ -156,10 +156,10 @@ def test_the_server_keeps_its_startup_objects_out_of_garbage_collections_and_col
     db_url,
 ):
     """Otherwise every full collection under load re-walks them: 40-55 ms with all threads
-    stopped every ~2 s, most of the ack p99 at half the maximum rate (BENCHMARKS.md). And
-    at CPython's young threshold (700) the collector ran ~2 times per 500-event request and
-    made a full pass over the queued events about once a second (BENCHMARKS.md, session
-    25)."""
+    stopped every ~2 s, most of the ack p99 at half the maximum rate. And at CPython's
+    young threshold (700) the collector runs ~2 times per 500-event request and makes a
+    full pass over the queued events about once a second (server/main.py says what was
+    measured)."""
     server = ServerProcess(db_url, "--log-level", "debug").start()
     try:
 

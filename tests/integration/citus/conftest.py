@@ -1,5 +1,5 @@
 """Fixtures: one real Citus cluster (a coordinator and two workers on loopback) per session,
-set up as README and storage/sql/citus.sql say, with clean tables per test.
+set up as docs/scaling.md and storage/sql/citus.sql say, with clean tables per test.
 
 Citus is installed into the system PostgreSQL by scripts/ensure-citus (from its release
 source) when the tests marked `citus` are collected and it is missing. Without its source
