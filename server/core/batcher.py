@@ -379,6 +379,7 @@ class Batcher:
                             self._light_cond.notify()
                     return batch
                 if self._closing and not self._lanes:
+                    self._wake_all()  # a worker waiting for what is now gone stops too
                     return None
                 self._idle += 1
                 try:
