@@ -199,7 +199,12 @@ class Server:
         )
         if self._http is not None:
             app = create_app(
-                core, config, not_ready=health.not_ready, tokens=tokens, metrics=self.metrics
+                core,
+                config,
+                not_ready=health.not_ready,
+                tokens=tokens,
+                metrics=self.metrics,
+                refusals={otlp_http.PATH: otlp_http.refusal},
             )
             otlp_http.mount(app, logs, max_body_bytes=config.max_message_bytes)
             await self._http.start(app)

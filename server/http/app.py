@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -93,9 +93,11 @@ def create_app(
     not_ready: Callable[[], str | None],
     tokens: frozenset[str],
     metrics: Metrics,
+    refusals: Mapping[str, middleware.Refusal] | None = None,
 ) -> FastAPI:
     """The HTTP app over `core`, sharing the process's health state (`not_ready`: why it
-    does not serve, None while it does), tokens and metrics."""
+    does not serve, None while it does), tokens and metrics. `refusals`: the answer to an
+    unauthenticated request on a path that has error bodies of its own (by path)."""
     body.allow_depth()
     app = FastAPIOffline(
         title="Event aggregator",
@@ -105,7 +107,9 @@ def create_app(
     )
     # The last added runs first: metrics see every answer, authentication's included.
     if tokens:
-        app.add_middleware(middleware.BearerAuth, tokens=tokens, open_paths=OPEN_PATHS)
+        app.add_middleware(
+            middleware.BearerAuth, tokens=tokens, open_paths=OPEN_PATHS, refusals=refusals
+        )
         _document_bearer_auth(app)
     app.add_middleware(middleware.Measured, metrics=metrics)
     max_body = config.max_message_bytes

@@ -7,7 +7,7 @@ answers 401 before any route, body or dependency is touched.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 import orjson
@@ -21,6 +21,9 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+# How a path answers a request refused before its route: (the error, the request's
+# Content-Type) → (the answer's media type, its body).
+Refusal = Callable[[errors.ServerError, str], tuple[str, bytes]]
 
 
 class Measured:
@@ -52,35 +55,54 @@ class Measured:
 
 
 class BearerAuth:
-    """`Authorization: Bearer <one of tokens>` on every path but `open_paths`."""
+    """`Authorization: Bearer <one of tokens>` on every path but `open_paths`. A refusal
+    is the JSON API's error body, or what `refusals` gives for its path (a protocol with
+    error bodies of its own, such as OTLP/HTTP's)."""
 
-    def __init__(self, app: ASGIApp, tokens: Iterable[str], open_paths: Iterable[str]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        tokens: Iterable[str],
+        open_paths: Iterable[str],
+        refusals: Mapping[str, Refusal] | None = None,
+    ) -> None:
         self._app = app
         self._tokens = [t.encode() for t in tokens]
         self._open = frozenset(open_paths)
-        error = errors.Unauthenticated()
-        self._denied = orjson.dumps({"detail": error.message})
-        self._status = error.kind.http_status
+        self._refusals = dict(refusals or {})
+        self._error = errors.Unauthenticated()
+        self._denied = orjson.dumps({"detail": self._error.message})
+        self._status = self._error.kind.http_status
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self._open or self._allowed(scope):
             await self._app(scope, receive, send)
             return
+        media_type, body = "application/json", self._denied
+        refusal = self._refusals.get(scope["path"])
+        if refusal is not None:
+            media_type, body = refusal(self._error, _header(scope, b"content-type"))
         await send(
             {
                 "type": "http.response.start",
                 "status": self._status,
                 "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(self._denied)).encode()),
+                    (b"content-type", media_type.encode("latin-1")),
+                    (b"content-length", str(len(body)).encode()),
                     (b"www-authenticate", b"Bearer"),
                 ],
             }
         )
-        await send({"type": "http.response.body", "body": self._denied})
+        await send({"type": "http.response.body", "body": body})
 
     def _allowed(self, scope: Scope) -> bool:
-        for key, value in scope["headers"]:
-            if key == b"authorization":
-                return authorization_valid(value.decode("latin-1"), self._tokens)
-        return False
+        authorization = _header(scope, b"authorization")
+        return bool(authorization) and authorization_valid(authorization, self._tokens)
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    """The request header `name` (lower case), "" when it has none."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return ""

@@ -1,12 +1,13 @@
 """POST /v1/logs (OTLP/HTTP) on the HTTP face's app: `application/x-protobuf` or
 `application/json` bodies, gzip- or deflate-encoded or not; the answer in the request's
-encoding. Authentication and metrics are the app's middleware, as for every route.
+encoding. Authentication and metrics are the app's middleware, as for every route; a
+refused export is answered with `refusal`.
 
 Statuses as OTLP/HTTP has them: 200 with an ExportLogsServiceResponse (`partial_success`
 set when records were rejected); failures carry a google.rpc.Status, 400 for bad data (the
-JSON API's 422), 413 for a body or export over the limits, 415 for an encoding not served,
-429 and 503 with Retry-After for overload and database trouble (what exporters retry), 500
-for anything else.
+JSON API's 422), 401 without a valid token, 413 for a body or export over the limits, 415
+for an encoding not served, 429 and 503 with Retry-After for overload and database trouble
+(what exporters retry), 500 for anything else.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def mount(app: FastAPI, logs: LogsIngest, *, max_body_bytes: int) -> None:
 
     async def export_logs(request: Request) -> Response:
         """An OTLP/HTTP logs export; answered after the records are committed."""
-        kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        kind = _kind(request.headers.get("content-type", ""))
         try:
             if kind not in (PROTOBUF, JSON):
                 raise _Unsupported(
@@ -80,6 +81,19 @@ def mount(app: FastAPI, logs: LogsIngest, *, max_body_bytes: int) -> None:
             }
         },
     )
+
+
+def refusal(exc: errors.ServerError, content_type: str) -> tuple[str, bytes]:
+    """(media type, body) of the answer to an export refused before this route (a missing
+    or wrong bearer token): a google.rpc.Status, in the request's encoding."""
+    kind = _kind(content_type)
+    response = error_response(exc, kind if kind == PROTOBUF else JSON)
+    return str(response.media_type), bytes(response.body)
+
+
+def _kind(content_type: str) -> str:
+    """The media type of a Content-Type value, in lower case, without its parameters."""
+    return content_type.partition(";")[0].strip().lower()
 
 
 def error_response(exc: BaseException, kind: str) -> Response:

@@ -53,7 +53,9 @@ pytestmark = pytest.mark.integration
 
 EXPORT = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
 PROTOBUF = {"content-type": "application/x-protobuf"}
-JSON = {"content-type": "application/json"}
+JSON_TYPE = "application/json"
+JSON = {"content-type": JSON_TYPE}
+DENIED = "missing or invalid bearer token (send 'authorization: Bearer <token>')"
 TOKEN = "otlp-secret-token"
 
 
@@ -568,8 +570,18 @@ def test_exporters_need_a_bearer_token_when_the_server_requires_one(db_url):
         for n, exporter in enumerate(allowed):
             records = sdk_records(service, [f"allowed {n}"])
             assert exporter.export(records) == LogRecordExportResult.SUCCESS
+        # Refused before the route, yet answered as OTLP/HTTP answers every failure: a
+        # google.rpc.Status in the request's encoding (the JSON API keeps its own body).
         denied = httpx.post(url, content=b"", headers=PROTOBUF, timeout=30)
         assert (denied.status_code, denied.headers["www-authenticate"]) == (401, "Bearer")
+        assert denied.headers["content-type"] == PROTOBUF["content-type"]
+        status = status_pb2.Status.FromString(denied.content)
+        assert (status.code, status.message) == (grpc.StatusCode.UNAUTHENTICATED.value[0], DENIED)
+        denied_json = httpx.post(url, content=b"{}", headers=JSON, timeout=30)
+        assert (denied_json.status_code, denied_json.headers["content-type"]) == (401, JSON_TYPE)
+        assert denied_json.json() == {"code": 16, "message": DENIED}
+        publish = httpx.post(url.replace("/v1/logs", "/publish"), json=[], timeout=30)
+        assert (publish.status_code, publish.json()) == (401, {"detail": DENIED})
         stats = pb_grpc.AggregatorServiceStub(channel).GetStats(
             pb.GetStatsRequest(topic=service), metadata=[("authorization", f"Bearer {TOKEN}")]
         )
