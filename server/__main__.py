@@ -5,9 +5,6 @@ under two names."""
 
 import sys
 
-try:
-    from aggregator.server.main import main
+from aggregator.server.command import main
 
-    sys.exit(main())
-except KeyboardInterrupt:  # Ctrl-C before main() handles signals: nothing has started yet
-    sys.exit(130)
+sys.exit(main())

@@ -176,4 +176,4 @@ def test_compose_runs_the_server_as_the_tests_do():
     # aggregator-server is the installed `python -m server`: the same main.
     assert compose_command("aggregator") == ["aggregator-server"]
     scripts = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
-    assert scripts["project"]["scripts"]["aggregator-server"] == "aggregator.server.main:main"
+    assert scripts["project"]["scripts"]["aggregator-server"] == "aggregator.server.command:main"

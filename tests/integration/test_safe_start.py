@@ -307,5 +307,5 @@ def test_building_the_package_is_quiet_and_ships_the_sql(tmp_path):
         .read(next(n for n in names if n.endswith("entry_points.txt")))
         .decode()
     )
-    assert "aggregator-server = aggregator.server.main:main" in entry_points
+    assert "aggregator-server = aggregator.server.command:main" in entry_points
     assert "aggregator = aggregator.client.cli:main" in entry_points

@@ -1,6 +1,6 @@
-"""`python -m server` as a user runs it, without DATABASE_URL (its own PostgreSQL under
---data-dir): Ctrl-C at any moment stops it quietly, and a taken port stops it before the
-database starts."""
+"""`python -m server` (and the installed `aggregator-server`) as a user runs it, without
+DATABASE_URL (its own PostgreSQL under --data-dir): Ctrl-C at any moment stops it quietly,
+and a taken port stops it before the database starts."""
 
 from __future__ import annotations
 
@@ -26,19 +26,24 @@ pytestmark = pytest.mark.integration
 
 # What a quiet stop never prints (asyncio's "Exception in callback" is logged at ERROR).
 NOISE = ("ERROR", "Traceback", "Exception in callback", "Bad file descriptor")
+PYTHON_M_SERVER = (sys.executable, "-m", "server")
+# The installed command, beside the interpreter in the environment the tests run in.
+INSTALLED = (str(Path(sys.executable).with_name("aggregator-server")),)
 
 
 class UserServer:
     """`python -m server` in a process group of its own, as a terminal starts it: Ctrl-C
     there is SIGINT to the group. Output (stdout and stderr) is collected in `lines`."""
 
-    def __init__(self, data_dir: Path, *args: str) -> None:
+    def __init__(
+        self, data_dir: Path, *args: str, command: tuple[str, ...] = PYTHON_M_SERVER
+    ) -> None:
         self.grpc_port = free_port()
         self.http_port = free_port()
         env = {name: value for name, value in os.environ.items() if name != "DATABASE_URL"}
         self.proc = subprocess.Popen(
             [
-                *(sys.executable, "-m", "server", "--data-dir", str(data_dir)),
+                *(*command, "--data-dir", str(data_dir)),
                 *("--port", str(self.grpc_port), "--http-port", str(self.http_port), *args),
             ],
             stdout=subprocess.PIPE,
@@ -115,11 +120,26 @@ def open_connections(server: UserServer) -> Callable[[], None]:
 
 
 @pytest.mark.parametrize(
-    "moment",
-    ["while its modules load", "while its PostgreSQL starts", "idle", "with clients connected"],
+    ("moment", "command"),
+    [
+        ("while its modules load", PYTHON_M_SERVER),
+        ("while its modules load", INSTALLED),
+        ("while its PostgreSQL starts", PYTHON_M_SERVER),
+        ("idle", PYTHON_M_SERVER),
+        ("with clients connected", PYTHON_M_SERVER),
+    ],
+    ids=[
+        "while its modules load",
+        "aggregator-server while its modules load",
+        "while its PostgreSQL starts",
+        "idle",
+        "with clients connected",
+    ],
 )
-def test_ctrl_c_stops_the_server_without_an_error_line(data_dir: Path, moment: str):
-    server = UserServer(data_dir)
+def test_ctrl_c_stops_the_server_without_an_error_line(
+    data_dir: Path, moment: str, command: tuple[str, ...]
+):
+    server = UserServer(data_dir, command=command)
     close: Callable[[], None] = lambda: None  # noqa: E731
     if moment == "while its modules load":
         # grpcio's extension is loaded early in the imports; FastAPI, pydantic and the rest
