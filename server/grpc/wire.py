@@ -8,6 +8,8 @@ as soon as the limit is passed, so an over-limit request is refused before it is
 
 from __future__ import annotations
 
+from aggregator.server.protowire import varint
+
 MIN_FIELD_BYTES = 2  # the smallest encoding of a length-delimited field: tag + zero length
 # Smaller messages are parsed without looking: at worst 128 Ki tiny elements, a bounded cost,
 # and the common case (requests of a few hundred events) pays nothing for the check.
@@ -37,20 +39,20 @@ def occurs_more_than(raw: bytes, number: int, limit: int) -> bool:
                 elif raw[pos + 2] < 0x80:  # two-byte length (< 16 KiB)
                     pos += 3 + ((length & 0x7F) | (raw[pos + 2] << 7))
                 else:
-                    length, pos = _varint(raw, pos + 1)
+                    length, pos = varint(raw, pos + 1)
                     pos += length
                 count += 1
                 if count > limit:
                     return True
                 continue
-            key, pos = _varint(raw, pos)
+            key, pos = varint(raw, pos)
             wire = key & 7
             if wire == 0:
-                _, pos = _varint(raw, pos)
+                _, pos = varint(raw, pos)
             elif wire == 1:
                 pos += 8
             elif wire == 2:
-                length, pos = _varint(raw, pos)
+                length, pos = varint(raw, pos)
                 pos += length
             elif wire == 5:
                 pos += 4
@@ -63,17 +65,3 @@ def occurs_more_than(raw: bytes, number: int, limit: int) -> bool:
     except IndexError:
         pass  # truncated: the parser says so
     return False
-
-
-def _varint(raw: bytes, pos: int) -> tuple[int, int]:
-    result = 0
-    shift = 0
-    while True:
-        byte = raw[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise IndexError("varint too long")

@@ -29,6 +29,7 @@ from opentelemetry.proto.resource.v1 import resource_pb2
 
 from aggregator.server.core import errors
 from aggregator.server.otlp.records import Scoped
+from aggregator.server.protowire import varint
 
 M = TypeVar("M", bound=message.Message)
 
@@ -147,21 +148,21 @@ def _fields(view: memoryview, where: str, budget: _Budget) -> Iterator[tuple[int
             if key < 0x80:  # fields 1-15: a one-byte tag
                 pos += 1
             else:
-                key, pos = _varint(view, pos)
+                key, pos = varint(view, pos)
             number, wire = key >> 3, key & 7
             if wire == _LEN:
                 length = view[pos]
                 if length < 0x80:  # under 128 bytes
                     pos += 1
                 else:
-                    length, pos = _varint(view, pos)
+                    length, pos = varint(view, pos)
                 if pos + length > end:
                     raise IndexError
                 yield number, view[pos : pos + length]
                 pos += length
                 continue
             if wire == _VARINT:
-                _, pos = _varint(view, pos)
+                _, pos = varint(view, pos)
             elif wire == _I64:
                 pos += 8
             elif wire == _I32:
@@ -177,19 +178,6 @@ def _fields(view: memoryview, where: str, budget: _Budget) -> Iterator[tuple[int
         raise errors.RequestInvalid(
             f"request is not a valid {REQUEST}: {where} is truncated"
         ) from None
-
-
-def _varint(view: memoryview, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = view[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise IndexError  # not a varint: reported as malformed
 
 
 def _text(value: memoryview | bytes, where: str) -> str:

@@ -41,6 +41,7 @@ from opentelemetry.proto.resource.v1 import resource_pb2
 from aggregator.server.core import validation
 from aggregator.server.core.timestamps import NS
 from aggregator.server.core.validation import Incoming, Rejected
+from aggregator.server.protowire import varint
 
 UNKNOWN_SERVICE = "unknown_service"
 SERVICE_NAME = "service.name"
@@ -195,7 +196,7 @@ def _written_from_wire(view: Any) -> _Written | None:
                 length = raw[pos]
                 pos += 1
                 if length >= 0x80:
-                    length, pos = _varint(raw, pos - 1)
+                    length, pos = varint(raw, pos - 1)
                 value = raw[pos : pos + length]
                 pos += length
                 if number == 6:
@@ -224,11 +225,11 @@ def _written_from_wire(view: Any) -> _Written | None:
                 elif number in _RECORD_FIELDS:
                     return None
             elif wire == 0:  # varint
-                varint, pos = _varint(raw, pos)
+                number_value, pos = varint(raw, pos)
                 if number == 2:
-                    severity = varint
+                    severity = number_value
                 elif number == 7:
-                    dropped = varint
+                    dropped = number_value
                 elif number in _RECORD_FIELDS:
                     return None
             elif wire == 5:  # 32 bits
@@ -275,19 +276,6 @@ def _written_from_wire(view: Any) -> _Written | None:
     except (IndexError, UnicodeDecodeError, message.DecodeError):
         return None
     return _Written(document, uid, _check_ids(trace_id, span_id), time or observed)
-
-
-def _varint(raw: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = raw[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise IndexError  # not a varint: the parser says what is wrong
 
 
 def _any_value_from_wire(raw: bytes) -> dict[str, Any]:
