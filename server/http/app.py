@@ -18,7 +18,6 @@ import orjson
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import Response
 from fastapi_offline import FastAPIOffline
-from starlette.requests import ClientDisconnect
 
 from aggregator import storage
 from aggregator.server.config import Config
@@ -134,7 +133,7 @@ def create_app(
         characters, unique per request), a resend of a request whose answer was lost gets
         the original answer, and counts nothing again; the same key with another body is a
         422."""
-        content = await _read_body(request, max_body)
+        content = await body.read(request, max_body)
         try:
             events = body.parse(content, max_events)
         except body.TooMany as exc:
@@ -294,24 +293,6 @@ def error_response(error: errors.ServerError, where: str) -> Response:
         loc = [where, error.field] if error.field else [where]
         content = {"detail": [{"type": "value_error", "loc": loc, "msg": error.message}]}
     return _json(error.kind.http_status, content, headers)
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused (413) as soon as it is known to be over `limit` bytes, chunked or not."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise errors.TooLarge(f"body: {declared} bytes is over the limit of {limit} bytes")
-    chunks = []
-    size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise errors.TooLarge(f"body: over the limit of {limit} bytes")
-            chunks.append(chunk)
-    except ClientDisconnect:  # gone, or cut for sending too slowly: nothing was taken
-        raise errors.Abandoned("the client closed the connection before its body") from None
-    return b"".join(chunks)
 
 
 async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:

@@ -1,4 +1,5 @@
-"""POST /publish bodies: JSON in, the core's `Incoming` events out, in one pass.
+"""Request bodies: read within their limit (`read`, every POST route's), and POST /publish's
+JSON in, the core's `Incoming` events out, in one pass.
 
 A body is one event object, an array of events, or `{"events": [...]}`. Each event's
 `payload` is kept as the exact JSON text that was sent (numbers are never rounded through a
@@ -20,8 +21,9 @@ from collections.abc import Iterator
 from typing import Annotated, Any, NoReturn
 
 import msgspec
+from starlette.requests import ClientDisconnect, Request
 
-from aggregator.server.core import timestamps
+from aggregator.server.core import errors, timestamps
 from aggregator.server.core.validation import Incoming
 
 MAX_FAULTS = 100  # faults named in one 422 answer; the rest are counted
@@ -310,3 +312,21 @@ def _json_invalid(error: str, pos: int | None = None) -> dict[str, Any]:
         "msg": "JSON decode error",
         "ctx": {"error": error},
     }
+
+
+async def read(request: Request, limit: int) -> bytes:
+    """The body, refused (413) as soon as it is known to be over `limit` bytes, chunked or not."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise errors.TooLarge(f"body: {declared} bytes is over the limit of {limit} bytes")
+    chunks = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise errors.TooLarge(f"body: over the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:  # gone, or cut for sending too slowly: nothing was taken
+        raise errors.Abandoned("the client closed the connection before its body") from None
+    return b"".join(chunks)

@@ -22,6 +22,7 @@ from google.protobuf import json_format, message
 from google.rpc import status_pb2
 
 from aggregator.server.core import errors
+from aggregator.server.http.body import read as read_body
 from aggregator.server.otlp.service import LogsIngest
 
 PATH = "/v1/logs"
@@ -46,7 +47,7 @@ def mount(app: FastAPI, logs: LogsIngest, *, max_body_bytes: int) -> None:
                 raise _Unsupported(
                     f"content-type {kind or '(none)'!r} is not served: send {PROTOBUF} or {JSON}"
                 )
-            body = await _read(request, max_body_bytes)
+            body = await read_body(request, max_body_bytes)
             body = _decompress(body, request.headers.get("content-encoding", ""), max_body_bytes)
             groups = logs.from_protobuf(body) if kind == PROTOBUF else logs.from_json(body)
             answer = await logs.export(groups, publisher=request.scope.get("client"))
@@ -103,21 +104,6 @@ def error_response(exc: BaseException, kind: str) -> Response:
     error = errors.classify(exc)
     code = 400 if error.kind is errors.Kind.INVALID_ARGUMENT else error.kind.http_status
     return _failure(code, error.message, kind, error.kind.code, error.retry_after)
-
-
-async def _read(request: Request, limit: int) -> bytes:
-    """The body, refused (TooLarge) as soon as it is known to be over `limit` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise errors.TooLarge(f"body: {declared} bytes is over the limit of {limit} bytes")
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise errors.TooLarge(f"body: over the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
