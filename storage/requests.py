@@ -93,12 +93,18 @@ def fields(requests: Sequence[NamedRequest], outcomes: Sequence[Outcome]) -> dic
         reasons.append(Jsonb(said) if said else None)  # most have none: NULL, not {}
     return {
         "request_ids": [r.request_id for r in requests],
+        "request_fingerprints": [r.fingerprint for r in requests],
         "request_statuses": statuses,
         "request_reasons": reasons,
     }
 
 
-NO_REQUESTS: dict[str, object] = {"request_ids": [], "request_statuses": [], "request_reasons": []}
+NO_REQUESTS: dict[str, object] = {
+    "request_ids": [],
+    "request_fingerprints": [],
+    "request_statuses": [],
+    "request_reasons": [],
+}
 
 
 def sweep(conn: psycopg.Connection[tuple[object, ...]], older_than: float) -> int:

@@ -59,7 +59,10 @@ JOIN events e ON e.topic = s.topic AND e.event_id = s.event_id
 --   is NULL. The advisory lock (keyed by the batch) is held until this transaction ends,
 --   so a retry that takes it too waits for a COMMIT still in flight before reading it.
 --   answered: the statuses decided for the named requests this transaction claimed
---   (storage/requests.py).
+--   (storage/requests.py), written to their rows as an upsert: its conflict check finds
+--   each row through the primary key whatever the table's statistics say. (An UPDATE …
+--   FROM join is planned from them: a plan cached while the ledger was small scans all
+--   of it, and each flush then costs more with every request kept.)
 --   The SELECT: delivered at commit (never for a rollback) to every server's listener.
 WITH counted AS (
     INSERT INTO topic_stats AS t
@@ -85,10 +88,14 @@ WITH counted AS (
     FROM (SELECT pg_advisory_xact_lock(%(lock)s)) AS held
     WHERE %(batch_id)s::uuid IS NOT NULL
 ), answered AS (
-    UPDATE request_ledger AS r SET statuses = u.statuses, reasons = u.reasons
-    FROM unnest(%(request_ids)s::text[], %(request_statuses)s::bytea[],
-                %(request_reasons)s::jsonb[]) AS u(id, statuses, reasons)
-    WHERE r.request_id = u.id
+    INSERT INTO request_ledger AS r (request_id, fingerprint, statuses, reasons)
+    SELECT u.id, u.fingerprint, u.statuses, u.reasons
+    FROM unnest(%(request_ids)s::text[], %(request_fingerprints)s::bytea[],
+                %(request_statuses)s::bytea[], %(request_reasons)s::jsonb[])
+         AS u(id, fingerprint, statuses, reasons)
+    ORDER BY u.id
+    ON CONFLICT (request_id) DO UPDATE SET statuses = excluded.statuses,
+                                           reasons = excluded.reasons
 )
 SELECT pg_notify('aggregator_events', topic) FROM unnest(%(notify)s::text[]) AS topic
 
@@ -290,10 +297,14 @@ WITH counted AS (
     FROM (SELECT pg_advisory_xact_lock(%(lock)s)) AS held
     WHERE %(batch_id)s::uuid IS NOT NULL
 ), answered AS (
-    UPDATE request_ledger AS r SET statuses = u.statuses, reasons = u.reasons
-    FROM unnest(%(request_ids)s::text[], %(request_statuses)s::bytea[],
-                %(request_reasons)s::jsonb[]) AS u(id, statuses, reasons)
-    WHERE r.request_id = u.id
+    INSERT INTO request_ledger AS r (request_id, fingerprint, statuses, reasons)
+    SELECT u.id, u.fingerprint, u.statuses, u.reasons
+    FROM unnest(%(request_ids)s::text[], %(request_fingerprints)s::bytea[],
+                %(request_statuses)s::bytea[], %(request_reasons)s::jsonb[])
+         AS u(id, fingerprint, statuses, reasons)
+    ORDER BY u.id
+    ON CONFLICT (request_id) DO UPDATE SET statuses = excluded.statuses,
+                                           reasons = excluded.reasons
 )
 SELECT pg_notify('aggregator_events', topic) FROM unnest(%(notify)s::text[]) AS topic
 

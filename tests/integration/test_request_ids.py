@@ -13,7 +13,10 @@ import psycopg
 import pytest
 
 from aggregator.server import Server
+from aggregator.storage import writer
 from aggregator.storage.embedded import free_port
+from aggregator.storage.models import NewEvent, Status
+from aggregator.storage.requests import NamedRequest
 from aggregator.v1 import aggregator_pb2 as pb
 from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
 from tests.integration.conftest import server_config
@@ -179,3 +182,40 @@ def test_named_requests_are_forgotten_after_their_retention(db_url):
         )
         # A new request now, not a resend: its event is stored already.
         assert list(stub.PublishBatch(named([event("r1")], "req-6")).statuses) == [DUPLICATE]
+
+
+def _ledger_scans(conn: psycopg.Connection) -> int:
+    """How many times request_ledger has been read whole (this backend's counts included)."""
+    conn.execute("SELECT pg_stat_force_next_flush()")  # flushed when it next goes idle
+    row = conn.execute(
+        "SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'request_ledger'"
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_flush_reaches_its_named_requests_through_their_key_never_the_whole_ledger(db_url):
+    """The ledger keeps every named request for an hour (millions of rows under load): a
+    flush recording what it decided for its requests must find their rows by key, also
+    with the plans the database caches for the flush's statements while the ledger is
+    small, or each flush costs more with every request kept."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        writer.create_staging(conn)
+
+        def flush(n: int) -> None:
+            events = [NewEvent("ledger", f"e{n}", 1_700_000_000_000_000_000, "s", "{}")]
+            result = writer.write_batch(
+                conn, events, requests=[NamedRequest(f"request-{n}", b"print", 0, 1, {})]
+            )
+            assert result.statuses == [Status.ACCEPTED]
+
+        for n in range(12):  # past the client's and the server's thresholds for cached plans
+            flush(n)
+        scans = _ledger_scans(conn)
+        for n in range(12, 24):
+            flush(n)
+        assert _ledger_scans(conn) == scans
+        recorded = conn.execute(
+            "SELECT count(*) FROM request_ledger WHERE statuses = %s", [bytes([Status.ACCEPTED])]
+        ).fetchone()
+        assert recorded == (24,)
