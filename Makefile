@@ -104,8 +104,8 @@ format: $(STAMP)
 # 512 records against PublishBatch of the same events (bench/otlp.py).
 bench: install
 	$(PY) -m bench --spawn --baselines --delivery -n 1200 -c 4 --batch-size 500 --at-fraction 0.5
-	$(PY) -m bench --spawn --ceiling -n 8000 -c 4 --batch-size 1
-	$(PY) -m bench --spawn --ceiling -n 4000 -c 4 --batch-size 1 --call publish-batch
+	$(PY) -m bench --spawn --ceiling --floor -n 8000 -c 4 --batch-size 1
+	$(PY) -m bench --spawn --ceiling --floor -n 4000 -c 4 --batch-size 1 --call publish-batch
 	$(PY) -m bench.ack -n 1000
 	$(PY) -m bench.transports -n 240 -c 4 --batch-size 500
 	$(PY) -m bench.otlp -n 240 -c 4 --batch-size 512

@@ -30,6 +30,10 @@ CEILING = (
     "gRPC ceiling (a no-work servicer of the same proto, same load;"
     " mean of a run before ours and one after)"
 )
+FLOOR = (
+    "durable floor (the cheapest server that stores each event once, same load, same"
+    " database: bench/floor.py)"
+)
 
 
 def _duration(text: str) -> float:
@@ -95,6 +99,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="the ceiling's grpcio server: grpc.aio, as ours (default), or the threaded one",
     )
     p.add_argument(
+        "--floor",
+        action="store_true",
+        help="also run the same load against the durable floor (bench/floor.py: one INSERT "
+        "… ON CONFLICT DO NOTHING per flush, none of the aggregator's ledgers, counters or "
+        "order) on the same database, after ours",
+    )
+    p.add_argument(
         "--at-fraction",
         type=float,
         default=0.0,
@@ -128,6 +139,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.baselines and not (args.spawn or args.database_url):
         p.error("--baselines needs --spawn or --database-url")
+    if args.floor and not (args.spawn or args.database_url):
+        p.error("--floor needs --spawn or --database-url")
     if not 0 <= args.at_fraction < 1:
         p.error("--at-fraction must be at least 0 and below 1")
     return args
@@ -190,6 +203,10 @@ def run(args: argparse.Namespace, in_process: bool = False) -> report.Report:
         if "server" in cpu_shares:
             built.cpu_per_request["server"] = built.cpu_us_per_request(cpu_shares["server"])
         built.delivery = delivery
+        if args.floor and database_url:
+            rate, micros = _floor(args, database_url, in_process)
+            built.baselines[FLOOR] = rate
+            built.cpu_per_request["durable floor"] = micros
         if args.ceiling:
             ceiling_runs.append(_ceiling(args, in_process))
             built.ceiling_runs = [rate for rate, _ in ceiling_runs]
@@ -224,6 +241,18 @@ def _ceiling(args: argparse.Namespace, in_process: bool) -> tuple[float, float]:
         results, cpu = _load(args, ceiling.target, [ceiling.pid], None, in_process)
     finally:
         ceiling.stop()
+    run = report.build(results, {}, skip_first=args.skipFirst, count_errors=args.count_errors)
+    return run.events_per_second, run.cpu_us_per_request(cpu["server"])
+
+
+def _floor(args: argparse.Namespace, database_url: str, in_process: bool) -> tuple[float, float]:
+    """The same load against the durable floor on the same database: (events/s, its CPU µs
+    per request)."""
+    floor = spawn.ServerProcess(database_url, port=free_port(), module="bench.floor").start()
+    try:
+        results, cpu = _load(args, floor.target, [floor.pid], None, in_process)
+    finally:
+        floor.stop()
     run = report.build(results, {}, skip_first=args.skipFirst, count_errors=args.count_errors)
     return run.events_per_second, run.cpu_us_per_request(cpu["server"])
 

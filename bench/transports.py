@@ -8,8 +8,9 @@
    the clock starts; the figure is events acknowledged per second.
 2. Single events: k6 (bench/k6/publish_http.js, one event per POST, VUS virtual users, the
    original service's own load) against the same server and against a FastAPI app with the
-   same event model that does no work (bench/http_ceiling.py), alternating; the figure is
-   requests answered per second.
+   same event model that does no work (bench/http_ceiling.py), and against that app storing
+   each event once before it answers (the durable floor, bench/floor.py), alternating; the
+   figure is requests answered per second.
 """
 
 from __future__ import annotations
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     per_round = max(1, args.requests // args.rounds)
     run = uuid.uuid4().hex[:8]
     seconds = {"http": 0.0, "grpc": 0.0}
-    single: dict[str, list[float]] = {"ours": [], "ceiling": []}
+    single: dict[str, list[float]] = {"ours": [], "ceiling": [], "floor": []}
     with ExitStack() as stack:
         tmp = Path(
             stack.enter_context(tempfile.TemporaryDirectory(prefix="aggregator-transports-"))
@@ -230,9 +231,15 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 seconds[name] += _drive(bodies, args.callers, senders[name])
         if args.single:
-            urls = {"ours": server.http_url, "ceiling": stack.enter_context(http_ceiling())}
-            for r in range(2):  # ABBA
-                for name in ("ours", "ceiling") if r == 0 else ("ceiling", "ours"):
+            floor = spawn.ServerProcess(url, http=True, module="bench.floor").start()
+            stack.callback(floor.stop)
+            urls = {
+                "ours": server.http_url,
+                "ceiling": stack.enter_context(http_ceiling()),
+                "floor": floor.http_url,
+            }
+            for r in range(2):  # ABCCBA
+                for name in ("ours", "ceiling", "floor")[:: 1 if r == 0 else -1]:
                     single[name].append(
                         k6_single_events(urls[name], args.single, args.vus, args.dup_rate)
                     )
@@ -247,14 +254,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  HTTP POST /publish:\t{rate['http']:>10,.0f} events/s")
     print(f"  HTTP / gRPC:\t\t{rate['http'] / rate['grpc']:>10.2f}x (target >= 0.8x)")
     if args.single:
-        ours, no_work = (sum(single[n]) / len(single[n]) for n in ("ours", "ceiling"))
+        ours, no_work, floor_rate = (
+            sum(single[n]) / len(single[n]) for n in ("ours", "ceiling", "floor")
+        )
         print(
             f"Single-event POSTs (k6, {args.vus} VUs, {args.single} requests a run, ABBA, "
             f"{args.dup_rate:.0%} duplicates):"
         )
         print(f"  no-work FastAPI app:\t{no_work:>10,.0f} requests/s  {_runs(single['ceiling'])}")
+        print(f"  durable floor:\t{floor_rate:>10,.0f} requests/s  {_runs(single['floor'])}")
         print(f"  HTTP POST /publish:\t{ours:>10,.0f} requests/s  {_runs(single['ours'])}")
         print(f"  ours / no-work:\t{ours / no_work:>10.2f}x (target >= 0.5x)")
+        print(f"  floor / no-work:\t{floor_rate / no_work:>10.2f}x")
     return 0
 
 

@@ -10,6 +10,7 @@ import sys
 import uuid
 from datetime import UTC, datetime
 
+import psycopg
 import pytest
 
 from bench import __main__ as bench_main
@@ -58,9 +59,14 @@ def test_tiny_bench_produces_a_ghz_json_report_with_event_metrics(server, db_url
             "--baseline-events",
             "200",
             "--ceiling",
+            "--floor",
         ]
     )
-    built = bench_main.run(args, in_process=True)
+    try:
+        built = bench_main.run(args, in_process=True)
+    finally:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute("DROP TABLE IF EXISTS floor_events")  # the durable floor's own
     data = json.loads(report.render(built, "json"))
     assert set(data) == GHZ_KEYS | {"events"}
     assert data["count"] == 6
@@ -73,14 +79,15 @@ def test_tiny_bench_produces_a_ghz_json_report_with_event_metrics(server, db_url
     assert events["count"] == 120
     assert sum(events["statusDistribution"].values()) == 120
     assert events["intendedDuplicateRate"] == 0.3
-    # naive, storage ±ledger, bare path twice, COPY, the gRPC ceiling
-    assert len(events["baselines"]) == 7
+    # naive, storage ±ledger, bare path twice, COPY, the gRPC ceiling, the durable floor
+    assert len(events["baselines"]) == 8
+    assert events["baselines"][bench_main.FLOOR]["eventsPerSecond"] > 0
     # the ceiling, run before and after ours, counts as the mean of the two
     runs = events["ceilingRuns"]
     assert len(runs) == 2 and all(rate > 0 for rate in runs)
     assert events["baselines"][bench_main.CEILING]["eventsPerSecond"] == sum(runs) / 2
-    # the server here runs in this process: only the ceiling's CPU is its own
-    assert set(events["cpuMicrosecondsPerRequest"]) == {"gRPC ceiling"}
+    # the server here runs in this process: only the ceiling's and the floor's CPU are their own
+    assert set(events["cpuMicrosecondsPerRequest"]) == {"gRPC ceiling", "durable floor"}
     assert all(b["eventsPerSecond"] > 0 for b in events["baselines"].values())
     # the server and its database were not started by this run: their CPU is not measured
     assert set(events["cpu"]) == {"load generator"}
@@ -166,6 +173,44 @@ def test_ceiling_answers_every_event_accepted_in_order(stack):
         assert ("grpc.aio" in serving[0]) == (stack == "aio")
     finally:
         server.stop()
+
+
+def test_the_durable_floor_answers_after_storing_each_event_once_over_grpc_and_http(db_url, sql):
+    import grpc
+    import httpx
+
+    from aggregator.v1 import aggregator_pb2 as pb
+    from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
+    from bench import spawn
+    from tests.support import event, request
+
+    accepted, duplicate = pb.EVENT_STATUS_ACCEPTED, pb.EVENT_STATUS_DUPLICATE
+    floor = spawn.ServerProcess(db_url, http=True, module="bench.floor").start()
+    try:
+        with grpc.insecure_channel(floor.target) as chan:
+            stub = pb_grpc.AggregatorServiceStub(chan)
+            # A stream's requests may commit in any order here (no stream order): no key
+            # is in two of them.
+            sent = [request([event("a"), event("b"), event("a")], 1), request([event("c")], 2)]
+            answers = list(stub.Publish(iter(sent)))
+            assert [(a.sequence, list(a.statuses)) for a in answers] == [
+                (1, [accepted, accepted, duplicate]),
+                (2, [accepted]),
+            ]
+            one = stub.PublishBatch(request([event("b"), event("d")], 3))
+            assert list(one.statuses) == [duplicate, accepted]
+        body = [
+            {"topic": "orders", "event_id": i, "timestamp": "2026-12-07T00:00:00Z"}
+            for i in ("d", "e")
+        ]
+        answer = httpx.post(f"{floor.http_url}/publish", json=body).json()
+        assert [r["status"] for r in answer["results"]] == ["DUPLICATE", "ACCEPTED"]
+        assert (answer["accepted"], answer["duplicates"]) == (1, 1)
+        stored = sql.execute("SELECT event_id FROM floor_events ORDER BY event_id").fetchall()
+        assert stored == [("a",), ("b",), ("c",), ("d",), ("e",)]
+    finally:
+        floor.stop()
+        sql.execute("DROP TABLE IF EXISTS floor_events")
 
 
 def test_writepath_compares_the_writer_with_and_without_memory_to_the_bare_path(capsys):

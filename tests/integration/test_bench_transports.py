@@ -17,8 +17,10 @@ def test_transports_comparison_sends_the_same_batches_over_both_faces(capsys):
     out = capsys.readouterr().out
     assert "gRPC PublishBatch:" in out and "HTTP POST /publish:" in out
     assert "4 requests of 10 events each" in out
-    # Single events with k6 against ours and the no-work FastAPI app, each twice.
+    # Single events with k6 against ours, the no-work FastAPI app and the durable floor,
+    # each twice.
     assert "no-work FastAPI app:" in out and "ours / no-work:" in out
+    assert "durable floor:" in out and "floor / no-work:" in out
 
 
 def test_one_events_ack_is_measured_against_both_floors(capsys):
