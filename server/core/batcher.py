@@ -2,7 +2,11 @@
 
 A free worker takes everything pending (up to max_batch_events) and writes it in one
 transaction, so light load gets low latency and heavy load gets big batches. Nothing
-waits for a fixed linger. Publishers queue from the event loop (`offer`, `submit`); the
+waits for a fixed linger. While one batch is being written, a second worker starts only
+once a light lane's worth of events (max_batch_events / LIGHT_SHARE) is pending: a flush
+costs about as much for one event as for a few dozen, so a few events wait for the batch
+being written and go together in the next (group commit), instead of each in a flush of
+its own beside it. Publishers queue from the event loop (`offer`, `submit`); the
 flush workers are threads, since the database calls block.
 
 Fair share: each publisher (a stream, or a connection's unary calls) has a lane of its own.
@@ -195,6 +199,7 @@ class Batcher:
         self._light_cond = threading.Condition(lock)  # the light lanes' worker's
         self._idle = 0  # workers waiting for a batch (either kind)
         self._heavy = 0  # batches of more than a light lane's events being flushed
+        self._flushing = 0  # batches the flush workers (not the light lanes' one) are writing
         # Each publisher's queued submissions, in arrival order; the dict's order is the
         # round-robin order (a lane served goes to the back).
         self._lanes: dict[Hashable, collections.deque[Submission]] = {}
@@ -302,7 +307,8 @@ class Batcher:
         ):
             return False
         self._enqueue(submission)
-        self._cond.notify()
+        if not self._flushing or self._pending >= self._light_events:
+            self._cond.notify()  # else no idle worker would take it (_fill)
         if self._heavy and self._lane_events[submission.lane] <= self._light_events:
             self._light_cond.notify()  # only while it may take it: a wake-up costs
         return True
@@ -369,6 +375,8 @@ class Batcher:
             while True:
                 batch = self._fill(light)
                 if batch:
+                    if not light:
+                        self._flushing += 1
                     self._room_made()
                     if not light and sum(item.weight for item in batch) > self._light_events:
                         self._heavy += 1
@@ -403,6 +411,8 @@ class Batcher:
         batch: list[Submission] = []
         if light and not self._heavy:
             return batch  # nothing to overtake: the flush workers' batches serve them too
+        if not light and self._flushing and self._pending < self._light_events:
+            return batch  # a few events: the worker writing a batch takes them when it is done
         size = nbytes = 0
         credit: collections.Counter[Hashable] = collections.Counter()
         mine: set[Hashable] = set()  # ordered lanes this batch takes from
@@ -473,6 +483,8 @@ class Batcher:
         what those lanes queued behind it is dropped, never written: a stream's requests
         take effect in order, so none may be written after an earlier one that was not."""
         with self._cond:
+            if not light:
+                self._flushing -= 1
             if not light and sum(item.weight for item in batch) > self._light_events:
                 self._heavy -= 1
             freed = False

@@ -133,6 +133,43 @@ def test_batcher_takes_everything_pending_when_a_worker_frees_up():
     assert writer.sizes == [1, 100, 20]
 
 
+def test_while_a_batch_is_written_a_few_events_wait_for_it_and_go_together():
+    """Group commit: a second worker starts a flush beside the one being written only for a
+    light lane's worth of events (max_batch_events / LIGHT_SHARE); fewer wait for the next."""
+    writer = GatedWriter()
+    queue = batcher.Batcher(
+        writer, workers=2, light_worker=False, max_batch_events=500, max_pending_events=1000
+    )
+    assert queue.offer(submission(1))
+    assert writer.entered.wait(10)  # one worker writes it; the other is idle
+    few = [submission(1) for _ in range(3)]
+    for item in few:
+        assert queue.offer(item)
+    with queue._cond:  # what the idle worker would take now: nothing
+        assert queue._fill(light=False) == []
+    assert queue.pending_events == 3
+    writer.release.set()
+    for item in few:
+        assert item.wait(10)
+    queue.close()
+    assert writer.sizes == [1, 3]
+
+
+def test_a_light_lanes_worth_of_events_starts_a_second_flush_beside_the_first():
+    writer = GatedWriter()
+    queue = batcher.Batcher(
+        writer, workers=2, light_worker=False, max_batch_events=500, max_pending_events=1000
+    )
+    assert queue.offer(submission(1))
+    assert writer.entered.wait(10)
+    writer.entered.clear()
+    assert queue.offer(submission(500 // batcher.LIGHT_SHARE))
+    assert writer.entered.wait(10)  # the idle worker took them without waiting
+    writer.release.set()
+    queue.close()
+    assert sorted(writer.sizes) == [1, 10]
+
+
 def test_full_queue_times_out_with_overloaded_and_a_big_request_still_fits_an_empty_queue():
     writer = GatedWriter()
     queue = batcher.Batcher(
