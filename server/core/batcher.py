@@ -2,12 +2,13 @@
 
 A free worker takes everything pending (up to max_batch_events) and writes it in one
 transaction, so light load gets low latency and heavy load gets big batches. Nothing
-waits for a fixed linger. While one batch is being written, a second worker starts only
-once a light lane's worth of events (max_batch_events / LIGHT_SHARE) is pending: a flush
-costs about as much for one event as for a few dozen, so a few events wait for the batch
-being written and go together in the next (group commit), instead of each in a flush of
-its own beside it. Publishers queue from the event loop (`offer`, `submit`); the
-flush workers are threads, since the database calls block.
+waits for a fixed linger. While one batch is being written, a second worker starts beside
+it only once a light lane's worth of events (max_batch_events / LIGHT_SHARE) is pending,
+or the batch has been written for GROUP_WAIT: a flush costs about as much for one event as
+for a few dozen, so a few events wait for the batch being written and go together in the
+next (group commit), instead of each in a flush of its own beside it. Publishers queue
+from the event loop (`offer`, `submit`); the flush workers are threads, since the database
+calls block.
 
 Fair share: each publisher (a stream, or a connection's unary calls) has a lane of its own.
 A worker fills its batch from the lanes in turn, an equal share of events each (deficit
@@ -53,6 +54,10 @@ MIB = 1024 * 1024
 EVENT_OVERHEAD_BYTES = 200  # what one event costs in memory besides its payload, roughly
 TOGETHER, ALONE, ISOLATING = 0, 1, 2  # Submission.solo
 LIGHT_SHARE = 50  # a lane is light while it holds at most max_batch_events / LIGHT_SHARE
+# How long a few events wait for the batch being written before a flush of their own starts
+# beside it: longer than a flush under load takes, short enough that a batch stuck on a
+# lock or a slow COMMIT holds nobody else's answer for long.
+GROUP_WAIT = 0.05
 _SETTLING = threading.Lock()  # a Submission's done flag and its callbacks, together
 
 
@@ -181,6 +186,7 @@ class Batcher:
         max_batch_bytes: int = 64 * MIB,
         retry_timeout: float = 30.0,
         light_worker: bool = True,
+        group_wait: float = GROUP_WAIT,
         on_database_state: Callable[[bool], None] = lambda ok: None,
         on_flush: FlushObserver | None = None,
         on_database_error: Callable[[str], None] = lambda kind: None,
@@ -190,6 +196,7 @@ class Batcher:
         self._max_pending = max_pending_events
         self._max_pending_bytes = max_pending_bytes
         self._max_batch_bytes = max_batch_bytes
+        self._group_wait = group_wait
         self._retry_timeout = retry_timeout
         self._on_database_state = on_database_state
         self._on_flush = on_flush
@@ -199,7 +206,11 @@ class Batcher:
         self._light_cond = threading.Condition(lock)  # the light lanes' worker's
         self._idle = 0  # workers waiting for a batch (either kind)
         self._heavy = 0  # batches of more than a light lane's events being flushed
-        self._flushing = 0  # batches the flush workers (not the light lanes' one) are writing
+        # When each batch the flush workers (not the light lanes' one) are writing started
+        # (time.monotonic(), by id of the batch).
+        self._writing: dict[int, float] = {}
+        self._timed_waiter = False  # an idle worker looks again by itself (GROUP_WAIT)
+        self._recheck: float | None = None  # set by _fill: look again in this many seconds
         # Each publisher's queued submissions, in arrival order; the dict's order is the
         # round-robin order (a lane served goes to the back).
         self._lanes: dict[Hashable, collections.deque[Submission]] = {}
@@ -307,8 +318,8 @@ class Batcher:
         ):
             return False
         self._enqueue(submission)
-        if not self._flushing or self._pending >= self._light_events:
-            self._cond.notify()  # else no idle worker would take it (_fill)
+        if not (self._timed_waiter and self._pending < self._light_events):
+            self._cond.notify()  # else the idle worker looks again when it is due (_fill)
         if self._heavy and self._lane_events[submission.lane] <= self._light_events:
             self._light_cond.notify()  # only while it may take it: a wake-up costs
         return True
@@ -373,10 +384,11 @@ class Batcher:
         waiting = self._light_cond if light else self._cond
         with waiting:
             while True:
+                self._recheck = None
                 batch = self._fill(light)
                 if batch:
                     if not light:
-                        self._flushing += 1
+                        self._writing[id(batch)] = time.monotonic()
                     self._room_made()
                     if not light and sum(item.weight for item in batch) > self._light_events:
                         self._heavy += 1
@@ -390,10 +402,14 @@ class Batcher:
                     self._wake_all()  # a worker waiting for what is now gone stops too
                     return None
                 self._idle += 1
+                timed = self._recheck is not None
+                self._timed_waiter |= timed
                 try:
-                    waiting.wait()
+                    waiting.wait(self._recheck)
                 finally:
                     self._idle -= 1
+                    if timed:
+                        self._timed_waiter = False
 
     def _wake_all(self) -> None:
         """Every idle worker looks again (the lock held)."""
@@ -411,8 +427,11 @@ class Batcher:
         batch: list[Submission] = []
         if light and not self._heavy:
             return batch  # nothing to overtake: the flush workers' batches serve them too
-        if not light and self._flushing and self._pending < self._light_events:
-            return batch  # a few events: the worker writing a batch takes them when it is done
+        if not light and self._writing and self._lanes and self._pending < self._light_events:
+            waited = time.monotonic() - max(self._writing.values())
+            if waited < self._group_wait:  # a few events: the batch being written takes them
+                self._recheck = self._group_wait - waited
+                return batch
         size = nbytes = 0
         credit: collections.Counter[Hashable] = collections.Counter()
         mine: set[Hashable] = set()  # ordered lanes this batch takes from
@@ -484,7 +503,7 @@ class Batcher:
         take effect in order, so none may be written after an earlier one that was not."""
         with self._cond:
             if not light:
-                self._flushing -= 1
+                del self._writing[id(batch)]
             if not light and sum(item.weight for item in batch) > self._light_events:
                 self._heavy -= 1
             freed = False

@@ -138,7 +138,12 @@ def test_while_a_batch_is_written_a_few_events_wait_for_it_and_go_together():
     light lane's worth of events (max_batch_events / LIGHT_SHARE); fewer wait for the next."""
     writer = GatedWriter()
     queue = batcher.Batcher(
-        writer, workers=2, light_worker=False, max_batch_events=500, max_pending_events=1000
+        writer,
+        workers=2,
+        light_worker=False,
+        max_batch_events=500,
+        max_pending_events=1000,
+        group_wait=600,
     )
     assert queue.offer(submission(1))
     assert writer.entered.wait(10)  # one worker writes it; the other is idle
@@ -155,10 +160,37 @@ def test_while_a_batch_is_written_a_few_events_wait_for_it_and_go_together():
     assert writer.sizes == [1, 3]
 
 
+def test_a_batch_written_for_long_holds_a_few_events_no_longer_than_the_group_wait():
+    """A batch stuck on a lock or a slow COMMIT: the few events behind it get a flush of
+    their own once it has been written for group_wait."""
+    writer = GatedWriter()
+    queue = batcher.Batcher(
+        writer,
+        workers=2,
+        light_worker=False,
+        max_batch_events=500,
+        max_pending_events=1000,
+        group_wait=0.05,
+    )
+    assert queue.offer(submission(1))
+    assert writer.entered.wait(10)
+    writer.entered.clear()
+    assert queue.offer(submission(1))
+    assert writer.entered.wait(10)  # the idle worker took it while the first is held
+    writer.release.set()
+    queue.close()
+    assert writer.sizes == [1, 1]
+
+
 def test_a_light_lanes_worth_of_events_starts_a_second_flush_beside_the_first():
     writer = GatedWriter()
     queue = batcher.Batcher(
-        writer, workers=2, light_worker=False, max_batch_events=500, max_pending_events=1000
+        writer,
+        workers=2,
+        light_worker=False,
+        max_batch_events=500,
+        max_pending_events=1000,
+        group_wait=600,
     )
     assert queue.offer(submission(1))
     assert writer.entered.wait(10)
