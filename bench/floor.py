@@ -26,7 +26,7 @@ import signal
 import threading
 from collections.abc import AsyncIterator
 from datetime import UTC
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 import grpc.aio
@@ -40,8 +40,9 @@ from aggregator.v1 import aggregator_pb2 as pb
 from bench.ceiling import SERVICE
 from bench.http_ceiling import Event
 
+Status: TypeAlias = pb.EventStatus.ValueType
 _ACCEPTED, _DUPLICATE = pb.EVENT_STATUS_ACCEPTED, pb.EVENT_STATUS_DUPLICATE
-_NAMES = {_ACCEPTED: "ACCEPTED", _DUPLICATE: "DUPLICATE"}
+_NAMES: dict[Status, str] = {_ACCEPTED: "ACCEPTED", _DUPLICATE: "DUPLICATE"}
 _TABLE = """CREATE TABLE IF NOT EXISTS floor_events (
     topic text NOT NULL, event_id text NOT NULL, ts timestamptz NOT NULL,
     source text NOT NULL, payload jsonb NOT NULL, PRIMARY KEY (topic, event_id))"""
@@ -51,7 +52,7 @@ ON CONFLICT (topic, event_id) DO NOTHING
 RETURNING topic, event_id"""
 
 Row = tuple[str, str, Any, str, str]  # topic, event_id, timestamp, source, payload (JSON)
-Waiter = tuple[list[Row], "asyncio.Future[list[int]]"]
+Waiter = tuple[list[Row], "asyncio.Future[list[Status]]"]
 
 
 class GroupCommit:
@@ -66,9 +67,9 @@ class GroupCommit:
         for n in range(workers):
             threading.Thread(target=self._run, args=(url,), name=f"flush-{n}", daemon=True).start()
 
-    async def write(self, rows: list[Row]) -> list[int]:
+    async def write(self, rows: list[Row]) -> list[Status]:
         """Each row's status, once committed."""
-        done: asyncio.Future[list[int]] = self._loop.create_future()
+        done: asyncio.Future[list[Status]] = self._loop.create_future()
         with self._ready:
             self._pending.append((rows, done))
             self._ready.notify()
@@ -126,7 +127,7 @@ def _rows(request: pb.PublishRequest) -> list[Row]:
 def _handlers(store: GroupCommit) -> grpc.GenericRpcHandler:
     async def publish(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
         # Read on while earlier requests commit; answer in order.
-        answers: asyncio.Queue[tuple[int, asyncio.Task[list[int]]] | None] = asyncio.Queue()
+        answers: asyncio.Queue[tuple[int, asyncio.Task[list[Status]]] | None] = asyncio.Queue()
 
         async def read() -> None:
             async for raw in requests:
@@ -202,7 +203,6 @@ async def serve(url: str, host: str, port: int, http_port: int, stop: asyncio.Ev
                 http_app(store), host=host, port=http_port, log_level="warning", access_log=False
             )
         )
-        web.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         web_task = asyncio.ensure_future(web.serve())
     print(f"serving {SERVICE} (durable floor) on {host}:{bound}", flush=True)
     await stop.wait()
