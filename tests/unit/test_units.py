@@ -133,18 +133,23 @@ def test_batcher_takes_everything_pending_when_a_worker_frees_up():
     assert writer.sizes == [1, 100, 20]
 
 
-def test_while_a_batch_is_written_a_few_events_wait_for_it_and_go_together():
-    """Group commit: a second worker starts a flush beside the one being written only for a
-    light lane's worth of events (max_batch_events / LIGHT_SHARE); fewer wait for the next."""
-    writer = GatedWriter()
-    queue = batcher.Batcher(
+def two_workers(writer: GatedWriter, group_wait: float) -> batcher.Batcher:
+    """Two flush workers, batches of 500 events: a light lane's worth is 10."""
+    return batcher.Batcher(
         writer,
         workers=2,
         light_worker=False,
         max_batch_events=500,
         max_pending_events=1000,
-        group_wait=600,
+        group_wait=group_wait,
     )
+
+
+def test_while_a_batch_is_written_a_few_events_wait_for_it_and_go_together():
+    """Group commit: a second worker starts a flush beside the one being written only for a
+    light lane's worth of events (max_batch_events / LIGHT_SHARE); fewer wait for the next."""
+    writer = GatedWriter()
+    queue = two_workers(writer, group_wait=600)
     assert queue.offer(submission(1))
     assert writer.entered.wait(10)  # one worker writes it; the other is idle
     few = [submission(1) for _ in range(3)]
@@ -164,14 +169,7 @@ def test_a_batch_written_for_long_holds_a_few_events_no_longer_than_the_group_wa
     """A batch stuck on a lock or a slow COMMIT: the few events behind it get a flush of
     their own once it has been written for group_wait."""
     writer = GatedWriter()
-    queue = batcher.Batcher(
-        writer,
-        workers=2,
-        light_worker=False,
-        max_batch_events=500,
-        max_pending_events=1000,
-        group_wait=0.05,
-    )
+    queue = two_workers(writer, group_wait=0.05)
     assert queue.offer(submission(1))
     assert writer.entered.wait(10)
     writer.entered.clear()
@@ -184,14 +182,7 @@ def test_a_batch_written_for_long_holds_a_few_events_no_longer_than_the_group_wa
 
 def test_a_light_lanes_worth_of_events_starts_a_second_flush_beside_the_first():
     writer = GatedWriter()
-    queue = batcher.Batcher(
-        writer,
-        workers=2,
-        light_worker=False,
-        max_batch_events=500,
-        max_pending_events=1000,
-        group_wait=600,
-    )
+    queue = two_workers(writer, group_wait=600)
     assert queue.offer(submission(1))
     assert writer.entered.wait(10)
     writer.entered.clear()
