@@ -18,7 +18,12 @@ def test_otlp_comparison_runs_both_sides_and_reports_the_ratio(capsys):
     out = capsys.readouterr().out
     assert "gRPC PublishBatch:" in out and "OTLP LogsService/Export:" in out
     assert "4 requests of 16 records each" in out
-    assert "OTLP / PublishBatch:" in out
+    assert "OTLP / PublishBatch:" in out and "CPU, PublishBatch / OTLP:" in out
+
+
+def test_a_run_too_short_to_show_cpu_reports_no_cpu_ratio():
+    assert "n/a" in otlp.cpu_ratio({"grpc": 0.01, "otlp": 0.0})
+    assert otlp.cpu_ratio({"grpc": 0.03, "otlp": 0.02}).endswith("1.50x")
 
 
 def test_publish_batch_carries_the_events_the_server_makes_of_the_records():
