@@ -318,8 +318,9 @@ class Batcher:
         ):
             return False
         self._enqueue(submission)
-        if not (self._timed_waiter and self._pending < self._light_events):
-            self._cond.notify()  # else the idle worker looks again when it is due (_fill)
+        if not (self._timed_waiter and self._writing and self._pending < self._light_events):
+            # else the batch being written takes it, or the idle worker when it is due (_fill)
+            self._cond.notify()
         if self._heavy and self._lane_events[submission.lane] <= self._light_events:
             self._light_cond.notify()  # only while it may take it: a wake-up costs
         return True

@@ -180,6 +180,25 @@ def test_a_batch_written_for_long_holds_a_few_events_no_longer_than_the_group_wa
     assert writer.sizes == [1, 1]
 
 
+def test_once_nothing_is_being_written_a_new_event_is_flushed_at_once():
+    """A worker still waiting out the group wait of a batch written since must not hold
+    the next request: with nothing being written, the idle workers are woken for it."""
+    writer = GatedWriter()
+    queue = two_workers(writer, group_wait=600)
+    assert queue.offer(submission(1))
+    assert writer.entered.wait(10)  # one worker writes it
+    few = submission(3)
+    assert queue.offer(few)  # the other waits (up to 600 s) for the batch being written
+    writer.release.set()
+    assert few.wait(10)  # the first worker took them after its batch
+    wait_until(lambda: queue._idle == 2, what="both workers idle")
+    late = submission(1)
+    assert queue.offer(late)
+    assert late.wait(10)
+    queue.close()
+    assert writer.sizes == [1, 3, 1]
+
+
 def test_a_light_lanes_worth_of_events_starts_a_second_flush_beside_the_first():
     writer = GatedWriter()
     queue = two_workers(writer, group_wait=600)
