@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import NamedTuple, cast
 
+import orjson
 import psycopg
 from psycopg import adapt, postgres, pq
 from psycopg import errors as pg_errors
@@ -47,6 +48,14 @@ _ROW_ERRORS = (pg_errors.DataError, pg_errors.IntegrityError)
 # Errors a retry of the same transaction resolves.
 _TRANSIENT = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
 _TRANSIENT_ATTEMPTS = 5
+# A batch of at most this many rows to insert, with at most this much payload text, is
+# sent as one JSON document in its INSERT (insert_sent), in one pipeline with the BEGIN:
+# one round trip where the staging COPY and its INSERT take three more. Under load each
+# round trip waits for the flushing thread and a backend to be scheduled, so for small
+# batches the waits were most of a flush. Larger batches keep the COPY, whose rows go
+# out in chunks where the document would be a second copy of the batch in memory.
+SENT_ROWS = 256
+SENT_CHARS = 1 << 20
 
 Conn = psycopg.Connection[tuple[object, ...]]
 
@@ -94,6 +103,7 @@ def create_staging(conn: Conn) -> None:
     tell the connection how the table's `ts` is sent."""
     conn.execute(queries.get("create_staging"))
     conn.adapters.register_dumper(None, _NanosAsTimestamptz)
+    conn.adapters.register_dumper(_Json, _JsonDumper)
 
 
 def write_batch(
@@ -236,7 +246,9 @@ def _write_once(
         rows.append((i, earlier is None, topic, event_id, ts_ns, ts_ns % 1000, source, payload))
 
     tx = 0  # on Citus: this transaction's id on the coordinator
+    sent = not distributed and _small(rows)
     with conn.cursor() as cur, _rolled_back_on_error(conn):
+        begin = not distributed  # BEGIN still to send, in one pipeline with what follows
         if distributed:
             with conn.pipeline():
                 cur.execute("BEGIN")
@@ -244,41 +256,54 @@ def _write_once(
             row = cur.fetchone()
             assert row is not None
             tx = cast(int, row[0])
-        elif not named:
-            cur.execute("BEGIN")
         claimed: list[NamedRequest] = []
         echoes: list[tuple[NamedRequest, NamedRequest]] = []
         if named:
             with conn.pipeline():  # BEGIN and the claim in one round trip
-                if not distributed:
+                if begin:
                     cur.execute("BEGIN")
+                    begin = False
                 claimed, idxs, rows, copies, rejected, echoes = _claim(
                     cur, named, idxs, rows, copies, rejected, result
                 )
         if recent is not None and idxs:
-            row = cur.execute(queries.get("events_epoch")).fetchone()
+            with conn.pipeline():
+                if begin:
+                    cur.execute("BEGIN")
+                    begin = False
+                cur.execute(queries.get("events_epoch"))
+            row = cur.fetchone()
             if row is not None and row[1]:  # the trigger that moves the epoch is in place
                 epoch = int(row[0])  # type: ignore[call-overload]
             remembered = recent.matching(epoch, events, idxs)
             if remembered:
                 for i in remembered:
                     outcomes[i] = DUPLICATE
-                # A later copy of a remembered key stays staged as not first: the stored
+                # A later copy of a remembered key stays written as not first: the stored
                 # row decides it (DUPLICATE or CONFLICT), like any key already stored.
                 rows = [r for r in rows if r[0] not in remembered]
+        if begin and not (sent and rows):
+            cur.execute("BEGIN")
         if rows:
-            with cur.copy(queries.get("copy_staging")) as copy:
-                copy.set_types(_STAGING_TYPES)
-                for r in rows:
-                    copy.write_row(r)
             # idx of a first copy → True: inserted; False: stored with other content.
             returned: dict[int, object]
-            if distributed:
-                cur.execute(queries.get("insert_from_staging_citus"), {"tx": tx})
-                returned = {first[t, e]: by == tx for t, e, by in cur.fetchall()}  # type: ignore[index]
-            else:
-                cur.execute(queries.get("insert_from_staging"))
+            if sent:
+                with conn.pipeline():  # with the BEGIN if not sent yet: one round trip
+                    if begin:
+                        cur.execute("BEGIN")
+                    cur.execute(queries.get("insert_sent"), _sent(r for r in rows if r[1]))
                 returned = {first[t, e]: new for t, e, new in cur.fetchall()}  # type: ignore[index]
+            else:
+                with cur.copy(queries.get("copy_staging")) as copy:
+                    copy.set_types(_STAGING_TYPES)
+                    for r in rows:
+                        copy.write_row(r)
+                if distributed:
+                    cur.execute(queries.get("insert_from_staging_citus"), {"tx": tx})
+                    returned = {first[t, e]: by == tx for t, e, by in cur.fetchall()}  # type: ignore[index]
+                else:
+                    cur.execute(queries.get("insert_from_staging"))
+                    returned = {first[t, e]: new for t, e, new in cur.fetchall()}  # type: ignore[index]
             differing = []  # CONFLICTs, and later copies of a key that differ from the first
             for r in rows:  # (idx, is_first, topic, …)
                 new = returned.get(r[0])
@@ -291,7 +316,7 @@ def _write_once(
                     unlike.add(r[0])
                 else:
                     differing.append(r[0])
-            _compare_with_stored(cur, differing, result)
+            _compare_with_stored(cur, differing, result, events if sent else None)
         for i, earlier in copies:
             settled = outcomes[earlier]
             outcomes[i] = DUPLICATE if settled in _STORED_AS_SENT else settled
@@ -461,14 +486,58 @@ def _fold_topics_without_events(
             counts.setdefault("", [0, 0, 0, 0])[Status.REJECTED - 1] += rejected
 
 
+def _small(rows: list[_Row]) -> bool:
+    """Whether `rows` are sent in their INSERT (insert_sent) rather than copied first."""
+    if len(rows) > SENT_ROWS:
+        return False
+    return sum(len(r[7]) for r in rows) <= SENT_CHARS
+
+
+class _Json(NamedTuple):
+    """A JSON document already serialised, sent as a jsonb parameter as it is."""
+
+    text: bytes
+
+
+class _JsonDumper(adapt.Dumper):
+    oid = postgres.types["jsonb"].oid
+
+    def dump(self, obj: _Json) -> bytes:
+        return obj.text
+
+
+def _sent(rows: Iterable[_Row]) -> dict[str, _Json]:
+    """insert_sent's and compare_with_sent's parameter: `rows` as one JSON array of arrays
+    [idx, topic, event_id, seconds, microseconds, ts_nanos, source, payload], the timestamp
+    split so that the statement rebuilds it exactly (from integers, never a float)."""
+    return {
+        "rows": _Json(
+            orjson.dumps(
+                [
+                    (r[0], r[2], r[3], r[4] // 1_000_000_000, r[4] // 1000 % 1_000_000, *r[5:])
+                    for r in rows
+                ]
+            )
+        )
+    }
+
+
 def _compare_with_stored(
-    cur: psycopg.Cursor[tuple[object, ...]], idxs: list[int], result: BatchResult
+    cur: psycopg.Cursor[tuple[object, ...]],
+    idxs: list[int],
+    result: BatchResult,
+    sent: Sequence[NewEvent] | None = None,
 ) -> None:
     """DUPLICATE or CONFLICT (with the fields that differ) for each event in `idxs`, whose
-    key's row this transaction inserted or locked."""
+    key's row this transaction inserted or locked; with `sent` (the batch's events), the
+    events are sent with the query rather than read from the staging table."""
     if not idxs:
         return
-    compared = cur.execute(queries.get("compare_with_stored"), {"idx": idxs}).fetchall()
+    if sent is None:
+        compared = cur.execute(queries.get("compare_with_stored"), {"idx": idxs}).fetchall()
+    else:
+        rows = ((i, False, *sent[i][:3], sent[i][2] % 1000, *sent[i][3:]) for i in idxs)
+        compared = cur.execute(queries.get("compare_with_sent"), _sent(rows)).fetchall()
     for idx, same_ts, same_source, same_payload in compared:
         i = int(idx)  # type: ignore[call-overload]
         if same_ts and same_source and same_payload:

@@ -38,6 +38,43 @@ WHERE (e.ts, e.ts_nanos, e.source, e.payload)
       IS DISTINCT FROM (excluded.ts, excluded.ts_nanos, excluded.source, excluded.payload)
 RETURNING topic, event_id, tx = pg_current_xact_id()
 
+-- name: insert_sent
+-- insert_from_staging for a small batch (storage/writer.py, SENT_ROWS): its rows, sent in
+-- the statement as one JSON array of [idx, topic, event_id, seconds, microseconds,
+-- ts_nanos, source, payload], in one pipeline with the BEGIN. The timestamp is rebuilt
+-- from integers: to_timestamp of whole seconds is exact, and so is adding microseconds.
+INSERT INTO events AS e (topic, event_id, ts, ts_nanos, source, payload, seq)
+OVERRIDING SYSTEM VALUE
+SELECT topic, event_id, ts, ts_nanos, source, payload::jsonb, seq
+FROM (
+    SELECT arrived.*, nextval('events_seq') AS seq
+    FROM (
+        SELECT (r->>0)::int AS idx, r->>1 AS topic, r->>2 AS event_id,
+               to_timestamp((r->>3)::bigint) + (r->>4)::bigint * interval '1 microsecond' AS ts,
+               (r->>5)::int2 AS ts_nanos, r->>6 AS source, r->>7 AS payload
+        FROM jsonb_array_elements(%(rows)s) AS r
+        ORDER BY 1
+    ) AS arrived
+) AS numbered
+ORDER BY topic, event_id
+ON CONFLICT (topic, event_id) DO UPDATE SET received_at = e.received_at
+WHERE (e.ts, e.ts_nanos, e.source, e.payload)
+      IS DISTINCT FROM (excluded.ts, excluded.ts_nanos, excluded.source, excluded.payload)
+RETURNING topic, event_id, tx = pg_current_xact_id()
+
+-- name: compare_with_sent
+-- compare_with_stored for a batch written by insert_sent: the events compared are sent,
+-- in its form.
+SELECT s.idx, e.ts = s.ts AND e.ts_nanos = s.ts_nanos, e.source = s.source,
+       e.payload = s.payload::jsonb
+FROM (
+    SELECT (r->>0)::int AS idx, r->>1 AS topic, r->>2 AS event_id,
+           to_timestamp((r->>3)::bigint) + (r->>4)::bigint * interval '1 microsecond' AS ts,
+           (r->>5)::int2 AS ts_nanos, r->>6 AS source, r->>7 AS payload
+    FROM jsonb_array_elements(%(rows)s) AS r
+) AS s
+JOIN events e ON e.topic = s.topic AND e.event_id = s.event_id
+
 -- name: compare_with_stored
 -- Which fields differ, for CONFLICTs and for later copies of a key in the batch. Each
 -- key here was inserted or locked by this transaction's INSERT (or is a remembered one),

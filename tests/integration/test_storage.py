@@ -11,14 +11,18 @@ import psycopg
 import pytest
 
 from aggregator import storage
-from aggregator.storage import KeyedEvent, NewEvent, Status
+from aggregator.storage import KeyedEvent, NewEvent, Status, writer
 from aggregator.storage.embedded import free_port
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def database(db_url):
+@pytest.fixture(params=["sent", "copied"])
+def database(request, db_url, monkeypatch):
+    """Each test twice: small batches sent in their INSERT, and every batch copied into the
+    staging table first (what larger batches take)."""
+    if request.param == "copied":
+        monkeypatch.setattr(writer, "SENT_ROWS", 0)
     with storage.Database(db_url, min_connections=1, max_connections=4) as db:
         yield db
 
