@@ -3,11 +3,13 @@ the statuses the transaction that wrote them decided.
 
 A publisher that lost an answer (a cut connection, UNAVAILABLE, a server killed between
 COMMIT and reply) resends the request under the same id. The flush transaction claims each
-named request's id before it writes anything: a claim committed elsewhere means the
-request was written already, so its events are not written or counted again and it is
-answered with the statuses recorded then (ACCEPTED stays ACCEPTED); a claim still being
-committed is waited for (PostgreSQL's unique check); the same id with other events is
-refused. The statuses are recorded by the statement that counts the batch, with its COMMIT.
+named request's id before it writes the request's events (a small batch's INSERT claims
+them itself, insert_sent, and stores only the rows of those it claimed): a claim committed
+elsewhere means the request was written already, so its events are not written or counted
+again and it is answered with the statuses recorded then (ACCEPTED stays ACCEPTED); a claim
+still being committed is waited for (PostgreSQL's unique check); the same id with other
+events is refused. The statuses are recorded by the statement that counts the batch, with
+its COMMIT.
 """
 
 from __future__ import annotations
@@ -61,7 +63,12 @@ def claim(cur: Cursor, requests: Sequence[NamedRequest]) -> dict[str, Replay]:
         queries.get("claim_requests"),
         {"ids": ids, "fingerprints": [r.fingerprint for r in requests]},
     )
-    claimed = {row[0] for row in cur.fetchall()}
+    return replays(cur, requests, {cast(str, row[0]) for row in cur.fetchall()})
+
+
+def replays(cur: Cursor, requests: Sequence[NamedRequest], claimed: set[str]) -> dict[str, Replay]:
+    """The `requests` written before (their ids not among those `claimed` just now), with
+    what they were answered then."""
     earlier = [r for r in requests if r.request_id not in claimed]
     if not earlier:
         return {}

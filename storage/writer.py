@@ -258,7 +258,21 @@ def _write_once(
             tx = cast(int, row[0])
         claimed: list[NamedRequest] = []
         echoes: list[tuple[NamedRequest, NamedRequest]] = []
-        if named:
+        # The INSERT of a small batch claims its named requests itself (insert_sent), unless
+        # the claim must come first: to read the epoch between them (`recent`).
+        claiming = sent and recent is None
+        returning: list[tuple[object, ...]] = []
+        if named and claiming:
+            with conn.pipeline():  # BEGIN, the claim and the INSERT in one round trip
+                cur.execute("BEGIN")
+                begin = False
+                cur.execute(queries.get("insert_sent"), _sent(rows, named))
+            returning = cur.fetchall()
+            ids = {cast(str, i) for t, i, _ in returning if t is None}
+            claimed, idxs, rows, copies, rejected, echoes = _claim(
+                cur, named, idxs, rows, copies, rejected, result, ids
+            )
+        elif named:
             with conn.pipeline():  # BEGIN and the claim in one round trip
                 if begin:
                     cur.execute("BEGIN")
@@ -288,11 +302,13 @@ def _write_once(
             # idx of a first copy → True: inserted; False: stored with other content.
             returned: dict[int, object]
             if sent:
-                with conn.pipeline():  # with the BEGIN if not sent yet: one round trip
-                    if begin:
-                        cur.execute("BEGIN")
-                    cur.execute(queries.get("insert_sent"), _sent(r for r in rows if r[1]))
-                returned = {first[t, e]: new for t, e, new in cur.fetchall()}  # type: ignore[index]
+                if not (named and claiming):
+                    with conn.pipeline():  # with the BEGIN if not sent yet: one round trip
+                        if begin:
+                            cur.execute("BEGIN")
+                        cur.execute(queries.get("insert_sent"), _sent(rows))
+                    returning = cur.fetchall()
+                returned = {first[t, e]: new for t, e, new in returning if t is not None}  # type: ignore[index]
             else:
                 with cur.copy(queries.get("copy_staging")) as copy:
                     copy.set_types(_STAGING_TYPES)
@@ -418,18 +434,18 @@ def _claim(
     copies: list[tuple[int, int]],
     rejected: dict[str, int],
     result: BatchResult,
+    ids: set[str] | None = None,
 ) -> _Claimed:
-    """Claim the named requests; those written before leave this transaction, answered
-    from the request ledger (result.replayed) or refused (result.reused), and so does a
-    second copy of a request in this batch (answered as its first copy is)."""
-    first_of: dict[str, NamedRequest] = {}
-    echoes: list[tuple[NamedRequest, NamedRequest]] = []
-    for r in named:
-        earlier = first_of.setdefault(r.request_id, r)
-        if earlier is not r:
-            echoes.append((r, earlier))
-    claiming = list(first_of.values())
-    replays = requests_ledger.claim(cur, claiming)
+    """Claim the named requests (or take the `ids` insert_sent claimed); those written
+    before leave this transaction, answered from the request ledger (result.replayed) or
+    refused (result.reused), and so does a second copy of a request in this batch
+    (answered as its first copy is)."""
+    claiming, echoes = _first_copies(named)
+    replays = (
+        requests_ledger.claim(cur, claiming)
+        if ids is None
+        else requests_ledger.replays(cur, claiming, ids)
+    )
     outcomes = result.outcomes
     leaving = [(r, replays[r.request_id]) for r in claiming if r.request_id in replays]
     for r, replay in leaving:
@@ -486,6 +502,19 @@ def _fold_topics_without_events(
             counts.setdefault("", [0, 0, 0, 0])[Status.REJECTED - 1] += rejected
 
 
+def _first_copies(
+    named: Sequence[NamedRequest],
+) -> tuple[list[NamedRequest], list[tuple[NamedRequest, NamedRequest]]]:
+    """The first request of each id in `named`, and the later ones (each with its first)."""
+    first_of: dict[str, NamedRequest] = {}
+    echoes: list[tuple[NamedRequest, NamedRequest]] = []
+    for r in named:
+        earlier = first_of.setdefault(r.request_id, r)
+        if earlier is not r:
+            echoes.append((r, earlier))
+    return list(first_of.values()), echoes
+
+
 def _small(rows: list[_Row]) -> bool:
     """Whether `rows` are sent in their INSERT (insert_sent) rather than copied first."""
     if len(rows) > SENT_ROWS:
@@ -506,19 +535,27 @@ class _JsonDumper(adapt.Dumper):
         return obj.text
 
 
-def _sent(rows: Iterable[_Row]) -> dict[str, _Json]:
-    """insert_sent's and compare_with_sent's parameter: `rows` as one JSON array of arrays
-    [idx, topic, event_id, seconds, microseconds, ts_nanos, source, payload], the timestamp
-    split so that the statement rebuilds it exactly (from integers, never a float)."""
+def _sent(rows: Iterable[_Row], named: Sequence[NamedRequest] = ()) -> dict[str, object]:
+    """insert_sent's parameters: the first copies among `rows` as one JSON array of arrays
+    [idx, topic, event_id, seconds, microseconds, ts_nanos, source, payload, request id],
+    the timestamp split so that the statement rebuilds it exactly (from integers, never a
+    float), with the `named` requests to claim. A later request under the same id as an
+    earlier one in the batch is never claimed: its rows go with the id "", never stored."""
+    claiming, echoes = _first_copies(named)
+    owner: dict[int, str] = {}
+    for r in claiming:
+        owner.update(dict.fromkeys(range(r.first, r.first + r.size), r.request_id))
+    for echo, _ in echoes:
+        owner.update(dict.fromkeys(range(echo.first, echo.first + echo.size), ""))
+    sent = [
+        (r[0], r[2], r[3], r[4] // 1_000_000_000, r[4] // 1000 % 1_000_000, *r[5:], owner.get(r[0]))
+        for r in rows
+        if r[1]
+    ]
     return {
-        "rows": _Json(
-            orjson.dumps(
-                [
-                    (r[0], r[2], r[3], r[4] // 1_000_000_000, r[4] // 1000 % 1_000_000, *r[5:])
-                    for r in rows
-                ]
-            )
-        )
+        "rows": _Json(orjson.dumps(sent)),
+        "ids": [r.request_id for r in claiming],
+        "fingerprints": [r.fingerprint for r in claiming],
     }
 
 
@@ -536,7 +573,7 @@ def _compare_with_stored(
     if sent is None:
         compared = cur.execute(queries.get("compare_with_stored"), {"idx": idxs}).fetchall()
     else:
-        rows = ((i, False, *sent[i][:3], sent[i][2] % 1000, *sent[i][3:]) for i in idxs)
+        rows = [(i, True, *sent[i][:3], sent[i][2] % 1000, *sent[i][3:]) for i in idxs]
         compared = cur.execute(queries.get("compare_with_sent"), _sent(rows)).fetchall()
     for idx, same_ts, same_source, same_payload in compared:
         i = int(idx)  # type: ignore[call-overload]

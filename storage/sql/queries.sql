@@ -39,28 +39,46 @@ WHERE (e.ts, e.ts_nanos, e.source, e.payload)
 RETURNING topic, event_id, tx = pg_current_xact_id()
 
 -- name: insert_sent
--- insert_from_staging for a small batch (storage/writer.py, SENT_ROWS): its rows, sent in
--- the statement as one JSON array of [idx, topic, event_id, seconds, microseconds,
--- ts_nanos, source, payload], in one pipeline with the BEGIN. The timestamp is rebuilt
--- from integers: to_timestamp of whole seconds is exact, and so is adding microseconds.
-INSERT INTO events AS e (topic, event_id, ts, ts_nanos, source, payload, seq)
-OVERRIDING SYSTEM VALUE
-SELECT topic, event_id, ts, ts_nanos, source, payload::jsonb, seq
-FROM (
-    SELECT arrived.*, nextval('events_seq') AS seq
+-- insert_from_staging for a small batch (storage/writer.py, SENT_ROWS), with the claim of
+-- its named requests (claim_requests) in the same statement: one round trip, in one
+-- pipeline with the BEGIN. The rows are sent in the statement as one JSON array of
+-- [idx, topic, event_id, seconds, microseconds, ts_nanos, source, payload, request id or
+-- null]; a named request's rows are inserted only if this transaction claimed it here.
+-- The timestamp is rebuilt from integers: to_timestamp of whole seconds is exact, and so
+-- is adding microseconds. Rows with a topic: the INSERT's, as insert_from_staging's;
+-- without: the ids claimed.
+WITH claimed AS (
+    INSERT INTO request_ledger (request_id, fingerprint)
+    SELECT u.id, u.fingerprint
+    FROM unnest(%(ids)s::text[], %(fingerprints)s::bytea[]) AS u(id, fingerprint)
+    ORDER BY u.id
+    ON CONFLICT (request_id) DO NOTHING
+    RETURNING request_id
+), stored AS (
+    INSERT INTO events AS e (topic, event_id, ts, ts_nanos, source, payload, seq)
+    OVERRIDING SYSTEM VALUE
+    SELECT topic, event_id, ts, ts_nanos, source, payload::jsonb, seq
     FROM (
-        SELECT (r->>0)::int AS idx, r->>1 AS topic, r->>2 AS event_id,
-               to_timestamp((r->>3)::bigint) + (r->>4)::bigint * interval '1 microsecond' AS ts,
-               (r->>5)::int2 AS ts_nanos, r->>6 AS source, r->>7 AS payload
-        FROM jsonb_array_elements(%(rows)s) AS r
-        ORDER BY 1
-    ) AS arrived
-) AS numbered
-ORDER BY topic, event_id
-ON CONFLICT (topic, event_id) DO UPDATE SET received_at = e.received_at
-WHERE (e.ts, e.ts_nanos, e.source, e.payload)
-      IS DISTINCT FROM (excluded.ts, excluded.ts_nanos, excluded.source, excluded.payload)
-RETURNING topic, event_id, tx = pg_current_xact_id()
+        SELECT arrived.*, nextval('events_seq') AS seq
+        FROM (
+            SELECT (r->>0)::int AS idx, r->>1 AS topic, r->>2 AS event_id,
+                   to_timestamp((r->>3)::bigint)
+                       + (r->>4)::bigint * interval '1 microsecond' AS ts,
+                   (r->>5)::int2 AS ts_nanos, r->>6 AS source, r->>7 AS payload
+            FROM jsonb_array_elements(%(rows)s) AS r
+            WHERE r->>8 IS NULL OR r->>8 IN (SELECT request_id FROM claimed)
+            ORDER BY 1
+        ) AS arrived
+    ) AS numbered
+    ORDER BY topic, event_id
+    ON CONFLICT (topic, event_id) DO UPDATE SET received_at = e.received_at
+    WHERE (e.ts, e.ts_nanos, e.source, e.payload)
+          IS DISTINCT FROM (excluded.ts, excluded.ts_nanos, excluded.source, excluded.payload)
+    RETURNING topic, event_id, tx = pg_current_xact_id() AS new
+)
+SELECT NULL, request_id, NULL FROM claimed
+UNION ALL
+SELECT topic, event_id, new FROM stored
 
 -- name: compare_with_sent
 -- compare_with_stored for a batch written by insert_sent: the events compared are sent,

@@ -42,8 +42,12 @@ def counters(stub) -> tuple[int, ...]:
     return (s.received, s.accepted, s.duplicates, s.rejected, s.conflicts)
 
 
-@pytest.fixture
-def served(db_url):
+@pytest.fixture(params=["sent", "copied"])
+def served(request, db_url, monkeypatch):
+    """Each test twice: small batches claim their requests in their INSERT, and every batch
+    claims them first, then copies its rows into the staging table (what larger ones do)."""
+    if request.param == "copied":
+        monkeypatch.setattr(writer, "SENT_ROWS", 0)
     with Server(server_config(db_url, http_port=free_port())) as running:
         yield running
 
@@ -219,3 +223,29 @@ def test_a_flush_reaches_its_named_requests_through_their_key_never_the_whole_le
             "SELECT count(*) FROM request_ledger WHERE statuses = %s", [bytes([Status.ACCEPTED])]
         ).fetchone()
         assert recorded == (24,)
+
+
+@pytest.mark.parametrize("sent_rows", [writer.SENT_ROWS, 0], ids=["sent", "copied"])
+def test_a_second_request_under_one_id_in_a_batch_with_other_events_stores_none_of_them(
+    db_url, monkeypatch, sent_rows
+):
+    monkeypatch.setattr(writer, "SENT_ROWS", sent_rows)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        writer.create_staging(conn)
+        events = [
+            NewEvent("echo", "kept", 1_700_000_000_000_000_000, "s", "{}"),
+            NewEvent("echo", "never", 1_700_000_000_000_000_000, "s", "{}"),
+            NewEvent("echo", "plain", 1_700_000_000_000_000_000, "s", "{}"),
+        ]
+        result = writer.write_batch(
+            conn,
+            events,
+            requests=[
+                NamedRequest("twice", b"first", 0, 1, {}),
+                NamedRequest("twice", b"other", 1, 1, {}),
+            ],
+        )
+        assert result.reused == {"twice"}
+        assert result.statuses[0] == result.statuses[2] == Status.ACCEPTED
+        stored = conn.execute("SELECT event_id FROM events WHERE topic = 'echo'").fetchall()
+        assert sorted(stored) == [("kept",), ("plain",)]
