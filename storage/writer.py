@@ -1,12 +1,13 @@
 """Writes one batch of events in one transaction and classifies every event.
 
-COPY into the connection's staging table, then one INSERT … SELECT … ON CONFLICT that
-inserts new keys and settles stored ones (DUPLICATE when the content is the same, or when
-the event is a KeyedEvent), then a comparison against the stored row for the few left:
-CONFLICTs (which fields differ) and later copies of a key in the batch. Counters are
-updated in the same transaction, so they are exact. On Citus (`distributed`) the
-coordinator's transaction id is read first and stamped on the rows; the queries named
-`*_citus` say why.
+COPY into the connection's staging table (or, for a small batch, its rows sent in the
+statement as one JSON document, with the claim of its named requests: insert_sent), then
+one INSERT … SELECT … ON CONFLICT that inserts new keys and settles stored ones
+(DUPLICATE when the content is the same, or when the event is a KeyedEvent), then a
+comparison against the stored row for the few left: CONFLICTs (which fields differ) and
+later copies of a key in the batch. Counters are updated in the same transaction, so they
+are exact. On Citus (`distributed`) the coordinator's transaction id is read first and
+stamped on the rows; the queries named `*_citus` say why.
 """
 
 from __future__ import annotations
