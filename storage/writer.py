@@ -230,21 +230,9 @@ def _write_once(
     remembered: set[int] = set()
     unlike: set[int] = set()  # DUPLICATEs by key alone: the stored row may hold other content
     # Built before the transaction opens: the database waits for nothing of this.
-    first: dict[tuple[str, str], int] = {}  # key → its first event in the batch
-    copies: list[tuple[int, int]] = []  # (event, the first event of its key: the same)
-    rows: list[_Row] = []
+    first, copies, rows = _plan(events, idxs)
     for i in idxs:
         outcomes[i] = ACCEPTED  # unless the database says otherwise below
-        event = events[i]
-        topic, event_id, ts_ns, source, payload = event
-        key = (topic, event_id)
-        earlier = first.get(key)
-        if earlier is None:
-            first[key] = i
-        elif events[earlier] == event:
-            copies.append((i, earlier))  # settled with its first copy, not staged
-            continue
-        rows.append((i, earlier is None, topic, event_id, ts_ns, ts_ns % 1000, source, payload))
 
     tx = 0  # on Citus: this transaction's id on the coordinator
     sent = not distributed and _small(rows)
@@ -270,17 +258,24 @@ def _write_once(
                 cur.execute(queries.get("insert_sent"), _sent(rows, named))
             returning = cur.fetchall()
             ids = {cast(str, i) for t, i, _ in returning if t is None}
-            claimed, idxs, rows, copies, rejected, echoes = _claim(
-                cur, named, idxs, rows, copies, rejected, result, ids
-            )
+            claimed, kept, rejected, echoes = _claim(cur, named, idxs, rejected, result, ids)
+            if len(kept) < len(idxs):
+                idxs, sent_first = kept, {r[0] for r in rows if r[1]}
+                first, copies, rows = _plan(events, idxs)
+                # A key whose first copy left with its request now has its first copy in
+                # one that stays: not written yet.
+                rehomed = [r for r in rows if r[1] and r[0] not in sent_first]
+                if rehomed:
+                    returning += cur.execute(queries.get("insert_sent"), _sent(rehomed)).fetchall()
         elif named:
             with conn.pipeline():  # BEGIN and the claim in one round trip
                 if begin:
                     cur.execute("BEGIN")
                     begin = False
-                claimed, idxs, rows, copies, rejected, echoes = _claim(
-                    cur, named, idxs, rows, copies, rejected, result
-                )
+                claimed, kept, rejected, echoes = _claim(cur, named, idxs, rejected, result)
+            if len(kept) < len(idxs):
+                idxs = kept
+                first, copies, rows = _plan(events, idxs)
         if recent is not None and idxs:
             with conn.pipeline():
                 if begin:
@@ -421,18 +416,37 @@ class _Claimed(NamedTuple):
 
     requests: list[NamedRequest]  # claimed here: their statuses are recorded at COMMIT
     idxs: list[int]
-    rows: list[_Row]
-    copies: list[tuple[int, int]]
     rejected: dict[str, int]
     echoes: list[tuple[NamedRequest, NamedRequest]]  # (a request, its earlier copy here)
+
+
+def _plan(
+    events: Sequence[NewEvent], idxs: list[int]
+) -> tuple[dict[tuple[str, str], int], list[tuple[int, int]], list[_Row]]:
+    """The rows to write for events `idxs`: each key's first event in the batch, and each
+    later one that differs from it (compared with the stored row); a later exact copy is
+    settled with its first (the first of each key, the copies: (event, its first))."""
+    first: dict[tuple[str, str], int] = {}  # key → its first event in the batch
+    copies: list[tuple[int, int]] = []
+    rows: list[_Row] = []
+    for i in idxs:
+        event = events[i]
+        topic, event_id, ts_ns, source, payload = event
+        key = (topic, event_id)
+        earlier = first.get(key)
+        if earlier is None:
+            first[key] = i
+        elif events[earlier] == event:
+            copies.append((i, earlier))
+            continue
+        rows.append((i, earlier is None, topic, event_id, ts_ns, ts_ns % 1000, source, payload))
+    return first, copies, rows
 
 
 def _claim(
     cur: psycopg.Cursor[tuple[object, ...]],
     named: list[NamedRequest],
     idxs: list[int],
-    rows: list[_Row],
-    copies: list[tuple[int, int]],
     rejected: dict[str, int],
     result: BatchResult,
     ids: set[str] | None = None,
@@ -461,7 +475,7 @@ def _claim(
     gone = [r for r, _ in leaving] + [echo for echo, _ in echoes]
     claimed = [r for r in claiming if r.request_id not in replays]
     if not gone:
-        return _Claimed(claimed, idxs, rows, copies, rejected, [])
+        return _Claimed(claimed, idxs, rejected, [])
     out = {i for r in gone for i in range(r.first, r.first + r.size)}
     rejected = dict(rejected)
     for r in gone:
@@ -472,8 +486,6 @@ def _claim(
     return _Claimed(
         claimed,
         [i for i in idxs if i not in out],
-        [row for row in rows if row[0] not in out],
-        [(i, e) for i, e in copies if i not in out],
         rejected,
         [(e, r) for e, r in echoes if e.request_id not in result.reused],
     )

@@ -249,3 +249,48 @@ def test_a_second_request_under_one_id_in_a_batch_with_other_events_stores_none_
         assert result.statuses[0] == result.statuses[2] == Status.ACCEPTED
         stored = conn.execute("SELECT event_id FROM events WHERE topic = 'echo'").fetchall()
         assert sorted(stored) == [("kept",), ("plain",)]
+
+
+@pytest.mark.parametrize("sent_rows", [writer.SENT_ROWS, 0], ids=["sent", "copied"])
+def test_an_event_also_in_a_request_that_is_refused_is_stored_for_the_other_request(
+    db_url, monkeypatch, sent_rows
+):
+    """A request refused for naming another's id must not take with it an event that a
+    request kept in the same batch carries too: that request's event is stored and
+    ACCEPTED, whether it is the same event or the same key with other content."""
+    monkeypatch.setattr(writer, "SENT_ROWS", sent_rows)
+
+    def e(event_id: str, payload: str = "{}") -> NewEvent:
+        return NewEvent("refused", event_id, 1_700_000_000_000_000_000, "s", payload)
+
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        writer.create_staging(conn)
+        writer.write_batch(conn, [e("first")], requests=[NamedRequest("X", b"one", 0, 1, {})])
+        result = writer.write_batch(
+            conn,
+            [
+                *(e("same"), e("other")),  # X
+                *(e("same"), e("other", '{"v": 2}')),  # B
+                *(e("y"), e("echo"), e("echo")),  # Y, Y again, C
+            ],
+            requests=[
+                NamedRequest("X", b"two", 0, 2, {}),  # X again, other events: refused
+                NamedRequest("B", b"b", 2, 2, {}),
+                NamedRequest("Y", b"y", 4, 1, {}),
+                NamedRequest("Y", b"y2", 5, 1, {}),  # Y again in the batch, other events
+                NamedRequest("C", b"c", 6, 1, {}),
+            ],
+        )
+        assert result.reused == {"X", "Y"}
+        assert result.statuses[2:4] == [Status.ACCEPTED, Status.ACCEPTED]
+        assert result.statuses[6] == Status.ACCEPTED
+        stored = conn.execute(
+            "SELECT event_id, payload FROM events WHERE topic = 'refused' ORDER BY event_id"
+        ).fetchall()
+        assert stored == [
+            ("echo", {}),
+            ("first", {}),
+            ("other", {"v": 2}),
+            ("same", {}),
+            ("y", {}),
+        ]
