@@ -70,9 +70,11 @@ class BatchResult:
     # Events answered DUPLICATE from the recently stored keys (storage.recent), no table read.
     remembered: int = 0
     # Named requests answered from the request ledger (written before; nothing counted),
-    # and those whose id names other events (not written: the request is refused).
+    # and those whose id names other events (not written: the request is refused), each
+    # as (its id, the index of its first event in the batch): a batch may hold two
+    # requests under one id, the first written, the second refused.
     replayed: set[str] = field(default_factory=set)
-    reused: set[str] = field(default_factory=set)
+    reused: set[tuple[str, int]] = field(default_factory=set)
 
     @property
     def statuses(self) -> list[Status]:

@@ -463,15 +463,21 @@ def _claim(
     )
     outcomes = result.outcomes
     leaving = [(r, replays[r.request_id]) for r in claiming if r.request_id in replays]
+    refused: set[str] = set()
     for r, replay in leaving:
         if replay.outcomes is not None and len(replay.outcomes) == r.size:
             outcomes[r.first : r.first + r.size] = replay.outcomes
             result.replayed.add(r.request_id)
         else:
-            result.reused.add(r.request_id)
-    for echo, earlier in echoes:
-        if echo.fingerprint != earlier.fingerprint or echo.size != earlier.size:
-            result.reused.add(echo.request_id)
+            result.reused.add((r.request_id, r.first))
+            refused.add(r.request_id)
+    for echo, earlier in echoes:  # refused with its first copy, or for other events
+        if (
+            echo.request_id in refused
+            or echo.fingerprint != earlier.fingerprint
+            or echo.size != earlier.size
+        ):
+            result.reused.add((echo.request_id, echo.first))
     gone = [r for r, _ in leaving] + [echo for echo, _ in echoes]
     claimed = [r for r in claiming if r.request_id not in replays]
     if not gone:
@@ -487,7 +493,7 @@ def _claim(
         claimed,
         [i for i in idxs if i not in out],
         rejected,
-        [(e, r) for e, r in echoes if e.request_id not in result.reused],
+        [(e, r) for e, r in echoes if (e.request_id, e.first) not in result.reused],
     )
 
 

@@ -591,7 +591,7 @@ class Batcher:
         offset = 0
         for item in batch:
             n = len(item.events)
-            if item.request_id in result.reused:
+            if (item.request_id, offset) in result.reused:
                 item.fail(
                     errors.RequestInvalid(
                         f"request_id: {item.request_id!r} names a request with other events; "

@@ -245,7 +245,7 @@ def test_a_second_request_under_one_id_in_a_batch_with_other_events_stores_none_
                 NamedRequest("twice", b"other", 1, 1, {}),
             ],
         )
-        assert result.reused == {"twice"}
+        assert result.reused == {("twice", 1)}
         assert result.statuses[0] == result.statuses[2] == Status.ACCEPTED
         stored = conn.execute("SELECT event_id FROM events WHERE topic = 'echo'").fetchall()
         assert sorted(stored) == [("kept",), ("plain",)]
@@ -281,7 +281,7 @@ def test_an_event_also_in_a_request_that_is_refused_is_stored_for_the_other_requ
                 NamedRequest("C", b"c", 6, 1, {}),
             ],
         )
-        assert result.reused == {"X", "Y"}
+        assert result.reused == {("X", 0), ("Y", 5)}
         assert result.statuses[2:4] == [Status.ACCEPTED, Status.ACCEPTED]
         assert result.statuses[6] == Status.ACCEPTED
         stored = conn.execute(
@@ -294,3 +294,17 @@ def test_an_event_also_in_a_request_that_is_refused_is_stored_for_the_other_requ
             ("same", {}),
             ("y", {}),
         ]
+
+
+def test_a_refused_request_sent_twice_in_a_batch_is_refused_twice(db_url):
+    def e(event_id: str) -> NewEvent:
+        return NewEvent("twice", event_id, 1_700_000_000_000_000_000, "s", "{}")
+
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        writer.create_staging(conn)
+        writer.write_batch(conn, [e("k1")], requests=[NamedRequest("X", b"one", 0, 1, {})])
+        again = [NamedRequest("X", b"two", 0, 1, {}), NamedRequest("X", b"two", 1, 1, {})]
+        result = writer.write_batch(conn, [e("k2"), e("k2")], requests=again)
+        assert result.reused == {("X", 0), ("X", 1)}
+        stored = conn.execute("SELECT event_id FROM events WHERE topic = 'twice'").fetchall()
+        assert stored == [("k1",)]

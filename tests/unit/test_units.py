@@ -115,6 +115,35 @@ def submission(n):
     return batcher.Submission([storage.NewEvent("t", str(i), 0, "", "{}") for i in range(n)], {})
 
 
+def test_of_two_requests_under_one_id_in_a_batch_only_the_refused_one_fails():
+    """The writer refuses a request by its id and its place in the batch: the first request
+    under the id, written, is answered; the second, with other events, is refused."""
+
+    class SecondRefused(GatedWriter):
+        def __call__(self, events, rejected, ticket, requests=()):
+            result = super().__call__(events, rejected, ticket, requests)
+            result.reused = {(r.request_id, r.first) for r in requests[1:]}
+            return result
+
+    writer = SecondRefused()
+    queue = batcher.Batcher(
+        writer, workers=1, light_worker=False, max_batch_events=100, max_pending_events=1000
+    )
+    assert queue.offer(submission(1))
+    assert writer.entered.wait(10)  # held, so that the next two go in one batch
+    first, second = (
+        batcher.Submission(submission(1).events, {}, request_id="dup", fingerprint=print_)
+        for print_ in (b"one", b"two")
+    )
+    assert queue.offer(first) and queue.offer(second)
+    writer.release.set()
+    assert first.wait(10) and second.wait(10)
+    queue.close()
+    assert writer.sizes == [1, 2]
+    assert first.error is None and first.outcomes == [storage.Outcome(storage.Status.ACCEPTED)]
+    assert isinstance(second.error, errors.RequestInvalid)
+
+
 def test_batcher_takes_everything_pending_when_a_worker_frees_up():
     writer = GatedWriter()
     queue = batcher.Batcher(
