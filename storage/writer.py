@@ -251,14 +251,17 @@ def _write_once(
         # the claim must come first: to read the epoch between them (`recent`).
         claiming = sent and recent is None
         returning: list[tuple[object, ...]] = []
+        requests_named = _first_copies(named)
         if named and claiming:
             with conn.pipeline():  # BEGIN, the claim and the INSERT in one round trip
                 cur.execute("BEGIN")
                 begin = False
-                cur.execute(queries.get("insert_sent"), _sent(rows, named))
+                cur.execute(queries.get("insert_sent"), _sent(rows, requests_named))
             returning = cur.fetchall()
             ids = {cast(str, i) for t, i, _ in returning if t is None}
-            claimed, kept, rejected, echoes = _claim(cur, named, idxs, rejected, result, ids)
+            claimed, kept, rejected, echoes = _claim(
+                cur, requests_named, idxs, rejected, result, ids
+            )
             if len(kept) < len(idxs):
                 idxs, sent_first = kept, {r[0] for r in rows if r[1]}
                 first, copies, rows = _plan(events, idxs)
@@ -272,7 +275,9 @@ def _write_once(
                 if begin:
                     cur.execute("BEGIN")
                     begin = False
-                claimed, kept, rejected, echoes = _claim(cur, named, idxs, rejected, result)
+                claimed, kept, rejected, echoes = _claim(
+                    cur, requests_named, idxs, rejected, result
+                )
             if len(kept) < len(idxs):
                 idxs = kept
                 first, copies, rows = _plan(events, idxs)
@@ -445,7 +450,7 @@ def _plan(
 
 def _claim(
     cur: psycopg.Cursor[tuple[object, ...]],
-    named: list[NamedRequest],
+    named: _Named,
     idxs: list[int],
     rejected: dict[str, int],
     result: BatchResult,
@@ -455,7 +460,7 @@ def _claim(
     before leave this transaction, answered from the request ledger (result.replayed) or
     refused (result.reused), and so does a second copy of a request in this batch
     (answered as its first copy is)."""
-    claiming, echoes = _first_copies(named)
+    claiming, echoes = named
     replays = (
         requests_ledger.claim(cur, claiming)
         if ids is None
@@ -521,9 +526,18 @@ def _fold_topics_without_events(
             counts.setdefault("", [0, 0, 0, 0])[Status.REJECTED - 1] += rejected
 
 
-def _first_copies(
-    named: Sequence[NamedRequest],
-) -> tuple[list[NamedRequest], list[tuple[NamedRequest, NamedRequest]]]:
+class _Named(NamedTuple):
+    """A batch's named requests: the first under each id, and the later ones (each with
+    the first under its id)."""
+
+    firsts: list[NamedRequest]
+    echoes: list[tuple[NamedRequest, NamedRequest]]
+
+
+_UNNAMED = _Named([], [])
+
+
+def _first_copies(named: Sequence[NamedRequest]) -> _Named:
     """The first request of each id in `named`, and the later ones (each with its first)."""
     first_of: dict[str, NamedRequest] = {}
     echoes: list[tuple[NamedRequest, NamedRequest]] = []
@@ -531,7 +545,7 @@ def _first_copies(
         earlier = first_of.setdefault(r.request_id, r)
         if earlier is not r:
             echoes.append((r, earlier))
-    return list(first_of.values()), echoes
+    return _Named(list(first_of.values()), echoes)
 
 
 def _small(rows: list[_Row]) -> bool:
@@ -554,13 +568,13 @@ class _JsonDumper(adapt.Dumper):
         return obj.text
 
 
-def _sent(rows: Iterable[_Row], named: Sequence[NamedRequest] = ()) -> dict[str, object]:
+def _sent(rows: Iterable[_Row], named: _Named = _UNNAMED) -> dict[str, object]:
     """insert_sent's parameters: the first copies among `rows` as one JSON array of arrays
     [idx, topic, event_id, seconds, microseconds, ts_nanos, source, payload, request id],
     the timestamp split so that the statement rebuilds it exactly (from integers, never a
     float), with the `named` requests to claim. A later request under the same id as an
     earlier one in the batch is never claimed: its rows go with the id "", never stored."""
-    claiming, echoes = _first_copies(named)
+    claiming, echoes = named
     owner: dict[int, str] = {}
     for r in claiming:
         owner.update(dict.fromkeys(range(r.first, r.first + r.size), r.request_id))
