@@ -1,18 +1,22 @@
 """A loopback TCP proxy in front of PostgreSQL that cuts connections on demand.
 
 Used by the fault tests and `make chaos` to lose the database connection at a chosen moment:
-`cut_all()` drops every connection now; `cut_at_commit()` lets the next COMMIT through to the
+`cut_all()` drops every connection now; `cut_at_commit()` lets the next commit through to the
 server and drops that connection before the reply can come back, so the client cannot know
-whether its transaction committed (it did). `freeze()` turns it into a black hole: every
-connection, open or new, stays established and nothing is forwarded either way until
-`thaw()` (a dead peer behind a NAT or a stuck load balancer). Frontend messages are parsed
-only as far as needed to recognise a COMMIT (simple Query or Parse).
+whether its transaction committed (it did). A commit is a COMMIT, or the Sync that ends a
+pipeline which writes outside an explicit transaction (an implicit transaction, committed
+at that Sync). `freeze()` turns it into a black hole: every connection, open or new, stays
+established and nothing is forwarded either way until `thaw()` (a dead peer behind a NAT or
+a stuck load balancer). Frontend messages are parsed only as far as needed to recognise a
+commit: the statements' texts (simple Query, Parse), which statement each Bind runs, and
+Execute and Sync.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import socket
 import struct
 import threading
@@ -23,13 +27,71 @@ log = logging.getLogger(__name__)
 _UNTYPED_REQUESTS = {80877103, 80877104}  # SSLRequest, GSSENCRequest: answered by one byte
 
 
+_BEGIN, _COMMIT, _ROLLBACK, _WRITE, _OTHER = range(5)
+_WORDS = {
+    b"BEGIN": _BEGIN,
+    b"START": _BEGIN,
+    b"COMMIT": _COMMIT,
+    b"END": _COMMIT,
+    b"ROLLBACK": _ROLLBACK,
+    b"ABORT": _ROLLBACK,
+}
+_WRITES = re.compile(rb"\b(?:INSERT|UPDATE|DELETE)\b", re.IGNORECASE)
+
+
+def _kind(text: bytes) -> int:
+    """What a statement does, as far as telling commits goes."""
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith(b"--")]
+    words = b" ".join(lines).split(None, 1)
+    kind = _WORDS.get(words[0].rstrip(b";").upper(), _OTHER) if words else _OTHER
+    if kind == _OTHER and _WRITES.search(text):
+        return _WRITE
+    return kind
+
+
 class _Link:
-    """One client connection and its upstream connection."""
+    """One client connection and its upstream connection, with what the client's
+    session is doing: its named statements' kinds, the statement bound last, whether an
+    explicit transaction is open, and what the pipeline since the last Sync did."""
 
     def __init__(self, client: socket.socket, upstream: socket.socket) -> None:
         self.client = client
         self.upstream = upstream
         self.cut = threading.Event()
+        self.statements: dict[bytes, int] = {}
+        self.bound = _OTHER
+        self.in_transaction = False
+        self.commits = False  # the statements since the last Sync commit at it
+
+    def commits_at(self, kind: bytes, body: bytes) -> bool:
+        """Take in a frontend message; whether the server commits once it has read it."""
+        if kind == b"Q":
+            return self._executed(_kind(body.rstrip(b"\0"))) or self._synced()
+        if kind == b"P":
+            name, text = body.split(b"\0", 2)[:2]
+            self.statements[name] = _kind(text)
+        elif kind == b"B":
+            name = body.split(b"\0", 2)[1]
+            self.bound = self.statements.get(name, _OTHER)
+        elif kind == b"E":
+            self._executed(self.bound)
+        elif kind == b"S":
+            return self._synced()
+        return False
+
+    def _executed(self, kind: int) -> bool:
+        if kind == _BEGIN:
+            self.in_transaction = True
+        elif kind in (_COMMIT, _ROLLBACK):
+            self.commits |= kind == _COMMIT and self.in_transaction
+            self.in_transaction = False
+        elif kind == _WRITE and not self.in_transaction:
+            self.commits = True
+        return False
+
+    def _synced(self) -> bool:
+        commits, self.commits = self.commits, False
+        return commits
 
     def close(self) -> None:
         self.cut.set()
@@ -49,9 +111,9 @@ class PgProxy:
         self._links: set[_Link] = set()
         self._lock = threading.Lock()
         self._commit_cuts_armed = 0
-        self.commit_cuts = 0  # COMMITs forwarded whose reply was never delivered
+        self.commit_cuts = 0  # commits forwarded whose reply was never delivered
         self.cuts = 0  # connections dropped by cut_all()
-        self.commit_cut = threading.Event()  # set by each cut at COMMIT
+        self.commit_cut = threading.Event()  # set by each cut at a commit
         self._flowing = threading.Event()
         self._flowing.set()
         self._closed = False
@@ -71,7 +133,7 @@ class PgProxy:
         )
 
     def cut_at_commit(self, times: int = 1) -> None:
-        """Drop the connection of each of the next `times` COMMITs after forwarding it."""
+        """Drop the connection of each of the next `times` commits after forwarding it."""
         with self._lock:
             self.commit_cut.clear()
             self._commit_cuts_armed += times
@@ -183,10 +245,10 @@ class PgProxy:
                     if len(buffer) < 1 + length:
                         break
                     message, buffer = buffer[: 1 + length], buffer[1 + length :]
-                    if kind in (b"Q", b"P") and self._take_commit_cut(message):
+                    if link.commits_at(kind, message[5:]) and self._take_commit_cut():
                         link.cut.set()  # the reply must never reach the client
                         link.client.shutdown(socket.SHUT_RDWR)
-                        # The server reads the COMMIT, then end-of-file once it has replied;
+                        # The server reads the commit, then end-of-file once it has replied;
                         # _backend drops the reply and closes the link.
                         link.upstream.sendall(message)
                         link.upstream.shutdown(socket.SHUT_WR)
@@ -199,12 +261,7 @@ class PgProxy:
             pass
         self._drop(link)
 
-    def _take_commit_cut(self, message: bytes) -> bool:
-        body = message[5:]
-        if message[:1] == b"P":
-            body = body[body.index(b"\0") + 1 :]  # skip the statement name
-        if body.lstrip()[:6].upper() != b"COMMIT":
-            return False
+    def _take_commit_cut(self) -> bool:
         with self._lock:
             if self._commit_cuts_armed <= 0:
                 return False
