@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import NamedTuple, cast
@@ -57,6 +58,15 @@ _TRANSIENT_ATTEMPTS = 5
 # out in chunks where the document would be a second copy of the batch in memory.
 SENT_ROWS = 256
 SENT_CHARS = 1 << 20
+# Such a batch is predicted to be all new (every event stored, every named request claimed
+# here) while at least this share of the recent flushes on its connection were: it then
+# sends its INSERT, counters and COMMIT in one round trip instead of two, and a wrong
+# prediction aborts the transaction (flush_as_predicted) and costs one more (_predicted).
+PREDICT_AT = 0.75
+_PREDICT_MEMORY = 8  # flushes: each one moves a connection's share by 1/8 of the way
+_all_new: weakref.WeakKeyDictionary[psycopg.Connection[tuple[object, ...]], float] = (
+    weakref.WeakKeyDictionary()
+)
 
 Conn = psycopg.Connection[tuple[object, ...]]
 
@@ -66,6 +76,7 @@ _PRUNE_LOCK = 0x61676770
 
 _US_TO_2000 = 946_684_800_000_000  # µs from the Unix epoch to PostgreSQL's, 2000-01-01
 _pack_int8 = struct.Struct("!q").pack
+_IDLE = pq.TransactionStatus.IDLE
 _INTRANS = pq.TransactionStatus.INTRANS
 _INERROR = pq.TransactionStatus.INERROR
 
@@ -224,18 +235,28 @@ def _write_once(
     named = _whole(requests, idxs, rejected)
     # Every event in idxs gets its outcome below, replacing any from an attempt that rolled back.
     outcomes = result.outcomes
-    counts: dict[str, list[int]] = {}  # topic → events per Status (value - 1)
     stored_topics: set[str] = set()
     epoch: int | None = None
     remembered: set[int] = set()
     unlike: set[int] = set()  # DUPLICATEs by key alone: the stored row may hold other content
     # Built before the transaction opens: the database waits for nothing of this.
     first, copies, rows = _plan(events, idxs)
+    requests_named = _first_copies(named)
+    sent = not distributed and _small(rows)
+    # Whether this flush tells how often batches were all new (only those that could be
+    # predicted: small, single node, without the recent keys' epoch read).
+    observed = sent and recent is None and refused is None and bool(rows)
+    if observed and _all_new.get(conn, 1.0) >= PREDICT_AT:
+        counted = _predicted(
+            conn, events, idxs, rejected, result, ticket, requests_named, copies, rows
+        )
+        if counted is not None:
+            _add_counts(result, counted)
+            return
     for i in idxs:
         outcomes[i] = ACCEPTED  # unless the database says otherwise below
 
     tx = 0  # on Citus: this transaction's id on the coordinator
-    sent = not distributed and _small(rows)
     with conn.cursor() as cur, _rolled_back_on_error(conn):
         begin = not distributed  # BEGIN still to send, in one pipeline with what follows
         if distributed:
@@ -251,7 +272,6 @@ def _write_once(
         # the claim must come first: to read the epoch between them (`recent`).
         claiming = sent and recent is None
         returning: list[tuple[object, ...]] = []
-        requests_named = _first_copies(named)
         if named and claiming:
             with conn.pipeline():  # BEGIN, the claim and the INSERT in one round trip
                 cur.execute("BEGIN")
@@ -333,6 +353,13 @@ def _write_once(
                     unlike.add(r[0])
                 else:
                     differing.append(r[0])
+            if observed:
+                _observe(
+                    conn,
+                    len(claimed) == len(requests_named.firsts)
+                    and not echoes
+                    and all(r[1] and returned.get(r[0]) is True for r in rows),
+                )
             _compare_with_stored(cur, differing, result, events if sent else None)
         for i, earlier in copies:
             settled = outcomes[earlier]
@@ -345,31 +372,11 @@ def _write_once(
             ]
             result.replayed.add(echo.request_id)
 
-        for i in idxs:
-            slot = counts.setdefault(events[i].topic, [0, 0, 0, 0])
-            slot[outcomes[i].status - 1] += 1
-        for topic, n in rejected.items():
-            counts.setdefault(topic, [0, 0, 0, 0])[Status.REJECTED - 1] += n
+        counts = _count(events, idxs, outcomes, rejected)
         _fold_topics_without_events(cur, counts, distributed)
         # The rest needs no answer: one statement, sent with the COMMIT in one round trip.
-        # Subscribers (on every server) look again after the commit: those of the topics
-        # stored here, and those waiting for older transactions to finish ("" when nothing
-        # new was stored: only this transaction's end matters).
-        topics = sorted(counts)
-        settle = {
-            "topic": topics,
-            "accepted": [counts[t][0] for t in topics],
-            "duplicates": [counts[t][1] for t in topics],
-            "rejected": [counts[t][2] for t in topics],
-            "conflicts": [counts[t][3] for t in topics],
-            "notify": (sorted(stored_topics) or [""]) if rows else [],
-            **ledger.fields(ticket, idxs if refused is None else [refused], result, counts),
-            **(
-                requests_ledger.fields(claimed, outcomes)
-                if claimed
-                else requests_ledger.NO_REQUESTS
-            ),
-        }
+        decided = idxs if refused is None else [refused]
+        settle = _settle(counts, stored_topics, bool(rows), ticket, decided, result, claimed)
         if distributed:
             settle.update(tx=tx, prune_lock=_PRUNE_LOCK)
         if ticket is not None:
@@ -389,6 +396,117 @@ def _write_once(
             events,
             (i for i in idxs if outcomes[i] in _STORED_AS_SENT and i not in unlike),
         )
+    _add_counts(result, counts)
+
+
+def _predicted(
+    conn: Conn,
+    events: Sequence[NewEvent],
+    idxs: list[int],
+    rejected: dict[str, int],
+    result: BatchResult,
+    ticket: ledger.Ticket | None,
+    named: _Named,
+    copies: list[tuple[int, int]],
+    rows: list[_Row],
+) -> dict[str, list[int]] | None:
+    """Write a small batch predicted to be all new in one transaction sent in one round
+    trip: insert_sent and the counters in one pipeline without a BEGIN, so that they run
+    as one implicit transaction that commits at the pipeline's Sync, or, when one of them
+    fails, not at all (and leaves the connection idle: no ROLLBACK to send). Return the
+    counts committed, or None when the batch cannot be predicted so, or was not so: then
+    nothing was committed (flush_as_predicted failed the INSERT) and the batch is to be
+    written again."""
+    if named.echoes or not all(r[1] for r in rows):
+        return None  # a later copy of a key, or of a request, is settled against the first
+    outcomes = result.outcomes
+    for i in idxs:
+        outcomes[i] = ACCEPTED
+    for i, _ in copies:
+        outcomes[i] = DUPLICATE  # an exact copy of an event stored here
+    counts = _count(events, idxs, outcomes, rejected)
+    if any(t and c[0] == c[1] == c[3] == 0 for t, c in counts.items()):
+        return None  # a topic with rejected events only (_fold_topics_without_events)
+    # The requests' statuses are recorded by their claim, in insert_sent.
+    settle = _settle(counts, {r[2] for r in rows}, True, ticket, idxs, result, ())
+    statuses = requests_ledger.fields(named.firsts, outcomes)["request_statuses"]
+    sent = _sent(rows, named, len(rows) + len(named.firsts), cast("list[bytes]", statuses))
+    if ticket is not None:
+        ticket.committing = True  # the commit comes with the rest
+    try:
+        # The INSERT last: psycopg prepares a statement the fifth time it runs, and loses
+        # track of one whose preparation a failure earlier in the pipeline skipped.
+        with conn.cursor() as cur, conn.pipeline():
+            cur.execute(queries.get("settle_batch"), settle)
+            cur.execute(queries.get("insert_sent"), sent)
+    except psycopg.Error as exc:
+        if ticket is not None and conn.info.transaction_status == _IDLE:
+            ticket.committing = False  # the server answered with an error: nothing committed
+        if not isinstance(exc, pg_errors.RaiseException):  # not flush_as_predicted's
+            raise
+        _observe(conn, False)
+        return None
+    if ticket is not None:
+        ticket.committing = False
+    _observe(conn, True)
+    return counts
+
+
+def _observe(conn: Conn, all_new: bool) -> None:
+    """Note whether a batch written on `conn` that could have been predicted all new was."""
+    share = _all_new.get(conn, 1.0)
+    _all_new[conn] = share + (all_new - share) / _PREDICT_MEMORY
+
+
+def _count(
+    events: Sequence[NewEvent],
+    idxs: list[int],
+    outcomes: Sequence[Outcome],
+    rejected: Mapping[str, int],
+) -> dict[str, list[int]]:
+    """Topic → events per Status (value - 1): those of `idxs`, and those `rejected` before."""
+    counts: dict[str, list[int]] = {}
+    for i in idxs:
+        slot = counts.setdefault(events[i].topic, [0, 0, 0, 0])
+        slot[outcomes[i].status - 1] += 1
+    for topic, n in rejected.items():
+        counts.setdefault(topic, [0, 0, 0, 0])[Status.REJECTED - 1] += n
+    return counts
+
+
+def _settle(
+    counts: dict[str, list[int]],
+    stored_topics: set[str],
+    wrote: bool,
+    ticket: ledger.Ticket | None,
+    decided: Sequence[int],
+    result: BatchResult,
+    claimed: Sequence[NamedRequest],
+) -> dict[str, object]:
+    """settle_batch's parameters: the counters, the batch ledger's record of the events
+    `decided`, the statuses of the named requests `claimed`, and the topics to notify.
+    Subscribers (on every server) look again after the commit: those of the topics stored
+    here, and those waiting for older transactions to finish ("" when nothing new was
+    stored: only this transaction's end matters); none when no row was `wrote`."""
+    topics = sorted(counts)
+    return {
+        "topic": topics,
+        "accepted": [counts[t][0] for t in topics],
+        "duplicates": [counts[t][1] for t in topics],
+        "rejected": [counts[t][2] for t in topics],
+        "conflicts": [counts[t][3] for t in topics],
+        "notify": (sorted(stored_topics) or [""]) if wrote else [],
+        **ledger.fields(ticket, decided, result, counts),
+        **(
+            requests_ledger.fields(claimed, result.outcomes)
+            if claimed
+            else requests_ledger.NO_REQUESTS
+        ),
+    }
+
+
+def _add_counts(result: BatchResult, counts: Mapping[str, Sequence[int]]) -> None:
+    """Add what a committed transaction counted to the batch's result."""
     for topic, per_status in counts.items():
         for status, n in zip(Status, per_status, strict=True):
             if n:
@@ -568,12 +686,19 @@ class _JsonDumper(adapt.Dumper):
         return obj.text
 
 
-def _sent(rows: Iterable[_Row], named: _Named = _UNNAMED) -> dict[str, object]:
+def _sent(
+    rows: Iterable[_Row],
+    named: _Named = _UNNAMED,
+    predicted: int | None = None,
+    statuses: Sequence[bytes] = (),
+) -> dict[str, object]:
     """insert_sent's parameters: the first copies among `rows` as one JSON array of arrays
     [idx, topic, event_id, seconds, microseconds, ts_nanos, source, payload, request id],
     the timestamp split so that the statement rebuilds it exactly (from integers, never a
     float), with the `named` requests to claim. A later request under the same id as an
-    earlier one in the batch is never claimed: its rows go with the id "", never stored."""
+    earlier one in the batch is never claimed: its rows go with the id "", never stored.
+    A predicted flush (_predicted) sends how many rows and claims it `predicted`, and the
+    `statuses` of each named request, recorded with its claim."""
     claiming, echoes = named
     owner: dict[int, str] = {}
     for r in claiming:
@@ -589,6 +714,8 @@ def _sent(rows: Iterable[_Row], named: _Named = _UNNAMED) -> dict[str, object]:
         "rows": _Json(orjson.dumps(sent)),
         "ids": [r.request_id for r in claiming],
         "fingerprints": [r.fingerprint for r in claiming],
+        "predicted": predicted,
+        "statuses": list(statuses),
     }
 
 

@@ -24,6 +24,7 @@ from psycopg import sql as pg_sql
 
 from aggregator import storage
 from aggregator.server import Config, Server
+from aggregator.storage import writer
 from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
 
 
@@ -104,6 +105,23 @@ def sql(db_url: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     """A plain connection for checking what the database holds."""
     with psycopg.connect(db_url, autocommit=True) as conn:
         yield conn
+
+
+# The writer's paths for a small batch (storage.writer), each forced by its settings:
+# predicted all new and sent with its COMMIT in one round trip (falling back to the next
+# path when it was not), sent in its INSERT and answered before the COMMIT, or copied
+# into the staging table first (what larger batches take).
+WRITE_PATHS: dict[str, dict[str, float]] = {
+    "predicted": {"PREDICT_AT": 0.0},
+    "sent": {"PREDICT_AT": 2.0},
+    "copied": {"SENT_ROWS": 0},
+}
+
+
+def use_write_path(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    """Make the writer take `path` (a key of WRITE_PATHS) for every small batch."""
+    for name, value in WRITE_PATHS[path].items():
+        monkeypatch.setattr(writer, name, value)
 
 
 def server_config(db_url: str, **overrides: object) -> Config:

@@ -19,7 +19,7 @@ from aggregator.storage.models import NewEvent, Status
 from aggregator.storage.requests import NamedRequest
 from aggregator.v1 import aggregator_pb2 as pb
 from aggregator.v1 import aggregator_pb2_grpc as pb_grpc
-from tests.integration.conftest import server_config
+from tests.integration.conftest import WRITE_PATHS, server_config, use_write_path
 from tests.support import (
     ACCEPTED,
     CONFLICT,
@@ -42,12 +42,12 @@ def counters(stub) -> tuple[int, ...]:
     return (s.received, s.accepted, s.duplicates, s.rejected, s.conflicts)
 
 
-@pytest.fixture(params=["sent", "copied"])
+@pytest.fixture(params=list(WRITE_PATHS))
 def served(request, db_url, monkeypatch):
-    """Each test twice: small batches claim their requests in their INSERT, and every batch
-    claims them first, then copies its rows into the staging table (what larger ones do)."""
-    if request.param == "copied":
-        monkeypatch.setattr(writer, "SENT_ROWS", 0)
+    """Each test on each of the writer's paths (WRITE_PATHS): small batches claim their
+    requests in their INSERT, with or without their COMMIT, or every batch claims them
+    first, then copies its rows into the staging table (what larger ones do)."""
+    use_write_path(monkeypatch, request.param)
     with Server(server_config(db_url, http_port=free_port())) as running:
         yield running
 
@@ -225,11 +225,11 @@ def test_a_flush_reaches_its_named_requests_through_their_key_never_the_whole_le
         assert recorded == (24,)
 
 
-@pytest.mark.parametrize("sent_rows", [writer.SENT_ROWS, 0], ids=["sent", "copied"])
+@pytest.mark.parametrize("path", list(WRITE_PATHS))
 def test_a_second_request_under_one_id_in_a_batch_with_other_events_stores_none_of_them(
-    db_url, monkeypatch, sent_rows
+    db_url, monkeypatch, path
 ):
-    monkeypatch.setattr(writer, "SENT_ROWS", sent_rows)
+    use_write_path(monkeypatch, path)
     with psycopg.connect(db_url, autocommit=True) as conn:
         writer.create_staging(conn)
         events = [
@@ -251,14 +251,14 @@ def test_a_second_request_under_one_id_in_a_batch_with_other_events_stores_none_
         assert sorted(stored) == [("kept",), ("plain",)]
 
 
-@pytest.mark.parametrize("sent_rows", [writer.SENT_ROWS, 0], ids=["sent", "copied"])
+@pytest.mark.parametrize("path", list(WRITE_PATHS))
 def test_an_event_also_in_a_request_that_is_refused_is_stored_for_the_other_request(
-    db_url, monkeypatch, sent_rows
+    db_url, monkeypatch, path
 ):
     """A request refused for naming another's id must not take with it an event that a
     request kept in the same batch carries too: that request's event is stored and
     ACCEPTED, whether it is the same event or the same key with other content."""
-    monkeypatch.setattr(writer, "SENT_ROWS", sent_rows)
+    use_write_path(monkeypatch, path)
 
     def e(event_id: str, payload: str = "{}") -> NewEvent:
         return NewEvent("refused", event_id, 1_700_000_000_000_000_000, "s", payload)

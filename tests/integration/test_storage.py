@@ -3,26 +3,28 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 import time
 from concurrent import futures
 
 import psycopg
 import pytest
+from psycopg import pq
 
 from aggregator import storage
 from aggregator.storage import KeyedEvent, NewEvent, Status, writer
 from aggregator.storage.embedded import free_port
+from aggregator.storage.requests import NamedRequest
+from tests.integration.conftest import WRITE_PATHS, use_write_path
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(params=["sent", "copied"])
+@pytest.fixture(params=list(WRITE_PATHS))
 def database(request, db_url, monkeypatch):
-    """Each test twice: small batches sent in their INSERT, and every batch copied into the
-    staging table first (what larger batches take)."""
-    if request.param == "copied":
-        monkeypatch.setattr(writer, "SENT_ROWS", 0)
+    """Each test on each of the writer's paths (WRITE_PATHS)."""
+    use_write_path(monkeypatch, request.param)
     with storage.Database(db_url, min_connections=1, max_connections=4) as db:
         yield db
 
@@ -86,7 +88,7 @@ def test_key_committed_by_a_concurrent_transaction_is_settled_not_guessed(
             lambda: (
                 watcher.execute(
                     "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO events%'"
+                    " WHERE wait_event_type = 'Lock' AND wait_event = 'transactionid'"
                 ).fetchone()
                 == (1,)
             )
@@ -314,3 +316,117 @@ def test_counters_ledger_and_notifications_are_written_together(database, db_url
         assert ledger == [(ticket.batch_id, 0, decided)]
     else:
         assert ledger == [(answered.batch_id, 0, bytes([Status.ACCEPTED]))]
+
+
+def traced(conn, write):
+    """Run write() with libpq's protocol trace on `conn`: its result, and the round trips
+    it took (the Syncs and simple Querys sent: after each, the client waits for the server)."""
+    with tempfile.TemporaryFile() as trace:
+        conn.pgconn.trace(trace.fileno())
+        conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+        try:
+            result = write()
+        finally:
+            conn.pgconn.untrace()
+        trace.seek(0)
+        sent = [line.split()[2] for line in trace if line.startswith(b"F\t")]
+    return result, sum(1 for message in sent if message in (b"Sync", b"Query"))
+
+
+@pytest.fixture
+def write_conn(db_url):
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        writer.create_staging(conn)
+        yield conn
+
+
+def test_a_batch_of_new_events_is_written_with_its_commit_in_one_round_trip(write_conn, sql):
+    """Predicted all new, a small batch sends its INSERT, counters, ledger records and
+    COMMIT at once: what it predicted is what commits."""
+    ticket = storage.Ticket()
+    result, trips = traced(
+        write_conn,
+        lambda: writer.write_batch(
+            write_conn,
+            [new("a"), new("b", topic="u"), new("a"), new("c")],
+            {"u": 1},
+            ticket=ticket,
+            requests=[NamedRequest("R", b"r", 1, 2, {"u": 1})],
+        ),
+    )
+    assert trips == 1
+    decided = [Status.ACCEPTED, Status.ACCEPTED, Status.DUPLICATE, Status.ACCEPTED]
+    assert result.statuses == decided
+    assert sql.execute("SELECT event_id FROM events ORDER BY 1").fetchall() == [
+        ("a",),
+        ("b",),
+        ("c",),
+    ]
+    counts = sql.execute(
+        "SELECT topic, sum(received), sum(accepted), sum(duplicates), sum(rejected)"
+        " FROM topic_stats GROUP BY topic ORDER BY topic"
+    ).fetchall()
+    assert counts == [("t", 3, 2, 1, 0), ("u", 2, 1, 0, 1)]
+    assert sql.execute("SELECT batch_id, statuses FROM batch_ledger").fetchall() == [
+        (ticket.batch_id, bytes(decided))
+    ]
+    assert sql.execute("SELECT request_id, statuses FROM request_ledger").fetchall() == [
+        ("R", bytes(decided[1:3]))
+    ]
+
+
+def test_a_batch_wrongly_predicted_new_commits_nothing_of_the_prediction(
+    write_conn, sql, monkeypatch
+):
+    """A prediction that a stored event, a re-sent request or a key stored with other
+    content is new aborts its transaction: the batch is written again and answered and
+    counted as it is, every event stored once."""
+    monkeypatch.setattr(writer, "PREDICT_AT", 0.0)
+    ticket = storage.Ticket()
+    writer.write_batch(
+        write_conn, [new("a"), new("x")], requests=[NamedRequest("R", b"r", 1, 1, {})]
+    )
+    result, trips = traced(
+        write_conn,
+        lambda: writer.write_batch(
+            write_conn,
+            [new("a"), new("b"), new("c", '{"v": 2}'), new("c"), new("x")],
+            ticket=ticket,
+            requests=[NamedRequest("R", b"r", 4, 1, {})],
+        ),
+    )
+    assert result.statuses == [
+        Status.DUPLICATE,
+        Status.ACCEPTED,
+        Status.ACCEPTED,
+        Status.CONFLICT,
+        Status.ACCEPTED,  # R's first answer
+    ]
+    assert result.replayed == {"R"}
+    assert trips > 2  # the prediction's, then the INSERT's and the COMMIT's
+    stored = sql.execute("SELECT event_id, payload::text FROM events ORDER BY 1").fetchall()
+    assert stored == [("a", '{"v": 1}'), ("b", '{"v": 1}'), ("c", '{"v": 2}'), ("x", '{"v": 1}')]
+    counts = sql.execute(
+        "SELECT sum(received), sum(accepted), sum(duplicates), sum(conflicts) FROM topic_stats"
+    ).fetchone()
+    assert counts == (6, 4, 1, 1)
+    assert sql.execute("SELECT statuses FROM batch_ledger").fetchall() == [
+        (bytes([Status.DUPLICATE, Status.ACCEPTED, Status.ACCEPTED, Status.CONFLICT]),)
+    ]
+
+
+def test_while_most_batches_are_resends_none_is_predicted_new(write_conn):
+    """A wrong prediction costs a round trip: after a few, re-sends are written without
+    one; once batches are new again, they are predicted again."""
+    writer.write_batch(write_conn, [new("a")])
+    resends = [traced(write_conn, lambda: writer.write_batch(write_conn, [new("a")]))[1]]
+    while resends[-1] > 2:
+        assert len(resends) < 10, resends
+        resends.append(traced(write_conn, lambda: writer.write_batch(write_conn, [new("a")]))[1])
+    assert resends[0] == 3
+    fresh: list[int] = []
+    while not fresh or fresh[-1] > 1:
+        assert len(fresh) < 10, fresh
+        batch = [new(f"n{len(fresh)}")]
+        fresh.append(traced(write_conn, lambda b=batch: writer.write_batch(write_conn, b))[1])
+    assert fresh[0] == 2
