@@ -58,13 +58,16 @@ _TRANSIENT_ATTEMPTS = 5
 # out in chunks where the document would be a second copy of the batch in memory.
 SENT_ROWS = 256
 SENT_CHARS = 1 << 20
-# Such a batch is predicted to be all new (every event stored, every named request claimed
-# here) while at least this share of the recent flushes on its connection were: it then
-# sends its INSERT, counters and COMMIT in one round trip instead of two, and a wrong
-# prediction aborts the transaction (flush_as_predicted) and costs one more (_predicted).
+# Such a batch is predicted to be all new (every event stored here), or all re-sends
+# (every event stored before with the same content), while at least this share of the
+# recent flushes on its connection were so; either way with every named request claimed
+# here. It then sends its INSERT, counters and COMMIT in one round trip instead of two; a
+# wrong prediction aborts the transaction (flush_as_predicted) and costs one more.
 PREDICT_AT = 0.75
-_PREDICT_MEMORY = 8  # flushes: each one moves a connection's share by 1/8 of the way
-_all_new: weakref.WeakKeyDictionary[psycopg.Connection[tuple[object, ...]], float] = (
+_PREDICT_MEMORY = 8  # flushes: each one moves a connection's shares by 1/8 of the way
+_NEW, _STORED = 0, 1  # what a batch is predicted to be: index into a connection's shares
+# connection → the shares of its recent predictable flushes that were all new, all stored
+_shares: weakref.WeakKeyDictionary[psycopg.Connection[tuple[object, ...]], list[float]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -243,16 +246,19 @@ def _write_once(
     first, copies, rows = _plan(events, idxs)
     requests_named = _first_copies(named)
     sent = not distributed and _small(rows)
-    # Whether this flush tells how often batches were all new (only those that could be
-    # predicted: small, single node, without the recent keys' epoch read).
+    # Whether this flush tells how often batches were all new or all stored (only those
+    # that could be predicted: small, single node, without the recent keys' epoch read).
     observed = sent and recent is None and refused is None and bool(rows)
-    if observed and _all_new.get(conn, 1.0) >= PREDICT_AT:
-        counted = _predicted(
-            conn, events, idxs, rejected, result, ticket, requests_named, copies, rows
-        )
-        if counted is not None:
-            _add_counts(result, counted)
-            return
+    if observed:
+        shares = _shares.setdefault(conn, [1.0, 0.0])
+        likely = _NEW if shares[_NEW] >= PREDICT_AT else _STORED
+        if shares[likely] >= PREDICT_AT:
+            counted = _predicted(
+                conn, events, idxs, rejected, result, ticket, requests_named, copies, rows, likely
+            )
+            if counted is not None:
+                _add_counts(result, counted)
+                return
     for i in idxs:
         outcomes[i] = ACCEPTED  # unless the database says otherwise below
 
@@ -354,12 +360,9 @@ def _write_once(
                 else:
                     differing.append(r[0])
             if observed:
-                _observe(
-                    conn,
-                    len(claimed) == len(requests_named.firsts)
-                    and not echoes
-                    and all(r[1] and returned.get(r[0]) is True for r in rows),
-                )
+                claims = len(claimed) == len(requests_named.firsts) and not echoes
+                said = {returned.get(r[0]) if r[1] else False for r in rows}
+                _observe(conn, claims and said == {True}, claims and said == {None})
             _compare_with_stored(cur, differing, result, events if sent else None)
         for i, earlier in copies:
             settled = outcomes[earlier]
@@ -409,28 +412,31 @@ def _predicted(
     named: _Named,
     copies: list[tuple[int, int]],
     rows: list[_Row],
+    likely: int,
 ) -> dict[str, list[int]] | None:
-    """Write a small batch predicted to be all new in one transaction sent in one round
-    trip: insert_sent and the counters in one pipeline without a BEGIN, so that they run
-    as one implicit transaction that commits at the pipeline's Sync, or, when one of them
-    fails, not at all (and leaves the connection idle: no ROLLBACK to send). Return the
-    counts committed, or None when the batch cannot be predicted so, or was not so: then
-    nothing was committed (flush_as_predicted failed the INSERT) and the batch is to be
-    written again."""
+    """Write a small batch predicted to be all new (`likely` _NEW) or all stored before
+    (_STORED) in one transaction sent in one round trip: the counters and insert_sent in
+    one pipeline without a BEGIN, so that they run as one implicit transaction that
+    commits at the pipeline's Sync, or, when one of them fails, not at all (and leaves the
+    connection idle: no ROLLBACK to send). Return the counts committed, or None when the
+    batch cannot be predicted, or was not as predicted: then nothing was committed
+    (flush_as_predicted failed the INSERT) and the batch is to be written again."""
     if named.echoes or not all(r[1] for r in rows):
         return None  # a later copy of a key, or of a request, is settled against the first
     outcomes = result.outcomes
     for i in idxs:
-        outcomes[i] = ACCEPTED
+        outcomes[i] = ACCEPTED if likely == _NEW else DUPLICATE
     for i, _ in copies:
         outcomes[i] = DUPLICATE  # an exact copy of an event stored here
     counts = _count(events, idxs, outcomes, rejected)
     if any(t and c[0] == c[1] == c[3] == 0 for t, c in counts.items()):
         return None  # a topic with rejected events only (_fold_topics_without_events)
     # The requests' statuses are recorded by their claim, in insert_sent.
-    settle = _settle(counts, {r[2] for r in rows}, True, ticket, idxs, result, ())
+    stored = {r[2] for r in rows} if likely == _NEW else set()
+    settle = _settle(counts, stored, True, ticket, idxs, result, ())
     statuses = requests_ledger.fields(named.firsts, outcomes)["request_statuses"]
-    sent = _sent(rows, named, len(rows) + len(named.firsts), cast("list[bytes]", statuses))
+    inserted = len(rows) if likely == _NEW else 0
+    sent = _sent(rows, named, inserted + len(named.firsts), cast("list[bytes]", statuses))
     if ticket is not None:
         ticket.committing = True  # the commit comes with the rest
     try:
@@ -444,18 +450,19 @@ def _predicted(
             ticket.committing = False  # the server answered with an error: nothing committed
         if not isinstance(exc, pg_errors.RaiseException):  # not flush_as_predicted's
             raise
-        _observe(conn, False)
-        return None
+        return None  # written again, and observed, the other way
     if ticket is not None:
         ticket.committing = False
-    _observe(conn, True)
+    _observe(conn, likely == _NEW, likely == _STORED)
     return counts
 
 
-def _observe(conn: Conn, all_new: bool) -> None:
-    """Note whether a batch written on `conn` that could have been predicted all new was."""
-    share = _all_new.get(conn, 1.0)
-    _all_new[conn] = share + (all_new - share) / _PREDICT_MEMORY
+def _observe(conn: Conn, all_new: bool, all_stored: bool) -> None:
+    """Note whether a batch written on `conn` that could have been predicted was all new,
+    or all stored before (each with every named request claimed here)."""
+    shares = _shares.setdefault(conn, [1.0, 0.0])
+    shares[_NEW] += (all_new - shares[_NEW]) / _PREDICT_MEMORY
+    shares[_STORED] += (all_stored - shares[_STORED]) / _PREDICT_MEMORY
 
 
 def _count(

@@ -99,7 +99,12 @@ class Hub:
         return [s for subscribers in self._by_topic.values() for s in subscribers]
 
     def news(self, topic: str | None) -> None:
-        """From any thread: commits happened for `topic` (None: for any topic)."""
+        """From any thread: commits happened for `topic` (None: for any topic).
+
+        With no subscriber, the loop is not woken: a subscriber joins before its first
+        read, so a commit notified before it joined is one that read sees."""
+        if not self._by_topic:
+            return
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens
             self._loop.call_soon_threadsafe(self._wake, topic)
 
