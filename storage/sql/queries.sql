@@ -47,10 +47,10 @@ RETURNING topic, event_id, tx = pg_current_xact_id()
 -- The timestamp is rebuilt from integers: to_timestamp of whole seconds is exact, and so
 -- is adding microseconds. Rows with a topic: the INSERT's, as insert_from_staging's;
 -- without: the ids claimed. A flush that predicted its outcome (storage/writer.py) and
--- commits without waiting for this answer sends %(predicted)s, the rows to insert and
--- ids to claim, which must be exactly those inserted and claimed, or flush_as_predicted
--- raises and the transaction aborts; and the statuses it predicted for each request
--- (%(statuses)s, else none: recorded by settle_batch), recorded with the claim.
+-- commits without waiting for this answer sends %(predicted)s, how many rows it inserts
+-- and ids it claims, which must be exactly so with no row stored with other content, or
+-- flush_as_predicted raises and the transaction aborts; and the statuses it predicted for
+-- each request (%(statuses)s, else none: recorded by settle_batch), recorded with the claim.
 WITH claimed AS (
     INSERT INTO request_ledger (request_id, fingerprint, statuses)
     SELECT u.id, u.fingerprint, u.statuses
@@ -88,7 +88,8 @@ UNION ALL
 SELECT NULL, NULL, NULL
 WHERE %(predicted)s::int IS NOT NULL
   AND NOT flush_as_predicted(%(predicted)s::int,
-                             (SELECT count(*) FROM claimed) + (SELECT count(*) FROM stored WHERE new))
+                             (SELECT count(*) FROM claimed) + (SELECT count(*) FROM stored WHERE new),
+                             (SELECT count(*) FROM stored WHERE NOT new))
 
 -- name: compare_with_sent
 -- compare_with_stored for a batch written by insert_sent: the events compared are sent,

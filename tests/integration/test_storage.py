@@ -415,18 +415,49 @@ def test_a_batch_wrongly_predicted_new_commits_nothing_of_the_prediction(
     ]
 
 
-def test_while_most_batches_are_resends_none_is_predicted_new(write_conn):
-    """A wrong prediction costs a round trip: after a few, re-sends are written without
-    one; once batches are new again, they are predicted again."""
-    writer.write_batch(write_conn, [new("a")])
-    resends = [traced(write_conn, lambda: writer.write_batch(write_conn, [new("a")]))[1]]
-    while resends[-1] > 2:
-        assert len(resends) < 10, resends
-        resends.append(traced(write_conn, lambda: writer.write_batch(write_conn, [new("a")]))[1])
-    assert resends[0] == 3
-    fresh: list[int] = []
-    while not fresh or fresh[-1] > 1:
-        assert len(fresh) < 10, fresh
-        batch = [new(f"n{len(fresh)}")]
-        fresh.append(traced(write_conn, lambda b=batch: writer.write_batch(write_conn, b))[1])
-    assert fresh[0] == 2
+def until_one_round_trip(conn, batches, answered):
+    """Write batches(n) until one takes a single round trip; add each one's statuses to
+    `answered`; return the round trips each took."""
+    trips: list[int] = []
+    while not trips or trips[-1] > 1:
+        assert len(trips) < 20, trips
+        batch = batches(len(trips))
+        result, took = traced(conn, lambda b=batch: writer.write_batch(conn, b))
+        answered.append(tuple(result.statuses))
+        trips.append(took)
+    return trips
+
+
+def test_the_prediction_follows_what_recent_batches_were(write_conn, sql):
+    """A wrong prediction costs a round trip. While most batches are re-sends, they are
+    written without one after a few, then predicted stored (one round trip again); once
+    batches are new again, likewise. Every answer and count stays exact."""
+    answered = [tuple(writer.write_batch(write_conn, [new("a")]).statuses)]
+    trips = until_one_round_trip(write_conn, lambda n: [new("a")], answered)
+    assert set(answered[1:]) == {(Status.DUPLICATE,)}
+    assert trips[0] == 3 and 2 in trips  # predicted new, then not predicted, then stored
+
+    named = [NamedRequest("R", b"r", 0, 2, {})]
+    result, took = traced(
+        write_conn, lambda: writer.write_batch(write_conn, [new("a"), new("a")], requests=named)
+    )
+    assert (result.statuses, took) == ([Status.DUPLICATE, Status.DUPLICATE], 1)
+    answered.append(tuple(result.statuses))
+    replayed = writer.write_batch(write_conn, [new("a"), new("a")], requests=named)
+    assert replayed.replayed == {"R"}  # answered as first, counted once
+    assert replayed.statuses == [Status.DUPLICATE, Status.DUPLICATE]
+
+    result, took = traced(write_conn, lambda: writer.write_batch(write_conn, [new("a"), new("b")]))
+    assert (result.statuses, took) == ([Status.DUPLICATE, Status.ACCEPTED], 3)  # not all stored
+    answered.append(tuple(result.statuses))
+    trips = until_one_round_trip(write_conn, lambda n: [new(f"n{n}")], answered)
+    assert 2 in trips and set(answered[-len(trips) :]) == {(Status.ACCEPTED,)}
+    every = [status for statuses in answered for status in statuses]
+    counts = sql.execute(
+        "SELECT sum(received), sum(accepted), sum(duplicates) FROM topic_stats"
+    ).fetchone()
+    assert counts == (len(every), every.count(Status.ACCEPTED), every.count(Status.DUPLICATE))
+    assert sql.execute("SELECT count(*) FROM events").fetchone() == (every.count(Status.ACCEPTED),)
+    assert sql.execute("SELECT statuses FROM request_ledger").fetchall() == [
+        (bytes([Status.DUPLICATE, Status.DUPLICATE]),)
+    ]
