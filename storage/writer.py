@@ -26,7 +26,7 @@ from psycopg import errors as pg_errors
 
 from aggregator.storage import ledger, queries
 from aggregator.storage import requests as requests_ledger
-from aggregator.storage.errors import RowsRefused, StorageError
+from aggregator.storage.errors import RowsRefused, StorageError, Unavailable
 from aggregator.storage.models import (
     ACCEPTED,
     DUPLICATE,
@@ -218,6 +218,14 @@ def _write_retrying(
             if attempt == _TRANSIENT_ATTEMPTS:
                 raise
             log.warning("retrying batch after %s", type(exc).__name__)
+        except pg_errors.InvalidSqlStatementName as exc:
+            # psycopg prepares a statement the fifth time it runs; in a pipeline where an
+            # earlier statement failed, the server skipped that preparation, but psycopg
+            # counts the statement as prepared: every later run on this connection would
+            # fail. The connection is dropped (the pool opens another) and the batch is
+            # retried like after any lost connection.
+            conn.close()
+            raise Unavailable(f"a prepared statement was lost; reconnecting: {exc}") from exc
 
 
 def _write_once(

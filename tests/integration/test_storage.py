@@ -461,3 +461,16 @@ def test_the_prediction_follows_what_recent_batches_were(write_conn, sql):
     assert sql.execute("SELECT statuses FROM request_ledger").fetchall() == [
         (bytes([Status.DUPLICATE, Status.DUPLICATE]),)
     ]
+
+
+def test_a_connection_whose_prepared_statements_were_lost_is_given_up(write_conn, sql):
+    """psycopg counts a statement as prepared once it sent its preparation, even when an
+    earlier failure in the same pipeline made the server skip it: the connection is
+    closed and the batch reported unavailable (retried on another), not failed for good."""
+    for n in range(8):  # enough for psycopg to prepare the flush's statements
+        writer.write_batch(write_conn, [new(f"p{n}")])
+    write_conn.pgconn.exec_(b"DEALLOCATE ALL")  # behind psycopg's back, as a skipped Parse
+    with pytest.raises(storage.Unavailable, match="prepared statement"):
+        writer.write_batch(write_conn, [new("lost")])
+    assert write_conn.closed
+    assert sql.execute("SELECT count(*) FROM events WHERE event_id = 'lost'").fetchone() == (0,)
