@@ -3,13 +3,15 @@
 Used by the fault tests and `make chaos` to lose the database connection at a chosen moment:
 `cut_all()` drops every connection now; `cut_at_commit()` lets the next commit through to the
 server and drops that connection before the reply can come back, so the client cannot know
-whether its transaction committed (it did). A commit is a COMMIT, or the Sync that ends a
-pipeline which writes outside an explicit transaction (an implicit transaction, committed
-at that Sync). `freeze()` turns it into a black hole: every connection, open or new, stays
-established and nothing is forwarded either way until `thaw()` (a dead peer behind a NAT or
-a stuck load balancer). Frontend messages are parsed only as far as needed to recognise a
-commit: the statements' texts (simple Query, Parse), which statement each Bind runs, and
-Execute and Sync.
+whether its transaction committed (it did). A commit is a COMMIT, or a statement that writes
+outside an explicit transaction (an implicit transaction, committed at its Sync), that the
+server answers without an error, its transaction ended (ReadyForQuery idle). `freeze()` turns
+it into a black hole: every connection, open or new, stays established and nothing is
+forwarded either way until `thaw()` (a dead peer behind a NAT or a stuck load balancer).
+Messages are parsed only as far as needed to recognise a commit: from the client, the
+statements' texts (simple Query, Parse), which statement each Bind runs, Execute and Sync;
+from the server, errors, command tags and ReadyForQuery, held back from the client from a
+commit on until its transaction's end is known.
 """
 
 from __future__ import annotations
@@ -39,12 +41,17 @@ _WORDS = {
 _WRITES = re.compile(rb"\b(?:INSERT|UPDATE|DELETE)\b", re.IGNORECASE)
 
 
+_DDL = {b"CREATE", b"ALTER", b"DROP", b"COMMENT", b"GRANT", b"REVOKE"}
+
+
 def _kind(text: bytes) -> int:
     """What a statement does, as far as telling commits goes."""
     lines = [line for line in text.splitlines() if not line.lstrip().startswith(b"--")]
-    words = b" ".join(lines).split(None, 1)
-    kind = _WORDS.get(words[0].rstrip(b";").upper(), _OTHER) if words else _OTHER
-    if kind == _OTHER and _WRITES.search(text):
+    code = b" ".join(lines)
+    words = code.split(None, 1)
+    first = words[0].rstrip(b";").upper() if words else b""
+    kind = _WORDS.get(first, _OTHER)
+    if kind == _OTHER and first not in _DDL and _WRITES.search(code):
         return _WRITE
     return kind
 
@@ -52,7 +59,8 @@ def _kind(text: bytes) -> int:
 class _Link:
     """One client connection and its upstream connection, with what the client's
     session is doing: its named statements' kinds, the statement bound last, whether an
-    explicit transaction is open, and what the pipeline since the last Sync did."""
+    explicit transaction is open, how many Syncs (or simple Queries) it sent, and which of
+    those exchanges may commit; and, on the server's side, how many exchanges ended."""
 
     def __init__(self, client: socket.socket, upstream: socket.socket) -> None:
         self.client = client
@@ -61,13 +69,17 @@ class _Link:
         self.statements: dict[bytes, int] = {}
         self.bound = _OTHER
         self.in_transaction = False
-        self.commits = False  # the statements since the last Sync commit at it
+        self.exchanges = 0  # Syncs and simple Queries sent
+        self.committing: set[int] = set()  # exchanges (by number) that may commit
+        self.ended = -2  # the last exchange the server ended (-1: start-up, by ReadyForQuery)
+        self.untyped = 0  # one-byte answers due to SSLRequest and GSSENCRequest
 
-    def commits_at(self, kind: bytes, body: bytes) -> bool:
-        """Take in a frontend message; whether the server commits once it has read it."""
+    def client_sent(self, kind: bytes, body: bytes) -> None:
+        """Take in a message from the client, before it is forwarded."""
         if kind == b"Q":
-            return self._executed(_kind(body.rstrip(b"\0"))) or self._synced()
-        if kind == b"P":
+            self._executed(_kind(body.rstrip(b"\0")))
+            self.exchanges += 1
+        elif kind == b"P":
             name, text = body.split(b"\0", 2)[:2]
             self.statements[name] = _kind(text)
         elif kind == b"B":
@@ -76,22 +88,17 @@ class _Link:
         elif kind == b"E":
             self._executed(self.bound)
         elif kind == b"S":
-            return self._synced()
-        return False
+            self.exchanges += 1
 
-    def _executed(self, kind: int) -> bool:
+    def _executed(self, kind: int) -> None:
         if kind == _BEGIN:
             self.in_transaction = True
         elif kind in (_COMMIT, _ROLLBACK):
-            self.commits |= kind == _COMMIT and self.in_transaction
+            if kind == _COMMIT and self.in_transaction:
+                self.committing.add(self.exchanges)
             self.in_transaction = False
         elif kind == _WRITE and not self.in_transaction:
-            self.commits = True
-        return False
-
-    def _synced(self) -> bool:
-        commits, self.commits = self.commits, False
-        return commits
+            self.committing.add(self.exchanges)
 
     def close(self) -> None:
         self.cut.set()
@@ -208,18 +215,55 @@ class PgProxy:
         link.close()
 
     def _backend(self, link: _Link) -> None:
-        """Server → client, byte for byte, until the link is cut."""
+        """Server → client, message by message, until the link is cut. The replies of an
+        exchange that may commit are held back until its ReadyForQuery: committed (no
+        error, no ROLLBACK, the transaction ended) while a cut at commit is armed, they
+        are never delivered and the link is dropped; otherwise they go through."""
+        buffer = b""
+        held: list[bytes] = []
+        failed = False
         try:
             while data := link.upstream.recv(65536):
                 if not self._forwarding(link):
                     break
-                link.client.sendall(data)
+                buffer += data
+                while link.untyped and buffer:  # "S" or "N" to an SSL or GSS request
+                    link.client.sendall(buffer[:1])
+                    buffer, link.untyped = buffer[1:], link.untyped - 1
+                while len(buffer) >= 5:
+                    (length,) = struct.unpack("!i", buffer[1:5])
+                    if len(buffer) < 1 + length:
+                        break
+                    message, buffer = buffer[: 1 + length], buffer[1 + length :]
+                    kind = message[:1]
+                    failed |= kind == b"E" or (kind == b"C" and message[5:].startswith(b"ROLLBACK"))
+                    if link.ended + 1 not in link.committing:
+                        link.client.sendall(message)
+                        if kind == b"Z":
+                            link.ended += 1
+                            failed = False
+                        continue
+                    held.append(message)
+                    if kind != b"Z":
+                        continue
+                    link.ended += 1
+                    link.committing.discard(link.ended)
+                    if not failed and message[5:6] == b"I" and self._take_commit_cut():
+                        link.cut.set()  # the reply must never reach the client
+                        with self._lock:
+                            self.commit_cuts += 1
+                        self.commit_cut.set()
+                        break
+                    link.client.sendall(b"".join(held))
+                    held, failed = [], False
+                if link.cut.is_set():
+                    break
         except OSError:
             pass
         self._drop(link)
 
     def _frontend(self, link: _Link) -> None:
-        """Client → server, message by message, watching for COMMIT."""
+        """Client → server, message by message, noting what may commit."""
         buffer = b""
         started = False  # past the untyped start-up messages
         try:
@@ -235,6 +279,7 @@ class PgProxy:
                         if len(buffer) < length:
                             break
                         started = code not in _UNTYPED_REQUESTS
+                        link.untyped += not started
                         message, buffer = buffer[:length], buffer[length:]
                         link.upstream.sendall(message)
                         continue
@@ -245,17 +290,7 @@ class PgProxy:
                     if len(buffer) < 1 + length:
                         break
                     message, buffer = buffer[: 1 + length], buffer[1 + length :]
-                    if link.commits_at(kind, message[5:]) and self._take_commit_cut():
-                        link.cut.set()  # the reply must never reach the client
-                        link.client.shutdown(socket.SHUT_RDWR)
-                        # The server reads the commit, then end-of-file once it has replied;
-                        # _backend drops the reply and closes the link.
-                        link.upstream.sendall(message)
-                        link.upstream.shutdown(socket.SHUT_WR)
-                        with self._lock:
-                            self.commit_cuts += 1
-                        self.commit_cut.set()
-                        return
+                    link.client_sent(kind, message[5:])
                     link.upstream.sendall(message)
         except OSError:
             pass

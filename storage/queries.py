@@ -7,6 +7,7 @@ from functools import cache
 from importlib import resources
 
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+_INCLUDE = re.compile(r"^-- include: (\w+)\s*$", re.MULTILINE)
 
 
 @cache
@@ -15,9 +16,11 @@ def _load() -> dict[str, str]:
 
 
 def parse(text: str) -> dict[str, str]:
-    """Named queries: each `-- name: x` line starts the SQL of x (the bench's SQL too)."""
+    """Named queries: each `-- name: x` line starts the SQL of x (the bench's SQL too); an
+    `-- include: y` line in it stands for the SQL of y (parts several statements share)."""
     parts = _NAME.split(text)
-    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+    named = {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+    return {name: _INCLUDE.sub(lambda m: named[m.group(1)], body) for name, body in named.items()}
 
 
 def get(name: str) -> str:

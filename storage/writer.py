@@ -423,12 +423,14 @@ def _predicted(
     likely: int,
 ) -> dict[str, list[int]] | None:
     """Write a small batch predicted to be all new (`likely` _NEW) or all stored before
-    (_STORED) in one transaction sent in one round trip: the counters and insert_sent in
-    one pipeline without a BEGIN, so that they run as one implicit transaction that
-    commits at the pipeline's Sync, or, when one of them fails, not at all (and leaves the
-    connection idle: no ROLLBACK to send). Return the counts committed, or None when the
-    batch cannot be predicted, or was not as predicted: then nothing was committed
-    (flush_as_predicted failed the INSERT) and the batch is to be written again."""
+    (_STORED) in one round trip: one statement (insert_predicted: the claim, the INSERT,
+    the counters, the ledger records, the notifications) without a BEGIN, so that it
+    commits on its own, or, when it fails, not at all (and leaves the connection idle: no
+    ROLLBACK to send). One statement, since in a pipeline of two a failure of the first
+    makes the server skip the second, and psycopg loses track of a statement whose
+    preparation was skipped so. Return the counts committed, or None when the batch
+    cannot be predicted, or was not as predicted: then nothing was committed
+    (flush_as_predicted failed the statement) and the batch is to be written again."""
     if named.echoes or not all(r[1] for r in rows):
         return None  # a later copy of a key, or of a request, is settled against the first
     outcomes = result.outcomes
@@ -441,18 +443,17 @@ def _predicted(
         return None  # a topic with rejected events only (_fold_topics_without_events)
     # The requests' statuses are recorded by their claim, in insert_sent.
     stored = {r[2] for r in rows} if likely == _NEW else set()
-    settle = _settle(counts, stored, True, ticket, idxs, result, ())
     statuses = requests_ledger.fields(named.firsts, outcomes)["request_statuses"]
-    inserted = len(rows) if likely == _NEW else 0
-    sent = _sent(rows, named, inserted + len(named.firsts), cast("list[bytes]", statuses))
+    params = {
+        **_settle(counts, stored, True, ticket, idxs, result, ()),
+        **_sent(rows, named, cast("list[bytes]", statuses)),
+        "predicted_rows": len(rows) if likely == _NEW else 0,
+        "predicted_claims": len(named.firsts),
+    }
     if ticket is not None:
         ticket.committing = True  # the commit comes with the rest
     try:
-        # The INSERT last: psycopg prepares a statement the fifth time it runs, and loses
-        # track of one whose preparation a failure earlier in the pipeline skipped.
-        with conn.cursor() as cur, conn.pipeline():
-            cur.execute(queries.get("settle_batch"), settle)
-            cur.execute(queries.get("insert_sent"), sent)
+        conn.execute(queries.get("insert_predicted"), params)
     except psycopg.Error as exc:
         if ticket is not None and conn.info.transaction_status == _IDLE:
             ticket.committing = False  # the server answered with an error: nothing committed
@@ -702,18 +703,15 @@ class _JsonDumper(adapt.Dumper):
 
 
 def _sent(
-    rows: Iterable[_Row],
-    named: _Named = _UNNAMED,
-    predicted: int | None = None,
-    statuses: Sequence[bytes] = (),
+    rows: Iterable[_Row], named: _Named = _UNNAMED, statuses: Sequence[bytes] = ()
 ) -> dict[str, object]:
     """insert_sent's parameters: the first copies among `rows` as one JSON array of arrays
     [idx, topic, event_id, seconds, microseconds, ts_nanos, source, payload, request id],
     the timestamp split so that the statement rebuilds it exactly (from integers, never a
     float), with the `named` requests to claim. A later request under the same id as an
     earlier one in the batch is never claimed: its rows go with the id "", never stored.
-    A predicted flush (_predicted) sends how many rows and claims it `predicted`, and the
-    `statuses` of each named request, recorded with its claim."""
+    A predicted flush (_predicted) sends the `statuses` of each named request, recorded
+    with its claim."""
     claiming, echoes = named
     owner: dict[int, str] = {}
     for r in claiming:
@@ -729,8 +727,7 @@ def _sent(
         "rows": _Json(orjson.dumps(sent)),
         "ids": [r.request_id for r in claiming],
         "fingerprints": [r.fingerprint for r in claiming],
-        "predicted": predicted,
-        "statuses": list(statuses),
+        "claim_statuses": list(statuses),
     }
 
 

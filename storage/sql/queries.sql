@@ -41,20 +41,26 @@ RETURNING topic, event_id, tx = pg_current_xact_id()
 -- name: insert_sent
 -- insert_from_staging for a small batch (storage/writer.py, SENT_ROWS), with the claim of
 -- its named requests (claim_requests) in the same statement: one round trip, in one
--- pipeline with the BEGIN. The rows are sent in the statement as one JSON array of
--- [idx, topic, event_id, seconds, microseconds, ts_nanos, source, payload, request id or
--- null]; a named request's rows are inserted only if this transaction claimed it here.
--- The timestamp is rebuilt from integers: to_timestamp of whole seconds is exact, and so
--- is adding microseconds. Rows with a topic: the INSERT's, as insert_from_staging's;
--- without: the ids claimed. A flush that predicted its outcome (storage/writer.py) and
--- commits without waiting for this answer sends %(predicted)s, how many rows it inserts
--- and ids it claims, which must be exactly so with no row stored with other content, or
--- flush_as_predicted raises and the transaction aborts; and the statuses it predicted for
--- each request (%(statuses)s, else none: recorded by settle_batch), recorded with the claim.
-WITH claimed AS (
+-- pipeline with the BEGIN. Rows with a topic: the INSERT's, as insert_from_staging's;
+-- without: the ids claimed.
+WITH
+-- include: sent_rows
+SELECT NULL, request_id, NULL FROM claimed
+UNION ALL
+SELECT topic, event_id, new FROM stored
+
+-- name: sent_rows
+-- The claim and the INSERT of insert_sent and insert_predicted. The rows are sent in the
+-- statement as one JSON array of [idx, topic, event_id, seconds, microseconds, ts_nanos,
+-- source, payload, request id or null]; a named request's rows are inserted only if this
+-- statement claimed it. The timestamp is rebuilt from integers: to_timestamp of whole
+-- seconds is exact, and so is adding microseconds. The statuses of each named request are
+-- recorded with its claim when they are known before the INSERT (insert_predicted), else
+-- none are (settle_batch records them).
+claimed AS (
     INSERT INTO request_ledger (request_id, fingerprint, statuses)
     SELECT u.id, u.fingerprint, u.statuses
-    FROM unnest(%(ids)s::text[], %(fingerprints)s::bytea[], %(statuses)s::bytea[])
+    FROM unnest(%(ids)s::text[], %(fingerprints)s::bytea[], %(claim_statuses)s::bytea[])
          AS u(id, fingerprint, statuses)
     ORDER BY u.id
     ON CONFLICT (request_id) DO NOTHING
@@ -81,15 +87,6 @@ WITH claimed AS (
           IS DISTINCT FROM (excluded.ts, excluded.ts_nanos, excluded.source, excluded.payload)
     RETURNING topic, event_id, tx = pg_current_xact_id() AS new
 )
-SELECT NULL, request_id, NULL FROM claimed
-UNION ALL
-SELECT topic, event_id, new FROM stored
-UNION ALL
-SELECT NULL, NULL, NULL
-WHERE %(predicted)s::int IS NOT NULL
-  AND NOT flush_as_predicted(%(predicted)s::int,
-                             (SELECT count(*) FROM claimed) + (SELECT count(*) FROM stored WHERE new),
-                             (SELECT count(*) FROM stored WHERE NOT new))
 
 -- name: compare_with_sent
 -- compare_with_stored for a batch written by insert_sent: the events compared are sent,
@@ -130,7 +127,13 @@ JOIN events e ON e.topic = s.topic AND e.event_id = s.event_id
 --   FROM join is planned from them: a plan cached while the ledger was small scans all
 --   of it, and each flush then costs more with every request kept.)
 --   The SELECT: delivered at commit (never for a rollback) to every server's listener.
-WITH counted AS (
+WITH
+-- include: settled
+SELECT pg_notify('aggregator_events', topic) FROM unnest(%(notify)s::text[]) AS topic
+
+-- name: settled
+-- The data-modifying CTEs of settle_batch (and of settle_batch_citus, insert_predicted).
+counted AS (
     INSERT INTO topic_stats AS t
         (topic, shard, received, accepted, duplicates, rejected, conflicts)
     SELECT u.topic, mod(pg_backend_pid(), 16),
@@ -163,7 +166,29 @@ WITH counted AS (
     ON CONFLICT (request_id) DO UPDATE SET statuses = excluded.statuses,
                                            reasons = excluded.reasons
 )
-SELECT pg_notify('aggregator_events', topic) FROM unnest(%(notify)s::text[]) AS topic
+
+-- name: insert_predicted
+-- A small batch whose outcome the flush predicted (storage/writer.py: every event new, or
+-- every one stored before with the same content; every named request claimed here): the
+-- claim and the INSERT of insert_sent with the requests' statuses, and settle_batch's
+-- counters, ledger and notifications, in one statement sent without a BEGIN, so that it
+-- commits on its own. flush_as_predicted raises unless the INSERT inserted and claimed
+-- exactly the rows and ids predicted and found no row stored with other content, which
+-- fails the whole statement. The rows are locked
+-- first, the counters last, as in every other flush: the SELECT below reads the claim
+-- and the INSERT to their end, and the CTEs it does not read run after it.
+WITH
+-- include: sent_rows
+,
+-- include: settled
+SELECT 1
+WHERE NOT flush_as_predicted(%(predicted_rows)s, %(predicted_claims)s,
+                             (SELECT count(*) FROM stored WHERE new),
+                             (SELECT count(*) FROM claimed),
+                             (SELECT count(*) FROM stored WHERE NOT new))
+UNION ALL
+SELECT 1 FROM unnest(%(notify)s::text[]) AS topic
+WHERE pg_notify('aggregator_events', topic) IS NULL
 
 -- name: read_after
 -- One topic in delivery order after a position, for ListEvents and Subscribe. Only rows
@@ -327,23 +352,9 @@ RETURNING topic, event_id, tx::text::bigint
 --   oldest such entry, and below the coordinator's horizon, every transaction is complete.
 --   age() is taken from this transaction's id: the entry's 64-bit id is ours minus its
 --   age. One flush prunes at a time (the others skip rather than wait on its row locks).
-WITH counted AS (
-    INSERT INTO topic_stats AS t
-        (topic, shard, received, accepted, duplicates, rejected, conflicts)
-    SELECT u.topic, mod(pg_backend_pid(), 16),
-           u.accepted + u.duplicates + u.rejected + u.conflicts,
-           u.accepted, u.duplicates, u.rejected, u.conflicts
-    FROM unnest(%(topic)s::text[], %(accepted)s::bigint[], %(duplicates)s::bigint[],
-                %(rejected)s::bigint[], %(conflicts)s::bigint[])
-         AS u(topic, accepted, duplicates, rejected, conflicts)
-    ORDER BY u.topic
-    ON CONFLICT (topic, shard) DO UPDATE SET
-        received   = t.received + excluded.received,
-        accepted   = t.accepted + excluded.accepted,
-        duplicates = t.duplicates + excluded.duplicates,
-        rejected   = t.rejected + excluded.rejected,
-        conflicts  = t.conflicts + excluded.conflicts
-), logged AS (
+WITH
+-- include: settled
+, logged AS (
     INSERT INTO topic_commits (topic, tx, events)
     SELECT u.topic, %(tx)s::text::xid8, u.accepted
     FROM unnest(%(topic)s::text[], %(accepted)s::bigint[]) AS u(topic, accepted)
@@ -355,22 +366,6 @@ WITH counted AS (
                              ::text::xid8)
                 FROM pg_dist_transaction AS d)
       AND (SELECT pg_try_advisory_xact_lock(%(prune_lock)s))
-), forgotten AS (
-    DELETE FROM batch_ledger WHERE batch_id = ANY(%(finished)s::uuid[])
-), recorded AS (
-    INSERT INTO batch_ledger (batch_id, first_idx, idxs, statuses, reasons, counts)
-    SELECT %(batch_id)s, %(first_idx)s, %(idxs)s, %(statuses)s, %(reasons)s, %(counts)s
-    FROM (SELECT pg_advisory_xact_lock(%(lock)s)) AS held
-    WHERE %(batch_id)s::uuid IS NOT NULL
-), answered AS (
-    INSERT INTO request_ledger AS r (request_id, fingerprint, statuses, reasons)
-    SELECT u.id, u.fingerprint, u.statuses, u.reasons
-    FROM unnest(%(request_ids)s::text[], %(request_fingerprints)s::bytea[],
-                %(request_statuses)s::bytea[], %(request_reasons)s::jsonb[])
-         AS u(id, fingerprint, statuses, reasons)
-    ORDER BY u.id
-    ON CONFLICT (request_id) DO UPDATE SET statuses = excluded.statuses,
-                                           reasons = excluded.reasons
 )
 SELECT pg_notify('aggregator_events', topic) FROM unnest(%(notify)s::text[]) AS topic
 
