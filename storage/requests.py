@@ -88,20 +88,24 @@ def replays(cur: Cursor, requests: Sequence[NamedRequest], claimed: set[str]) ->
     return replays
 
 
+def statuses(requests: Sequence[NamedRequest], outcomes: Sequence[Outcome]) -> list[bytes]:
+    """Each request's statuses as recorded: one storage.Status value per event."""
+    return [bytes([o.status for o in outcomes[r.first : r.first + r.size]]) for r in requests]
+
+
 def fields(requests: Sequence[NamedRequest], outcomes: Sequence[Outcome]) -> dict[str, object]:
     """The settle statement's parameters that record what this transaction decided for the
     requests it claimed."""
-    statuses = []
     reasons: list[Jsonb | None] = []
     for r in requests:
-        mine = outcomes[r.first : r.first + r.size]
-        statuses.append(bytes([o.status for o in mine]))
-        said = {str(i): o.reason for i, o in enumerate(mine) if o.reason}
+        said = {
+            str(i): o.reason for i, o in enumerate(outcomes[r.first : r.first + r.size]) if o.reason
+        }
         reasons.append(Jsonb(said) if said else None)  # most have none: NULL, not {}
     return {
         "request_ids": [r.request_id for r in requests],
         "request_fingerprints": [r.fingerprint for r in requests],
-        "request_statuses": statuses,
+        "request_statuses": statuses(requests, outcomes),
         "request_reasons": reasons,
     }
 

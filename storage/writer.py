@@ -439,14 +439,13 @@ def _predicted(
     for i, _ in copies:
         outcomes[i] = DUPLICATE  # an exact copy of an event stored here
     counts = _count(events, idxs, outcomes, rejected)
-    if any(t and c[0] == c[1] == c[3] == 0 for t, c in counts.items()):
+    if _bare(counts):
         return None  # a topic with rejected events only (_fold_topics_without_events)
     # The requests' statuses are recorded by their claim, in insert_sent.
     stored = {r[2] for r in rows} if likely == _NEW else set()
-    statuses = requests_ledger.fields(named.firsts, outcomes)["request_statuses"]
     params = {
         **_settle(counts, stored, True, ticket, idxs, result, ()),
-        **_sent(rows, named, cast("list[bytes]", statuses)),
+        **_sent(rows, named, requests_ledger.statuses(named.firsts, outcomes)),
         "predicted_rows": len(rows) if likely == _NEW else 0,
         "predicted_claims": len(named.firsts),
     }
@@ -644,7 +643,7 @@ def _fold_topics_without_events(
     Otherwise anyone could create a per-topic row (and a metrics label) per made-up topic
     with events that are never stored.
     """
-    bare = [t for t, c in counts.items() if t and c[0] == c[1] == c[3] == 0]
+    bare = _bare(counts)
     if not bare:
         return
     if distributed:
@@ -658,6 +657,11 @@ def _fold_topics_without_events(
         if topic not in stored:
             rejected = counts.pop(topic)[Status.REJECTED - 1]
             counts.setdefault("", [0, 0, 0, 0])[Status.REJECTED - 1] += rejected
+
+
+def _bare(counts: Mapping[str, Sequence[int]]) -> list[str]:
+    """The topics of `counts` with rejected events only."""
+    return [t for t, c in counts.items() if t and c[0] == c[1] == c[3] == 0]
 
 
 class _Named(NamedTuple):
