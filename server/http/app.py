@@ -2,16 +2,16 @@
 
 JSON in → plain values → server/core → JSON out; nothing here talks to gRPC or SQL, and
 every rule (limits, page sizes, cursors) is the core's. Errors become HTTP statuses in one
-place (`_error_response`), from the core's table. The Swagger UI at /docs is served from the
-fastapi-offline package's files: no CDN.
+place (responses.error_response), from the core's table. POST /publish, the call publishers
+make per event, is a plain ASGI endpoint ahead of the routing (server/http/publish.py). The
+Swagger UI at /docs is served from the fastapi-offline package's files: no CDN.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import orjson
@@ -22,13 +22,12 @@ from fastapi_offline import FastAPIOffline
 from aggregator import storage
 from aggregator.server.config import Config
 from aggregator.server.core import errors, ingest, timestamps
-from aggregator.server.http import body, middleware, models
+from aggregator.server.http import body, middleware, models, publish, responses
 from aggregator.server.metrics import Metrics
 
 T = TypeVar("T")
 
 _EVENTS_FIELDS = ingest.ReadFields(cursor="after", limit="limit")
-_RESULTS = {status: {"status": status.name} for status in storage.Status}
 
 _EVENT_SCHEMA = models.event_schema()
 _PUBLISH_BODY: dict[str, Any] = {
@@ -104,57 +103,37 @@ def create_app(
         summary="Idempotent event ingestion into PostgreSQL; the same pipeline as gRPC.",
         redoc_url=None,
     )
-    # The last added runs first: metrics see every answer, authentication's included.
+    # The last added runs first: metrics see every answer, authentication's included, and
+    # POST /publish is answered after both.
+    endpoint = publish.PublishEndpoint(
+        core,
+        max_body_bytes=config.max_message_bytes,
+        max_events=config.max_events_per_request,
+    )
+    app.add_middleware(middleware.Direct, endpoints=[endpoint])
     if tokens:
         app.add_middleware(
             middleware.BearerAuth, tokens=tokens, open_paths=OPEN_PATHS, refusals=refusals
         )
         _document_bearer_auth(app)
     app.add_middleware(middleware.Measured, metrics=metrics)
-    max_body = config.max_message_bytes
-    max_events = config.max_events_per_request
 
     @app.exception_handler(errors.ServerError)
     @app.exception_handler(storage.StorageError)
     async def _error_response(request: Request, exc: Exception) -> Response:
-        return error_response(errors.classify(exc), "query" if request.method == "GET" else "body")
+        where = "query" if request.method == "GET" else "body"
+        return responses.error_response(errors.classify(exc), where)
 
-    @app.post(
-        "/publish",
+    # Answered by publish.PublishEndpoint (app.add_middleware above); this documents it.
+    app.add_api_route(
+        publish.PATH,
+        _publish_documented,
+        methods=[publish.PublishEndpoint.method],
         response_model=models.PublishResult,
         responses=_ERRORS,
         openapi_extra=_PUBLISH_BODY,
         summary="Publish events; answered after they are committed",
     )
-    async def publish(request: Request) -> Response:
-        """Body: one event, an array of events, or `{"events": [...]}`. The answer comes
-        after commit, with one result per event in order; sending the same events again is
-        safe (they come back DUPLICATE). With an `Idempotency-Key` header (≤ 64
-        characters, unique per request), a resend of a request whose answer was lost gets
-        the original answer, and counts nothing again; the same key with another body is a
-        422."""
-        content = await body.read(request, max_body)
-        try:
-            events = body.parse(content, max_events)
-        except body.TooMany as exc:
-            raise core.too_many_events(exc.count, more=exc.more) from None
-        except body.Faults as exc:
-            return _json(422, {"detail": exc.entries})
-        try:
-            key = request.headers.get("idempotency-key", "")
-            outcomes = await core.publish(
-                events,
-                publisher=request.scope.get("client"),
-                request_id=key,
-                fingerprint=hashlib.blake2b(content, digest_size=16).digest() if key else b"",
-            )
-        except errors.RequestInvalid as exc:
-            if exc.field != "request_id":
-                raise
-            message = exc.message.replace("request_id", "Idempotency-Key", 1)
-            fault = {"type": "value_error", "loc": ["header", "Idempotency-Key"], "msg": message}
-            return _json(422, {"detail": [fault]})
-        return _json(200, publish_result(outcomes))
 
     @app.get(
         "/events",
@@ -210,7 +189,7 @@ def create_app(
         if page.more:
             following = request.url.include_query_params(after=page.cursor)
             headers["Link"] = f'<{following}>; rel="next"'
-        return _json(200, [_stored(row) for row in page.events], headers)
+        return responses.json_response(200, [_stored(row) for row in page.events], headers)
 
     @app.get(
         "/stats",
@@ -232,11 +211,11 @@ def create_app(
         page = await core.stats(
             topic=topic, page_token=after, page_size=limit, fields=_EVENTS_FIELDS
         )
-        return _json(200, stats_result(page, core))
+        return responses.json_response(200, stats_result(page, core))
 
     @app.get("/health", response_model=models.HealthOut, summary="Liveness")
     async def health() -> Response:
-        return _json(200, {"status": "ok"})
+        return responses.json_response(200, {"status": "ok"})
 
     @app.get(
         "/health/ready",
@@ -252,10 +231,20 @@ def create_app(
     async def ready() -> Response:
         reason = not_ready()
         if reason is None:
-            return _json(200, {"status": "ready"})
-        return _json(503, {"status": "not ready", "reason": reason})
+            return responses.json_response(200, {"status": "ready"})
+        return responses.json_response(503, {"status": "not ready", "reason": reason})
 
     return app
+
+
+async def _publish_documented() -> None:
+    """Body: one event, an array of events, or `{"events": [...]}`. The answer comes
+    after commit, with one result per event in order; sending the same events again is
+    safe (they come back DUPLICATE). With an `Idempotency-Key` header (≤ 64
+    characters, unique per request), a resend of a request whose answer was lost gets
+    the original answer, and counts nothing again; the same key with another body is a
+    422."""
+    raise AssertionError("POST /publish is answered by publish.PublishEndpoint")
 
 
 def _document_bearer_auth(app: FastAPI) -> None:
@@ -281,20 +270,6 @@ def _document_bearer_auth(app: FastAPI) -> None:
 OPEN_PATHS = ("/health", "/health/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json")
 
 
-def error_response(error: errors.ServerError, where: str) -> Response:
-    """The one translation of a core error into an HTTP answer (`where`: body or query)."""
-    headers = {}
-    if error.retry_after is not None:
-        headers["Retry-After"] = str(max(1, round(error.retry_after)))
-    if isinstance(error, errors.Unauthenticated):
-        headers["WWW-Authenticate"] = "Bearer"
-    content: dict[str, Any] = {"detail": error.message}
-    if error.kind is errors.Kind.INVALID_ARGUMENT:  # FastAPI's shape for a field's fault
-        loc = [where, error.field] if error.field else [where]
-        content = {"detail": [{"type": "value_error", "loc": loc, "msg": error.message}]}
-    return _json(error.kind.http_status, content, headers)
-
-
 async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     """`work`'s result; cancelled at once if the client hangs up first (long polls)."""
     task = asyncio.ensure_future(work)
@@ -315,29 +290,6 @@ async def _disconnected(request: Request) -> None:
     """Returns when the client has gone (the request has no body left to read)."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
-
-
-def publish_result(outcomes: Sequence[storage.Outcome]) -> dict[str, Any]:
-    """The answer to POST /publish, in the original service's terms: `duplicates` counts
-    every event dropped because its key was stored already, CONFLICTs included;
-    `conflicts` says how many of those had other content."""
-    counts = dict.fromkeys(storage.Status, 0)
-    results: list[dict[str, str]] = []
-    for outcome in outcomes:
-        counts[outcome.status] += 1
-        if outcome.reason:
-            results.append({"status": outcome.status.name, "reason": outcome.reason})
-        else:
-            results.append(_RESULTS[outcome.status])
-    conflicts = counts[storage.Status.CONFLICT]
-    return {
-        "received": len(outcomes),
-        "accepted": counts[storage.Status.ACCEPTED],
-        "duplicates": counts[storage.Status.DUPLICATE] + conflicts,
-        "conflicts": conflicts,
-        "rejected": counts[storage.Status.REJECTED],
-        "results": results,
-    }
 
 
 def _counters(c: storage.Counters) -> dict[str, int]:
@@ -381,9 +333,3 @@ def _stored(row: storage.StoredEvent) -> dict[str, Any]:
         "sequence": row.seq,
         "received_at": row.received_at.isoformat().replace("+00:00", "Z"),
     }
-
-
-def _json(status: int, content: Any, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        orjson.dumps(content), status_code=status, media_type="application/json", headers=headers
-    )

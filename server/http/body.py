@@ -21,10 +21,10 @@ from collections.abc import Iterator
 from typing import Annotated, Any, NoReturn
 
 import msgspec
-from starlette.requests import ClientDisconnect, Request
 
 from aggregator.server.core import errors, timestamps
 from aggregator.server.core.validation import Incoming
+from aggregator.server.http.middleware import Receive, Scope, header
 
 MAX_FAULTS = 100  # faults named in one 422 answer; the rest are counted
 # msgspec decodes nesting within the interpreter's recursion limit. A payload may nest as
@@ -314,19 +314,21 @@ def _json_invalid(error: str, pos: int | None = None) -> dict[str, Any]:
     }
 
 
-async def read(request: Request, limit: int) -> bytes:
+async def read(scope: Scope, receive: Receive, limit: int) -> bytes:
     """The body, refused (413) as soon as it is known to be over `limit` bytes, chunked or not."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    declared = header(scope, b"content-length")
+    if declared.isdigit() and int(declared) > limit:
         raise errors.TooLarge(f"body: {declared} bytes is over the limit of {limit} bytes")
     chunks = []
     size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise errors.TooLarge(f"body: over the limit of {limit} bytes")
-            chunks.append(chunk)
-    except ClientDisconnect:  # gone, or cut for sending too slowly: nothing was taken
-        raise errors.Abandoned("the client closed the connection before its body") from None
-    return b"".join(chunks)
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":  # gone, or cut for sending too slowly
+            raise errors.Abandoned("the client closed the connection before its body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise errors.TooLarge(f"body: over the limit of {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)

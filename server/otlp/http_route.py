@@ -47,7 +47,7 @@ def mount(app: FastAPI, logs: LogsIngest, *, max_body_bytes: int) -> None:
                 raise _Unsupported(
                     f"content-type {kind or '(none)'!r} is not served: send {PROTOBUF} or {JSON}"
                 )
-            body = await read_body(request, max_body_bytes)
+            body = await read_body(request.scope, request.receive, max_body_bytes)
             body = _decompress(body, request.headers.get("content-encoding", ""), max_body_bytes)
             groups = logs.from_protobuf(body) if kind == PROTOBUF else logs.from_json(body)
             answer = await logs.export(groups, publisher=request.scope.get("client"))

@@ -309,6 +309,20 @@ def test_openapi_documents_the_publish_body_forms_and_answer(http):
     assert "422" in publish["responses"]
 
 
+def test_publish_answers_other_methods_405_naming_post(http):
+    for method in ("GET", "PUT", "DELETE"):
+        answer = http.request(method, "/publish")
+        assert answer.status_code == 405, method
+        assert answer.headers["allow"] == "POST"
+
+
+def test_publish_is_documented_with_its_summary_description_and_header(http):
+    publish = http.get("/openapi.json").json()["paths"]["/publish"]["post"]
+    assert publish["summary"] == "Publish events; answered after they are committed"
+    assert "Idempotency-Key" in publish["description"]
+    assert [p["name"] for p in publish["parameters"]] == ["Idempotency-Key"]
+
+
 def test_shutdown_drains_http_every_200_is_committed(db_url, sql):
     from tests.support import ServerProcess
 

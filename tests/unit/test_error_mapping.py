@@ -13,7 +13,7 @@ from google.rpc import error_details_pb2, status_pb2
 from aggregator import storage
 from aggregator.server.core import batcher, errors
 from aggregator.server.grpc import convert, status
-from aggregator.server.http import app as http_app
+from aggregator.server.http import responses
 from aggregator.v1 import aggregator_pb2 as pb
 
 
@@ -50,7 +50,7 @@ def test_errors_map_to_both_faces_statuses_with_retry_hints_where_retrying_helps
     assert status.code_of(error) == code
     assert "secret" not in error.message
     delay = retry_delay(status.to_status(error))
-    answer = http_app.error_response(error, "body")
+    answer = responses.error_response(error, "body")
     assert answer.status_code == http_status
     assert b"secret" not in bytes(answer.body)
     if retry:
