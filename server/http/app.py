@@ -128,6 +128,7 @@ def create_app(
     app.add_api_route(
         publish.PATH,
         _publish_documented,
+        name="publish",  # its operationId stays publish_publish_post, what generated clients call
         methods=[publish.PublishEndpoint.method],
         response_model=models.PublishResult,
         responses=_ERRORS,

@@ -321,6 +321,7 @@ def test_publish_is_documented_with_its_summary_description_and_header(http):
     assert publish["summary"] == "Publish events; answered after they are committed"
     assert "Idempotency-Key" in publish["description"]
     assert [p["name"] for p in publish["parameters"]] == ["Idempotency-Key"]
+    assert publish["operationId"] == "publish_publish_post"  # what generated clients call
 
 
 def test_shutdown_drains_http_every_200_is_committed(db_url, sql):
