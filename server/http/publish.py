@@ -6,8 +6,8 @@ which documents it (/docs, /openapi.json) and answers other methods 405.
 FastAPI's handling of a request (its exception and exit-stack layers, route matching, the
 Request and Response objects, dependency solving) cost about 50 µs of the event loop's CPU
 per single-event POST, a fifth of the face's CPU for one, where it adds nothing this route
-needs: the body goes from `receive` to body.parse and the core, the answer out as two ASGI
-messages. Errors take the face's one translation (responses.error_response).
+needs: the body goes from `receive` to body.parse and the core, the answer back as the
+other routes' (responses). Errors take the face's one translation (responses.error_response).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
+from fastapi.responses import Response
 
 from aggregator import storage
 from aggregator.server.core import errors, ingest
@@ -25,7 +25,6 @@ from aggregator.server.http.middleware import Receive, Scope, Send, header
 
 PATH = "/publish"
 _RESULTS = {status: {"status": status.name} for status in storage.Status}
-_JSON_HEADERS = (b"content-type", b"application/json")
 
 
 class PublishEndpoint:
@@ -41,29 +40,20 @@ class PublishEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            status, answer = await self._publish(scope, receive)
+            answer = await self._publish(scope, receive)
         except (errors.ServerError, storage.StorageError) as exc:
-            await responses.error_response(errors.classify(exc), "body")(scope, receive, send)
-            return
-        content = orjson.dumps(answer)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [_JSON_HEADERS, (b"content-length", b"%d" % len(content))],
-            }
-        )
-        await send({"type": "http.response.body", "body": content})
+            answer = responses.error_response(errors.classify(exc), "body")
+        await answer(scope, receive, send)
 
-    async def _publish(self, scope: Scope, receive: Receive) -> tuple[int, Any]:
-        """(status, JSON answer), or a core error raised."""
+    async def _publish(self, scope: Scope, receive: Receive) -> Response:
+        """The answer, or a core error raised."""
         content = await body.read(scope, receive, self._max_body)
         try:
             events = body.parse(content, self._max_events)
         except body.TooMany as exc:
             raise self._core.too_many_events(exc.count, more=exc.more) from None
         except body.Faults as exc:
-            return 422, {"detail": exc.entries}
+            return responses.json_response(422, {"detail": exc.entries})
         key = header(scope, b"idempotency-key")
         try:
             outcomes = await self._core.publish(
@@ -77,8 +67,8 @@ class PublishEndpoint:
                 raise
             message = exc.message.replace("request_id", "Idempotency-Key", 1)
             fault = {"type": "value_error", "loc": ["header", "Idempotency-Key"], "msg": message}
-            return 422, {"detail": [fault]}
-        return 200, publish_result(outcomes)
+            return responses.json_response(422, {"detail": [fault]})
+        return responses.json_response(200, publish_result(outcomes))
 
 
 def publish_result(outcomes: Sequence[storage.Outcome]) -> dict[str, Any]:
